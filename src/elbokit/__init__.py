@@ -1,0 +1,22 @@
+"""elbokit: latent variable models on PyTorch.
+
+Every model is a joint p(x, z) = p(x | z) p(z), fitted by maximising
+log p(x) = ELBO(q) + KL(q(z) || p(z | x)): by EM where the posterior is
+tractable, by variational inference where it is not, or by Monte Carlo.
+"""
+
+__version__ = "0.1.0"
+
+from elbokit.inference.em import ConvergenceWarning
+from elbokit.io import ModelFormatError, load
+from elbokit.mixture import GaussianMixture
+from elbokit.models.gaussian_mixture import DegenerateCovarianceError
+
+__all__ = [
+    "ConvergenceWarning",
+    "DegenerateCovarianceError",
+    "GaussianMixture",
+    "ModelFormatError",
+    "load",
+    "__version__",
+]

@@ -1,0 +1,38 @@
+"""What every elbokit estimator shares: scikit-learn's conventions, save/load."""
+
+from __future__ import annotations
+
+from sklearn.base import BaseEstimator
+
+from elbokit import io
+
+
+class ElbokitEstimator(BaseEstimator):
+    """Base class: ``get_params``/``set_params`` from scikit-learn, plus persistence.
+
+    Subclasses list their fitted attributes in ``_fitted_attributes``; those
+    are what :meth:`save` writes and :func:`elbokit.load` restores.
+    """
+
+    _fitted_attributes: tuple[str, ...] = ()
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return all(hasattr(self, a) for a in self._fitted_attributes)
+
+    def _fitted_state(self) -> dict:
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self)
+        return {a: getattr(self, a) for a in self._fitted_attributes}
+
+    def _set_fitted_state(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def save(self, path, *, overwrite: bool = False):
+        """Save the fitted estimator to the directory ``path`` (safetensors + JSON).
+
+        Refuses to replace an existing ``path`` unless ``overwrite=True``.
+        Load it back with :func:`elbokit.load`.
+        """
+        return io.save(self, path, overwrite=overwrite)

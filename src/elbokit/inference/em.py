@@ -1,0 +1,243 @@
+"""The expectation-maximisation (EM) engine.
+
+EM maximises log p(x) for models whose posterior p(z | x) is tractable.  The
+E-step sets q(z) = p(z | x), so that KL(q || p(z | x)) = 0 and the evidence
+lower bound (ELBO) touches log p(x); the M-step maximises the expected
+complete log-likelihood E_q[log p(x, z)].  Neither step can decrease log p(x).
+
+This module knows the loop and nothing of any model.  A model supplies
+(see :class:`EMModel`):
+
+* ``expected_statistics(params, X, weight)``: the E-step on one batch, returning
+  additive expected sufficient statistics (float64) and the weighted sum of
+  log p(x) over the batch;
+* ``maximize(stats, params)``: the M-step, the closed-form maximiser given the
+  statistics summed over the whole data set.
+
+One iteration is: zero the statistics, add each batch's, reduce (a hook for
+several processes), maximise.  The bound reported is the *per-sample mean*
+log-likelihood, so that ``tol`` means the same at any number of samples.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from sklearn.exceptions import ConvergenceWarning as _SklearnConvergenceWarning
+from tqdm.auto import tqdm
+
+Statistics = dict[str, torch.Tensor]
+
+
+class ConvergenceWarning(_SklearnConvergenceWarning):
+    """EM stopped at ``max_iter`` before the bound changed by less than ``tol``.
+
+    A subclass of scikit-learn's, so existing warning filters apply.
+    """
+
+
+class EMModel(Protocol):
+    """The math an EM-fitted model provides to the engine."""
+
+    def expected_statistics(
+        self, params: Any, X: torch.Tensor, weight: torch.Tensor | None
+    ) -> tuple[Statistics, torch.Tensor]:
+        """E-step on one batch.
+
+        Returns
+        -------
+        stats : dict of str to float64 tensors
+            Additive expected sufficient statistics of the batch.
+        log_likelihood : float64 scalar tensor
+            Sum over the batch of weight * log p(x | params).
+        """
+        ...
+
+    def maximize(self, stats: Statistics, params: Any) -> Any:
+        """M-step: the parameters maximising E_q[log p(x, z)] given ``stats``."""
+        ...
+
+
+@dataclass
+class EMRun:
+    """Outcome of one EM run from one initialisation.
+
+    Attributes
+    ----------
+    params : Any
+        The model's parameters after the last M-step.
+    lower_bounds : list of float
+        Per-sample mean log-likelihood before each M-step and, last, under the
+        returned parameters (length ``n_iter + 1``).
+    converged : bool
+    n_iter : int
+        Number of EM iterations (M-steps) run.
+    """
+
+    params: Any
+    lower_bounds: list[float] = field(default_factory=list)
+    converged: bool = False
+    n_iter: int = 0
+
+    @property
+    def lower_bound(self) -> float:
+        """Per-sample mean log-likelihood of the returned parameters."""
+        return self.lower_bounds[-1]
+
+
+def _add(total: Statistics | None, stats: Statistics) -> Statistics:
+    if total is None:
+        return {k: v.to(torch.float64).clone() for k, v in stats.items()}
+    for k, v in stats.items():
+        total[k] += v
+    return total
+
+
+def accumulate(model: EMModel, params, source, reduce: Callable | None = None):
+    """One E-step over every batch of ``source``.
+
+    Returns
+    -------
+    stats : Statistics
+        The summed (and reduced) statistics.
+    mean_log_likelihood : float
+        Weighted per-sample mean of log p(x | params).
+    """
+    total: Statistics | None = None
+    for X, weight in source:
+        stats, log_lik = model.expected_statistics(params, X, weight)
+        n = X.new_tensor(X.shape[0], dtype=torch.float64) if weight is None else weight.sum()
+        stats = dict(stats, _log_likelihood=log_lik, _weight=n.to(torch.float64))
+        total = _add(total, stats)
+    if total is None:
+        raise ValueError("the data source yielded no batch: it is empty.")
+    if reduce is not None:
+        total = reduce(total)
+    mean = float(total.pop("_log_likelihood") / total.pop("_weight"))
+    if mean != mean or mean in (float("inf"), float("-inf")):
+        raise FloatingPointError(
+            f"the log-likelihood became {mean}: the data or the parameters are degenerate. "
+            "Increase reg_covar, scale the data, or use dtype='float64'."
+        )
+    return total, mean
+
+
+class _Progress:
+    """Per-iteration reporting: nothing, a progress bar, or one line per iteration."""
+
+    def __init__(self, verbose: int, max_iter: int, desc: str):
+        self.verbose = verbose
+        self.bar = None
+        if verbose == 1:
+            self.bar = tqdm(total=max_iter, desc=desc, leave=False, file=sys.stderr)
+        elif verbose >= 2:
+            print(f"{desc}", flush=True)
+
+    def update(self, n_iter: int, bound: float, change: float):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(bound=f"{bound:.5f}", change=f"{change:.2e}")
+        elif self.verbose >= 2:
+            print(f"  iteration {n_iter:4d}  bound {bound: .6f}  change {change: .3e}", flush=True)
+
+    def close(self, run: EMRun):
+        if self.bar is not None:
+            self.bar.close()
+        if self.verbose >= 1:
+            state = "converged" if run.converged else "did not converge"
+            print(
+                f"  {state} after {run.n_iter} iterations, bound {run.lower_bound:.6f}",
+                file=sys.stderr if self.bar is not None else sys.stdout,
+                flush=True,
+            )
+
+
+def run_em(
+    model: EMModel,
+    params,
+    source,
+    *,
+    tol: float,
+    max_iter: int,
+    verbose: int = 0,
+    desc: str = "EM",
+    reduce: Callable | None = None,
+) -> EMRun:
+    """Iterate E- and M-steps from ``params`` until the bound settles.
+
+    Converged means the per-sample mean bound changed by less than ``tol``
+    between two iterations.  After the loop, one more E-step computes the
+    bound of the returned parameters (the last entry of ``lower_bounds``).
+    """
+    run = EMRun(params=params)
+    progress = _Progress(verbose, max_iter, desc)
+    previous = -float("inf")
+    for n_iter in range(1, max_iter + 1):
+        stats, bound = accumulate(model, run.params, source, reduce)
+        run.lower_bounds.append(bound)
+        run.params = model.maximize(stats, run.params)
+        run.n_iter = n_iter
+        change = bound - previous
+        progress.update(n_iter, bound, change)
+        if abs(change) < tol:
+            run.converged = True
+            break
+        previous = bound
+    _, final = accumulate(model, run.params, source, reduce)
+    run.lower_bounds.append(final)
+    progress.close(run)
+    return run
+
+
+def fit_em(
+    model: EMModel,
+    initialize: Callable[[int], Any],
+    source,
+    *,
+    n_init: int = 1,
+    tol: float,
+    max_iter: int,
+    verbose: int = 0,
+    reduce: Callable | None = None,
+) -> EMRun:
+    """Run EM from ``n_init`` initialisations and keep the best.
+
+    Parameters
+    ----------
+    model : EMModel
+    initialize : callable
+        ``initialize(i)`` returns the starting parameters of restart ``i``.
+    source : BatchSource
+        The data, iterated once per E-step.
+    n_init : int
+        Number of restarts; the run with the highest final bound is kept.
+    tol, max_iter, verbose, reduce
+        See :func:`run_em`.
+
+    Warns
+    -----
+    ConvergenceWarning
+        If the kept run did not converge.
+    """
+    best: EMRun | None = None
+    for i in range(n_init):
+        desc = f"EM restart {i + 1}/{n_init}" if n_init > 1 else "EM"
+        run = run_em(
+            model, initialize(i), source, tol=tol, max_iter=max_iter,
+            verbose=verbose, desc=desc, reduce=reduce,
+        )
+        if best is None or run.lower_bound > best.lower_bound:
+            best = run
+    if not best.converged and max_iter > 0:
+        warnings.warn(
+            f"EM did not converge in max_iter={max_iter} iterations (tol={tol}); "
+            "increase max_iter or tol, or check the data's scale.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return best
