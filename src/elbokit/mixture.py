@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_is_fitted
 
 from elbokit import io
 from elbokit._validation import (
@@ -186,6 +187,7 @@ class GaussianMixture(ElbokitEstimator):
         device = resolve_device(self.device, X)
         X, kind = as_2d_tensor(X, name=name, dtype=dtype, device=device)
         if not reset:
+            check_is_fitted(self)
             expected = self.n_features_in_
             if X.shape[1] != expected:
                 raise ValueError(
@@ -341,8 +343,6 @@ class GaussianMixture(ElbokitEstimator):
 
     def _params(self, device) -> GaussianMixtureParams:
         """Fitted parameters as float64 tensors on ``device``."""
-        from sklearn.utils.validation import check_is_fitted
-
         check_is_fitted(self)
 
         def t(a):
