@@ -215,7 +215,8 @@ def test_cuda_tensors_fit_on_the_gpu(blobs):
     (np.array([[0.0, np.nan], [1.0, 2.0], [3.0, 1.0]]), "NaN or inf"),
     (np.array([[0.0, np.inf], [1.0, 2.0], [3.0, 1.0]]), "NaN or inf"),
     (np.arange(5.0), "2-D"),
-    (np.empty((0, 3)), "at least"),
+    (np.empty((0, 3)), "minimum of 1 is required"),
+    (np.empty((4, 0)), "0 feature"),
     (np.array([["a", "b"], ["c", "d"]]), "numbers"),
 ])
 def test_bad_X_is_a_clear_error(bad, match):
@@ -252,7 +253,7 @@ def test_bad_sample_weight_is_a_clear_error(w, match, blobs):
 
 def test_feature_count_mismatch_at_predict_time(blobs):
     gm = GaussianMixture(2, random_state=0).fit(blobs)
-    with pytest.raises(ValueError, match="has 2 features, but this GaussianMixture was fitted with 3"):
+    with pytest.raises(ValueError, match="has 2 features, but GaussianMixture is expecting 3 features"):
         gm.predict(blobs[:, :2])
 
 
@@ -273,3 +274,29 @@ def test_duplicated_points_do_not_produce_nan(ct, dtype):
         assert np.all(np.isfinite(getattr(gm, a)))
     assert np.all(np.isfinite(gm.score_samples(X)))
     assert np.isfinite(gm.lower_bounds_).all()
+
+
+# ---------------------------------------------------------------- scikit-learn's checks
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+
+_RANDOM_INIT_REASON = (
+    "k-means++ draws rows at random: weighted draws and draws among repeated rows consume the "
+    "random stream differently, so the two fits start elsewhere. EM itself is exactly "
+    "weight-equivalent: see test_integer_sample_weight_equals_repeated_rows."
+)
+
+
+def _expected_failures(estimator):
+    if estimator.n_components > 1:
+        return {"check_sample_weight_equivalence_on_dense_data": _RANDOM_INIT_REASON}
+    return {}
+
+
+@parametrize_with_checks([GaussianMixture(), GaussianMixture(2, covariance_type="diag")],
+                         expected_failed_checks=_expected_failures)
+def test_sklearn_estimator_checks(estimator, check):
+    """scikit-learn's estimator checks pass, but one that needs a deterministic start."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)

@@ -68,13 +68,15 @@ def _numpy_2d(X, name: str) -> np.ndarray:
         )
     arr = np.asarray(X)
     if arr.dtype.kind == "c":
-        raise ValueError(f"{name} has complex values; pass real numbers.")
+        raise ValueError(f"Complex data not supported: {name} has complex values.")
     if arr.dtype.kind not in "biuf":
         try:
             arr = arr.astype(np.float64)
-        except (TypeError, ValueError) as err:
+        except TypeError as err:
+            raise TypeError(f"{name} must hold numbers: {err}") from err
+        except ValueError as err:
             raise ValueError(
-                f"{name} must hold numbers; got dtype {arr.dtype}: convert it first."
+                f"{name} must hold numbers; got dtype {arr.dtype} ({err}): convert it first."
             ) from err
     return arr
 
@@ -109,7 +111,7 @@ def as_2d_tensor(
     if isinstance(X, torch.Tensor):
         kind = InputKind(True, X.device)
         if X.is_complex():
-            raise ValueError(f"{name} has complex values; pass real numbers.")
+            raise ValueError(f"Complex data not supported: {name} has complex values.")
         t = X.detach()
     else:
         kind = InputKind(False, torch.device("cpu"))
@@ -125,12 +127,17 @@ def as_2d_tensor(
             else ""
         )
         raise ValueError(
-            f"{name} must be 2-D (n_samples, n_features); got shape {tuple(t.shape)}.{hint}"
+            f"{name} must be 2-D (n_samples, n_features); got shape {tuple(t.shape)}. "
+            f"Reshape your data.{hint}"
         )
-    if t.shape[0] < min_samples or t.shape[1] == 0:
+    if t.shape[0] < min_samples:
         raise ValueError(
-            f"{name} has shape {tuple(t.shape)}: need at least {min_samples} sample(s) "
-            "and 1 feature."
+            f"{name} has {t.shape[0]} sample(s) (shape={tuple(t.shape)}) while a minimum of "
+            f"{min_samples} is required."
+        )
+    if t.shape[1] == 0:
+        raise ValueError(
+            f"{name} has 0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 is required."
         )
     t = t.to(device=device, dtype=dtype)
     if not bool(torch.isfinite(t).all()):

@@ -191,8 +191,8 @@ class GaussianMixture(ElbokitEstimator):
             expected = self.n_features_in_
             if X.shape[1] != expected:
                 raise ValueError(
-                    f"{name} has {X.shape[1]} features, but this GaussianMixture was fitted "
-                    f"with {expected}: pass data with {expected} columns."
+                    f"{name} has {X.shape[1]} features, but GaussianMixture is expecting "
+                    f"{expected} features as input: pass data with {expected} columns."
                 )
         return X, kind
 
