@@ -33,7 +33,7 @@ from elbokit.models.gaussian_mixture import (
 from elbokit.models.kmeans import kmeans_plusplus, lloyd, squared_distances
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
-_CHUNK_ELEMENTS = 1 << 24  # elements of one (K, chunk, D) work tensor
+_CHUNK_ELEMENTS = 1 << 20  # elements of one (K, D, chunk) work tensor: stays in cache
 
 
 @io.register
@@ -229,6 +229,10 @@ class GaussianMixture(ElbokitEstimator):
         model = self._model()
         K, D = self.n_components, X.shape[1]
         f64 = torch.float64
+        given = (self.weights_init, self.means_init, self.precisions_init)
+        if all(v is not None for v in given):  # nothing left for init_params to choose
+            zeros = torch.zeros(K, D, dtype=f64, device=X.device)
+            return self._apply_user_init(model.anchor(zeros), D, X.device)
         if self.init_params == "random":
             anchor_means = X.double().mean(0).expand(K, D) if weight is None else (
                 (weight.double() @ X.double()) / weight.double().sum()).expand(K, D)
@@ -243,10 +247,7 @@ class GaussianMixture(ElbokitEstimator):
                 labels = squared_distances(Xb, anchor_means.to(Xb.dtype)).argmin(1)
                 return torch.nn.functional.one_hot(labels, K).to(Xb.dtype)
 
-        anchor = GaussianMixtureParams(
-            torch.full((K,), 1.0 / K, dtype=f64, device=X.device), anchor_means.contiguous(),
-            torch.empty(0), torch.empty(0),
-        )
+        anchor = model.anchor(anchor_means)
         total = None
         for Xb, wb in self._source(X, weight):
             stats = model.statistics_from_responsibilities(anchor, Xb, responsibilities(Xb), wb)

@@ -117,8 +117,38 @@ def n_parameters(n_components: int, n_features: int, covariance_type: str) -> in
     return int(cov + K * D + K - 1)
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """Per-iteration constants of the E-step, in the compute dtype.
+
+    ``centre`` c = sum_k pi_k mu_k (float64): data and means are shifted by it
+    before the cast to the compute dtype, so float32 never sees large offsets.
+    ``log_norm`` = log pi_k + log det U_k - D/2 log 2 pi, shape (K,).
+    ``a`` and ``b`` are the type-specific maps of the Mahalanobis term:
+
+    * full: a = [U_1^T; ...; U_K^T | -U_k^T (mu_k - c)], shape (K*D, D+1), so that
+      a [x - c; 1] stacks every whitened residual y_k = U_k^T (x - mu_k) at once
+      (b is unused);
+    * tied: a = U (D, D); b = (mu - c) U, shape (K, D);
+    * diag: a = U^2, the precisions (K, D); b = (mu - c) U^2 (K, D);
+    * spherical: a = U^2 (K,); b = mu - c (K, D).
+    """
+
+    centre: torch.Tensor
+    log_norm: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+
+
 class GaussianMixtureModel:
     """E-step, M-step and density of a Gaussian mixture.
+
+    The E-step is built from large matrix products over all components at
+    once: for ``full`` one GEMM of the chunk with the K precision factors side
+    by side gives every whitened residual y_nk = U_k^T (x_n - mu_k); for the
+    other types the Mahalanobis term expands into GEMMs with K columns.  The
+    full-covariance scatter is accumulated in the whitened coordinates (unit
+    scale, well conditioned in float32) and mapped back in float64.
 
     Parameters
     ----------
@@ -133,49 +163,60 @@ class GaussianMixtureModel:
         self.covariance_type = covariance_type
         self.reg_covar = reg_covar
         self.dtype = dtype
+        self._cache: tuple | None = None
 
     # ----------------------------------------------------------------- density
-    def _whitened_residuals(self, params: GaussianMixtureParams, X: torch.Tensor):
-        """Residuals x - mu_k and their whitened form U_k^T (x - mu_k).
-
-        Returns
-        -------
-        diff : Tensor, shape (K, n, D)
-        white : Tensor, shape (K, n, D) for full/tied/diag, or None for spherical
-        """
-        means = params.means.to(X.dtype)
-        prec_chol = params.precisions_cholesky.to(X.dtype)
-        diff = X.unsqueeze(0) - means.unsqueeze(1)
+    def prepare(self, params: GaussianMixtureParams, dtype: torch.dtype) -> _Prepared:
+        """E-step constants for ``params`` (memoised for the last params seen)."""
+        if self._cache is not None and self._cache[0] is params and self._cache[1] == dtype:
+            return self._cache[2]
+        f64 = torch.float64
+        means, U = params.means.to(f64), params.precisions_cholesky.to(f64)
+        K, D = means.shape
+        centre = params.weights.to(f64) @ means
+        mc = means - centre
         ct = self.covariance_type
-        if ct in ("full", "tied"):
-            white = torch.matmul(diff, prec_chol)
+        if ct == "full":
+            bias = -(mc.unsqueeze(1) @ U).reshape(K * D, 1)
+            a = torch.cat([U.mT.reshape(K * D, D), bias], 1)
+            b = bias[:0]
+            log_det = U.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        elif ct == "tied":
+            a, b = U, mc @ U
+            log_det = U.diagonal().log().sum().expand(K)
         elif ct == "diag":
-            white = diff * prec_chol.unsqueeze(1)
+            a, b = U.square(), mc * U.square()
+            log_det = U.log().sum(-1)
         else:
-            white = None
-        return diff, white
+            a, b = U.square(), mc
+            log_det = D * U.log()
+        log_norm = params.weights.to(f64).log() + log_det - 0.5 * D * math.log(2 * math.pi)
+        prep = _Prepared(centre, log_norm.to(dtype), a.to(dtype).contiguous(), b.to(dtype).contiguous())
+        self._cache = (params, dtype, prep)
+        return prep
 
-    def _log_det_precision_chol(self, params: GaussianMixtureParams, n_features: int):
-        """log det U per component, shape (K,) (or scalar for tied)."""
-        U = params.precisions_cholesky
+    def _mahalanobis(self, prep: _Prepared, Xc: torch.Tensor):
+        """Squared Mahalanobis distances, shape (n, K), and for ``full`` the
+        whitened residuals y_nk laid out as (K, D, n); None otherwise."""
         ct = self.covariance_type
-        if ct in ("full", "tied"):
-            return U.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        if ct == "diag":
-            return U.log().sum(-1)
-        return n_features * U.log()
-
-    def _log_joint_from_residuals(self, params, diff, white, n_features: int) -> torch.Tensor:
-        """log pi_k + log N(x | mu_k, Sigma_k), shape (n, K)."""
-        if white is None:  # spherical
-            maha = diff.square().sum(-1) * params.precisions_cholesky.to(diff.dtype).square()[:, None]
+        if ct == "full":
+            n, D = Xc.shape
+            ones = torch.ones(n, 1, dtype=Xc.dtype, device=Xc.device)
+            Y = (prep.a @ torch.cat([Xc, ones], 1).T).view(-1, D, n)
+            return Y.square().sum(1).T, Y
+        if ct == "tied":
+            Y = Xc @ prep.a
+            maha = Y.square().sum(1, keepdim=True) - 2 * Y @ prep.b.mT + prep.b.square().sum(1)
+        elif ct == "diag":
+            b_const = (prep.b.square() / prep.a).sum(1)
+            maha = Xc.square() @ prep.a.mT - 2 * Xc @ prep.b.mT + b_const
         else:
-            maha = white.square().sum(-1)
-        log_det = self._log_det_precision_chol(params, n_features).to(diff.dtype)
-        log_weights = params.weights.to(diff.dtype).log()
-        const = n_features * math.log(2 * math.pi)
-        log_gauss = -0.5 * (const + maha) + log_det.reshape(-1, 1)
-        return (log_gauss + log_weights[:, None]).mT
+            dist = Xc.square().sum(1, keepdim=True) - 2 * Xc @ prep.b.mT + prep.b.square().sum(1)
+            maha = dist * prep.a
+        return maha.clamp_min_(0.0), None
+
+    def _centred(self, prep: _Prepared, X: torch.Tensor) -> torch.Tensor:
+        return X - prep.centre.to(X.dtype)
 
     def log_joint(self, params: GaussianMixtureParams, X: torch.Tensor) -> torch.Tensor:
         """log p(x, z=k) for every sample and component.
@@ -188,17 +229,18 @@ class GaussianMixtureModel:
         -------
         Tensor, shape (n, K)
         """
-        diff, white = self._whitened_residuals(params, X)
-        return self._log_joint_from_residuals(params, diff, white, X.shape[1])
+        prep = self.prepare(params, X.dtype)
+        maha, _ = self._mahalanobis(prep, self._centred(prep, X))
+        return prep.log_norm - 0.5 * maha
 
     # ----------------------------------------------------------------- E-step
     def statistics_from_responsibilities(
-        self, params: GaussianMixtureParams, X, resp, weight, diff=None
+        self, params: GaussianMixtureParams, X, resp, weight, *, prep=None, Xc=None, Y=None
     ) -> dict[str, torch.Tensor]:
         """Expected sufficient statistics of a batch given responsibilities.
 
-        Taken relative to the anchor ``params.means`` (and, for tied, the
-        weighted centre c = sum_k pi_k mu_k).
+        Taken relative to the anchor ``params``: its centre c for tied, diag and
+        spherical; its whitened residuals y_nk = U_k^T (x_n - mu_k) for full.
 
         Parameters
         ----------
@@ -206,33 +248,38 @@ class GaussianMixtureModel:
         resp : Tensor, shape (n, K)
             q(z = k | x_n), rows summing to 1.
         weight : Tensor of shape (n,) or None
-        diff : Tensor of shape (K, n, D), optional
-            x - mu_k when already computed.
+        prep, Xc, Y : optional
+            The E-step's own intermediate results, when already computed.
 
         Returns
         -------
-        dict
-            ``nk`` (K,), ``s1`` (K, D) = sum r (x - mu_k); and ``s2``: (K, D, D)
-            for full, (K, D) for diag/spherical, (D, D) = sum w (x - c)(x - c)^T
-            for tied.  All float64.
+        dict of float64 tensors
+            ``nk`` (K,) and ``s1`` (K, D): sum_n r_nk y_nk (full) or
+            sum_n r_nk (x_n - c); ``s2``: (K, D, D) sum r y y^T (full),
+            (D, D) sum_n w_n (x_n - c)(x_n - c)^T (tied), (K, D)
+            sum r (x - c)^2 elementwise (diag, spherical).
         """
-        rw = resp if weight is None else resp * weight[:, None].to(resp.dtype)
         f64 = torch.float64
+        if prep is None:
+            prep = self.prepare(params, X.dtype)
+        if Xc is None:
+            Xc = self._centred(prep, X)
+        rw = resp if weight is None else resp * weight[:, None].to(resp.dtype)
         stats = {"nk": rw.sum(0, dtype=f64)}
-        if diff is None:
-            diff = X.unsqueeze(0) - params.means.to(X.dtype).unsqueeze(1)
-        weighted = diff * rw.mT.unsqueeze(-1)  # (K, n, D)
-        stats["s1"] = weighted.sum(1, dtype=f64)
         ct = self.covariance_type
+        if ct == "full":
+            if Y is None:
+                Y = self._mahalanobis(prep, Xc)[1]
+            weighted = Y * rw.T.unsqueeze(1)  # (K, D, n)
+            stats["s1"] = weighted.sum(2).to(f64)
+            stats["s2"] = torch.bmm(weighted, Y.transpose(1, 2)).to(f64)
+            return stats
+        stats["s1"] = (rw.mT @ Xc).to(f64)
         if ct == "tied":
-            centre = params.weights.to(X.dtype) @ params.means.to(X.dtype)
-            xc = X - centre
-            xw = xc if weight is None else xc * weight[:, None].to(X.dtype)
-            stats["s2"] = (xw.mT @ xc).to(f64)
-        elif ct == "full":
-            stats["s2"] = torch.bmm(weighted.mT, diff).to(f64)
+            xw = Xc if weight is None else Xc * weight[:, None].to(Xc.dtype)
+            stats["s2"] = (xw.mT @ Xc).to(f64)
         else:
-            stats["s2"] = (weighted * diff).sum(1, dtype=f64)
+            stats["s2"] = (rw.mT @ Xc.square()).to(f64)
         return stats
 
     def expected_statistics(self, params: GaussianMixtureParams, X, weight):
@@ -245,13 +292,15 @@ class GaussianMixtureModel:
         log_likelihood : float64 scalar tensor
             sum_n w_n log p(x_n).
         """
-        diff, white = self._whitened_residuals(params, X)
-        log_joint = self._log_joint_from_residuals(params, diff, white, X.shape[1])
+        prep = self.prepare(params, X.dtype)
+        Xc = self._centred(prep, X)
+        maha, Y = self._mahalanobis(prep, Xc)
+        log_joint = prep.log_norm - 0.5 * maha
         log_px = torch.logsumexp(log_joint, dim=1)
-        resp = (log_joint - log_px[:, None]).exp()
-        stats = self.statistics_from_responsibilities(params, X, resp, weight, diff=diff)
+        resp = (log_joint - log_px[:, None]).exp_()
+        stats = self.statistics_from_responsibilities(params, X, resp, weight, prep=prep, Xc=Xc, Y=Y)
         lp = log_px.to(torch.float64)
-        log_lik = lp.sum() if weight is None else (lp * weight.to(torch.float64)).sum()
+        log_lik = lp.sum() if weight is None else lp @ weight.to(torch.float64)
         return stats, log_lik
 
     # ----------------------------------------------------------------- M-step
@@ -262,26 +311,43 @@ class GaussianMixtureModel:
         """
         f64 = torch.float64
         nk = stats["nk"] + 10 * torch.finfo(f64).eps
-        anchor = params.means.to(f64)
-        shift = stats["s1"] / nk[:, None]  # new mean - anchor
-        means = anchor + shift
-        D = means.shape[1]
-        eye = torch.eye(D, dtype=f64, device=means.device)
+        anchor_means = params.means.to(f64)
+        centre = params.weights.to(f64) @ anchor_means
+        D = anchor_means.shape[1]
+        eye = torch.eye(D, dtype=f64, device=anchor_means.device)
+        shift = stats["s1"] / nk[:, None]
         ct = self.covariance_type
         if ct == "full":
-            cov = stats["s2"] / nk[:, None, None] - shift[:, :, None] * shift[:, None, :]
-            cov = 0.5 * (cov + cov.mT) + self.reg_covar * eye
-        elif ct == "tied":
-            centre = params.weights.to(f64) @ anchor
-            between = (means - centre)
-            cov = (stats["s2"] - (between.mT * nk) @ between) / nk.sum()
+            # back from whitened coordinates: x - mu_k = C_k y with C_k = U_k^-T
+            U = params.precisions_cholesky.to(f64)
+            C = torch.linalg.solve(U.mT, eye.expand_as(U))
+            means = anchor_means + (C @ shift.unsqueeze(-1)).squeeze(-1)
+            white = stats["s2"] / nk[:, None, None] - shift.unsqueeze(2) * shift.unsqueeze(1)
+            cov = C @ white @ C.mT
             cov = 0.5 * (cov + cov.mT) + self.reg_covar * eye
         else:
-            var = (stats["s2"] / nk[:, None] - shift.square()).clamp_min(0.0)
-            cov = var + self.reg_covar if ct == "diag" else var.mean(1) + self.reg_covar
+            means = centre + shift
+            if ct == "tied":
+                cov = (stats["s2"] - (shift.mT * nk) @ shift) / nk.sum()
+                cov = 0.5 * (cov + cov.mT) + self.reg_covar * eye
+            else:
+                var = (stats["s2"] / nk[:, None] - shift.square()).clamp_min(0.0)
+                cov = var + self.reg_covar if ct == "diag" else var.mean(1) + self.reg_covar
         weights = nk / nk.sum()
         prec_chol = precisions_cholesky_from_covariances(cov, ct)
         return GaussianMixtureParams(weights, means, cov, prec_chol)
+
+    def anchor(self, means: torch.Tensor) -> GaussianMixtureParams:
+        """Parameters that serve only as an anchor for statistics from given
+        responsibilities (initialisation): equal weights, unit precisions."""
+        K, D = means.shape
+        f64 = torch.float64
+        eye = torch.eye(D, dtype=f64, device=means.device)
+        U = {"full": eye.expand(K, D, D), "tied": eye,
+             "diag": torch.ones(K, D, dtype=f64, device=means.device),
+             "spherical": torch.ones(K, dtype=f64, device=means.device)}[self.covariance_type]
+        weights = torch.full((K,), 1.0 / K, dtype=f64, device=means.device)
+        return GaussianMixtureParams(weights, means.to(f64), U, U)
 
     # ----------------------------------------------------------------- sampling
     def sample(self, params: GaussianMixtureParams, n: int, generator: torch.Generator):
