@@ -10,10 +10,11 @@ __version__ = "0.1.0"
 from elbokit.inference.em import ConvergenceWarning
 from elbokit.io import ModelFormatError, load
 from elbokit.mixture import GaussianMixture
-from elbokit.models.gaussian_mixture import DegenerateCovarianceError
+from elbokit.models.gaussian_mixture import DegenerateComponentWarning, DegenerateCovarianceError
 
 __all__ = [
     "ConvergenceWarning",
+    "DegenerateComponentWarning",
     "DegenerateCovarianceError",
     "GaussianMixture",
     "ModelFormatError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -10,6 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from elbokit import io
 from elbokit._validation import (
+    InputKind,
     as_2d_tensor,
     as_sample_weight,
     check_nonneg_float,
@@ -20,10 +22,18 @@ from elbokit._validation import (
     to_output,
 )
 from elbokit.base import ElbokitEstimator
-from elbokit.data import InMemorySource
-from elbokit.inference.em import fit_em
+from elbokit.data.sources import InMemorySource, as_source, is_source_like, sample_rows
+from elbokit.inference.em import (
+    EMRun,
+    RobbinsMonro,
+    fit_em,
+    run_em,
+    run_stepwise,
+    stepwise_update,
+)
 from elbokit.models.gaussian_mixture import (
     COVARIANCE_TYPES,
+    DegenerateComponentWarning,
     GaussianMixtureModel,
     GaussianMixtureParams,
     n_parameters,
@@ -33,6 +43,8 @@ from elbokit.models.gaussian_mixture import (
 from elbokit.models.kmeans import kmeans_plusplus, lloyd, squared_distances
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+ALGORITHMS = ("em", "stepwise")
+_INIT_SAMPLE = 100_000  # rows k-means initialisation sees at most
 _CHUNK_ELEMENTS = 1 << 20  # elements of one (K, D, chunk) work tensor: stays in cache
 
 
@@ -84,8 +96,24 @@ class GaussianMixture(ElbokitEstimator):
         Compute dtype of the E-step. Sufficient statistics always accumulate
         in float64 and the M-step runs in float64.
     batch_size : int, optional
-        Rows per chunk of the E-step, bounding memory to O(batch_size * K * D);
-        chosen automatically when None.
+        Rows per chunk. For ``algorithm="em"`` a memory knob only (results do
+        not depend on it): the E-step works on chunks, bounding memory to
+        O(batch_size * K * D); chosen automatically when None. For
+        ``"stepwise"`` the mini-batch size (default 1024).
+    algorithm : {"em", "stepwise"}, default="em"
+        ``"em"``: exact EM, one pass over the data per iteration. ``"stepwise"``:
+        stepwise (online) EM, one update per mini-batch with step
+        rho_t = (t + step_offset)^-step_decay; ``max_iter`` counts epochs.
+    step_offset : float, default=2.0
+        Robbins-Monro offset t0 of stepwise EM and ``partial_fit`` (>= 0).
+    step_decay : float, default=0.7
+        Robbins-Monro forgetting rate kappa, in (0.5, 1].
+
+    ``fit`` takes in-memory data or, to stream data larger than memory, the
+    path of a ``.npy``, ``.parquet`` or ``.csv`` file, a list of batches, or a
+    function returning a fresh iterator of batches (arrays, or pairs of
+    arrays and sample weights).  Exact EM makes one pass per iteration and
+    gives the same result as in memory.
 
     Attributes
     ----------
@@ -105,6 +133,10 @@ class GaussianMixture(ElbokitEstimator):
     converged_ : bool
     n_iter_ : int
     n_features_in_ : int
+    n_steps_ : int
+        Stepwise updates made so far (``partial_fit`` / ``"stepwise"``).
+    n_reseeded_ : int
+        Empty components re-seeded (by splitting the widest one) during the fit.
 
     Fitted arrays are NumPy arrays when ``fit`` got NumPy data, and float64
     torch tensors on the compute device when it got tensors.
@@ -113,6 +145,7 @@ class GaussianMixture(ElbokitEstimator):
     _fitted_attributes = (
         "weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
         "lower_bounds_", "lower_bound_", "converged_", "n_iter_", "n_features_in_",
+        "n_steps_", "n_reseeded_",
     )
 
     def __init__(
@@ -134,6 +167,9 @@ class GaussianMixture(ElbokitEstimator):
         device=None,
         dtype="float32",
         batch_size=None,
+        algorithm="em",
+        step_offset=2.0,
+        step_decay=0.7,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -151,6 +187,9 @@ class GaussianMixture(ElbokitEstimator):
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
+        self.algorithm = algorithm
+        self.step_offset = step_offset
+        self.step_decay = step_decay
 
     # ------------------------------------------------------------ validation
     def _check_hyperparameters(self):
@@ -167,6 +206,12 @@ class GaussianMixture(ElbokitEstimator):
                 f"covariance_type={self.covariance_type!r} is not supported: "
                 f"use one of {', '.join(map(repr, COVARIANCE_TYPES))}."
             )
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"algorithm={self.algorithm!r} is not supported: use 'em' (exact) or "
+                "'stepwise' (online, mini-batches)."
+            )
+        self._schedule()
         if self.init_params not in INIT_METHODS:
             raise ValueError(
                 f"init_params={self.init_params!r} is not supported: use one of "
@@ -177,24 +222,59 @@ class GaussianMixture(ElbokitEstimator):
     def _model(self) -> GaussianMixtureModel:
         return GaussianMixtureModel(self.covariance_type, float(self.reg_covar), resolve_dtype(self.dtype))
 
+    def _schedule(self) -> RobbinsMonro:
+        return RobbinsMonro(self.step_offset, self.step_decay)
+
+    def _rows(self, n_features: int, stepwise: bool = False) -> int:
+        if self.batch_size:
+            return int(self.batch_size)
+        if stepwise:
+            return 1024
+        return max(256, _CHUNK_ELEMENTS // max(1, self.n_components * n_features))
+
     def _source(self, X, weight=None) -> InMemorySource:
-        K, D = self.n_components, X.shape[1]
-        rows = self.batch_size or max(256, _CHUNK_ELEMENTS // max(1, K * D))
-        return InMemorySource(X, weight, batch_size=rows)
+        return InMemorySource(X, weight, batch_size=self._rows(X.shape[1]))
+
+    def _check_features(self, n_features: int, name: str):
+        check_is_fitted(self)
+        expected = self.n_features_in_
+        if n_features != expected:
+            raise ValueError(
+                f"{name} has {n_features} features, but GaussianMixture is expecting "
+                f"{expected} features as input: pass data with {expected} columns."
+            )
 
     def _validate(self, X, name="X", reset=False):
         dtype = resolve_dtype(self.dtype)
         device = resolve_device(self.device, X)
         X, kind = as_2d_tensor(X, name=name, dtype=dtype, device=device)
         if not reset:
-            check_is_fitted(self)
-            expected = self.n_features_in_
-            if X.shape[1] != expected:
-                raise ValueError(
-                    f"{name} has {X.shape[1]} features, but GaussianMixture is expecting "
-                    f"{expected} features as input: pass data with {expected} columns."
-                )
+            self._check_features(X.shape[1], name)
         return X, kind
+
+    def _data(self, X, sample_weight=None, *, reset=False, stepwise=False):
+        """Any accepted input as (source, output kind, n_features).
+
+        Streams paths and iterables; checks and chunks in-memory data.
+        """
+        if is_source_like(X):
+            if sample_weight is not None:
+                raise ValueError(
+                    "sample_weight goes with in-memory X; with streamed data give "
+                    "(X_batch, weight_batch) pairs instead."
+                )
+            device = resolve_device(self.device)
+            probe = as_source(X, batch_size=1, dtype=resolve_dtype(self.dtype), device=device)
+            n_features = probe.n_features or next(iter(probe))[0].shape[1]
+            source = as_source(X, batch_size=self._rows(n_features, stepwise),
+                               dtype=resolve_dtype(self.dtype), device=device)
+            if not reset:
+                self._check_features(n_features, "X")
+            return source, InputKind(False, torch.device("cpu")), n_features
+        X, kind = self._validate(X, reset=reset)
+        weight = as_sample_weight(sample_weight, X.shape[0], dtype=X.dtype, device=X.device)
+        rows = self._rows(X.shape[1], stepwise)
+        return InMemorySource(X, weight, batch_size=rows), kind, X.shape[1]
 
     # ------------------------------------------------------------ initialisation
     def _user_array(self, value, name, shape, device):
@@ -213,7 +293,7 @@ class GaussianMixture(ElbokitEstimator):
         ]
 
     def _initial_centres(self, X, weight, gen):
-        """Centres for the centre-based initialisations, shape (K, D)."""
+        """Centres for the centre-based initialisations, from the sample X, shape (K, D)."""
         K = self.n_components
         if self.init_params == "random_from_data":
             p = torch.ones(X.shape[0], device=X.device) if weight is None else (weight > 0).float()
@@ -224,8 +304,14 @@ class GaussianMixture(ElbokitEstimator):
             centres = lloyd(self._source(X, weight), centres)
         return centres
 
-    def _initialize(self, X, weight, gen) -> GaussianMixtureParams:
-        """Initial parameters: an M-step from initial responsibilities, then user overrides."""
+    def _initialize(self, source, sample, gen) -> GaussianMixtureParams:
+        """Initial parameters: an M-step from initial responsibilities, then user overrides.
+
+        Centres come from ``sample`` (a random subset of at most _INIT_SAMPLE
+        rows, the whole data when smaller); the M-step from one pass over
+        ``source``.
+        """
+        X, weight = sample
         model = self._model()
         K, D = self.n_components, X.shape[1]
         f64 = torch.float64
@@ -234,12 +320,12 @@ class GaussianMixture(ElbokitEstimator):
             zeros = torch.zeros(K, D, dtype=f64, device=X.device)
             return self._apply_user_init(model.anchor(zeros), D, X.device)
         if self.init_params == "random":
-            anchor_means = X.double().mean(0).expand(K, D) if weight is None else (
-                (weight.double() @ X.double()) / weight.double().sum()).expand(K, D)
+            w = torch.ones(X.shape[0], dtype=f64, device=X.device) if weight is None else weight.double()
+            anchor_means = ((w @ X.double()) / w.sum()).expand(K, D)
 
             def responsibilities(Xb):
-                r = torch.rand(Xb.shape[0], K, generator=gen, device=X.device, dtype=Xb.dtype)
-                return r / r.sum(1, keepdim=True)
+                r = torch.rand(Xb.shape[0], K, generator=gen, device=gen.device, dtype=Xb.dtype)
+                return (r / r.sum(1, keepdim=True)).to(Xb.device)
         else:
             anchor_means = self._initial_centres(X, weight, gen).to(f64)
 
@@ -249,7 +335,7 @@ class GaussianMixture(ElbokitEstimator):
 
         anchor = model.anchor(anchor_means)
         total = None
-        for Xb, wb in self._source(X, weight):
+        for Xb, wb in source:
             stats = model.statistics_from_responsibilities(anchor, Xb, responsibilities(Xb), wb)
             total = stats if total is None else {k: total[k] + stats[k] for k in total}
         params = model.maximize(total, anchor)
@@ -281,11 +367,14 @@ class GaussianMixture(ElbokitEstimator):
 
     # ------------------------------------------------------------ fitting
     def fit(self, X, y=None, sample_weight=None):
-        """Fit the mixture by EM.
+        """Fit the mixture by EM (or stepwise EM, see ``algorithm``).
 
         Parameters
         ----------
-        X : array-like or torch.Tensor, shape (n_samples, n_features)
+        X : array-like or torch.Tensor of shape (n_samples, n_features), or a data source
+            In-memory data; or, streamed in chunks, the path of a .npy, .parquet
+            or .csv file, a list of batches, or a function returning a fresh
+            iterator of batches (arrays or (array, weights) pairs).
         y : ignored
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative weights; an integer weight acts as repeating the row.
@@ -295,39 +384,81 @@ class GaussianMixture(ElbokitEstimator):
         self
         """
         self._check_hyperparameters()
-        X, kind = self._validate(X, reset=True)
-        n = X.shape[0]
-        if self.n_components > n:
-            raise ValueError(
-                f"n_components={self.n_components} must be <= n_samples={n}: "
-                "decrease n_components or provide more samples."
-            )
-        weight = as_sample_weight(sample_weight, n, dtype=X.dtype, device=X.device)
-        if weight is not None and int((weight > 0).sum()) < self.n_components:
-            raise ValueError(
-                f"only {int((weight > 0).sum())} samples have a positive sample_weight, "
-                f"fewer than n_components={self.n_components}."
-            )
-        gen = make_generator(self.random_state, X.device)
+        stepwise = self.algorithm == "stepwise"
+        source, kind, n_features = self._data(X, sample_weight, reset=True, stepwise=stepwise)
+        device = resolve_device(self.device, X if isinstance(X, torch.Tensor) else None)
+        gen = make_generator(self.random_state, device)
+        sample = sample_rows(source, max(_INIT_SAMPLE, self.n_components), gen)
+        self._check_sample_count(sample)
+        model = self._model()
         warm = self.warm_start and self.__sklearn_is_fitted__()
         if warm:
-            first = self._params(X.device)
+            first = self._params(device)
 
             def initialize(i):
                 return first
         else:
             def initialize(i):
-                return self._initialize(X, weight, gen)
+                return self._initialize(source, sample, gen)
 
-        run = fit_em(
-            self._model(), initialize, self._source(X, weight),
-            n_init=1 if warm else self.n_init, tol=float(self.tol),
-            max_iter=int(self.max_iter), verbose=int(self.verbose),
-        )
-        self._store(run, kind, X.shape[1])
+        common = dict(tol=float(self.tol), max_iter=int(self.max_iter), verbose=int(self.verbose))
+        steps = {"t": 1}
+        if stepwise:
+            def runner(params):
+                run, steps["t"] = run_stepwise(model, params, source, self._schedule(), **common)
+                return run
+        else:
+            def runner(params):
+                return run_em(model, params, source, **common)
+
+        run = fit_em(runner, initialize, n_init=1 if warm else self.n_init, **common)
+        self._store(run, kind, n_features, n_steps=steps["t"] - 1 if stepwise else 0,
+                    n_reseeded=model.n_reseeded)
         return self
 
-    def _store(self, run, kind, n_features):
+    def _check_sample_count(self, sample):
+        X, weight = sample
+        n = X.shape[0] if weight is None else int((weight > 0).sum())
+        if self.n_components > n:
+            what = "n_samples" if weight is None else "samples with a positive sample_weight"
+            raise ValueError(
+                f"n_components={self.n_components} must be <= {what}={n}: "
+                "decrease n_components or provide more samples."
+            )
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """One stepwise-EM update from the mini-batch X.
+
+        The first call initialises the mixture from X (which needs at least
+        ``n_components`` rows); each call then moves the running statistics a
+        step rho_t = (t + step_offset)^-step_decay towards X's.  Continues
+        from a model fitted by ``fit`` as well.
+
+        Returns
+        -------
+        self
+        """
+        self._check_hyperparameters()
+        first = not self.__sklearn_is_fitted__()
+        Xt, kind = self._validate(X, reset=first)
+        weight = as_sample_weight(sample_weight, Xt.shape[0], dtype=Xt.dtype, device=Xt.device)
+        model = self._model()
+        if first:
+            gen = make_generator(self.random_state, Xt.device)
+            source = InMemorySource(Xt, weight, batch_size=self._rows(Xt.shape[1]))
+            sample = (Xt, weight)
+            self._check_sample_count(sample)
+            params, t, history = self._initialize(source, sample, gen), 1, []
+        else:
+            params, t = self._params(Xt.device), self.n_steps_ + 1
+            history = list(self.lower_bounds_)
+        params, mean = stepwise_update(model, params, Xt, weight, self._schedule()(t))
+        run = EMRun(params=params, lower_bounds=history + [mean], converged=False, n_iter=t)
+        self._store(run, kind, Xt.shape[1], n_steps=t,
+                    n_reseeded=model.n_reseeded + (0 if first else self.n_reseeded_))
+        return self
+
+    def _store(self, run, kind, n_features, *, n_steps, n_reseeded):
         p = run.params
         ct = self.covariance_type
         out = (lambda t: t) if kind.is_torch else (lambda t: t.detach().cpu().numpy())
@@ -341,6 +472,15 @@ class GaussianMixture(ElbokitEstimator):
         self.converged_ = bool(run.converged)
         self.n_iter_ = int(run.n_iter)
         self.n_features_in_ = int(n_features)
+        self.n_steps_ = int(n_steps)
+        self.n_reseeded_ = int(n_reseeded)
+        if n_reseeded:
+            warnings.warn(
+                f"{n_reseeded} time(s) a component lost all its samples and was re-seeded by "
+                "splitting the widest component; if this persists, decrease n_components.",
+                DegenerateComponentWarning,
+                stacklevel=3,
+            )
 
     def _params(self, device) -> GaussianMixtureParams:
         """Fitted parameters as float64 tensors on ``device``."""
@@ -359,11 +499,23 @@ class GaussianMixture(ElbokitEstimator):
 
     # ------------------------------------------------------------ inference
     def _chunked(self, X, fn):
-        """Apply ``fn(log_joint_chunk)`` chunk by chunk and concatenate."""
+        """Apply ``fn(log_joint_chunk)`` chunk by chunk over any accepted input.
+
+        Returns
+        -------
+        out : Tensor
+            The chunks' results, concatenated.
+        kind : InputKind
+        """
+        source, kind, _ = self._data(X)
         model = self._model()
-        params = self._params(X.device)
-        outs = [fn(model.log_joint(params, Xb)) for Xb, _ in self._source(X)]
-        return torch.cat(outs)
+        params = None
+        outs = []
+        for Xb, _ in source:
+            if params is None:
+                params = self._params(Xb.device)
+            outs.append(fn(model.log_joint(params, Xb)))
+        return torch.cat(outs), kind
 
     def log_joint(self, X):
         """log p(x, z=k) = log weights_[k] + log N(x | means_[k], covariances_[k]).
@@ -372,29 +524,24 @@ class GaussianMixture(ElbokitEstimator):
         -------
         array of shape (n_samples, n_components)
         """
-        X, kind = self._validate(X)
-        return to_output(self._chunked(X, lambda lj: lj), kind)
+        return to_output(*self._chunked(X, lambda lj: lj))
 
     def score_samples(self, X):
         """Exact log p(x) per sample (log-sum-exp over components), shape (n,)."""
-        X, kind = self._validate(X)
-        return to_output(self._chunked(X, lambda lj: torch.logsumexp(lj, 1)), kind)
+        return to_output(*self._chunked(X, lambda lj: torch.logsumexp(lj, 1)))
 
     def score(self, X, y=None):
         """Mean log p(x) per sample (float)."""
-        X, _ = self._validate(X)
-        lp = self._chunked(X, lambda lj: torch.logsumexp(lj, 1))
-        return float(lp.to(torch.float64).mean())
+        lp, _ = self._chunked(X, lambda lj: torch.logsumexp(lj, 1).to(torch.float64))
+        return float(lp.mean())
 
     def predict_proba(self, X):
         """Posterior p(z=k | x), shape (n, K); rows sum to 1."""
-        X, kind = self._validate(X)
-        return to_output(self._chunked(X, lambda lj: torch.softmax(lj, 1)), kind)
+        return to_output(*self._chunked(X, lambda lj: torch.softmax(lj, 1)))
 
     def predict(self, X):
         """Most probable component per sample, shape (n,), int64."""
-        X, kind = self._validate(X)
-        return to_output(self._chunked(X, lambda lj: lj.argmax(1)), kind)
+        return to_output(*self._chunked(X, lambda lj: lj.argmax(1)))
 
     def sample(self, n_samples=1):
         """Draw samples from the fitted mixture.
@@ -418,12 +565,16 @@ class GaussianMixture(ElbokitEstimator):
     def _n_parameters(self):
         return n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
 
+    def _total_log_likelihood(self, X):
+        lp, _ = self._chunked(X, lambda lj: torch.logsumexp(lj, 1).to(torch.float64))
+        return float(lp.sum()), lp.shape[0]
+
     def bic(self, X):
         """Bayesian information criterion on X: -2 log p(X) + p log n (lower is better)."""
-        n = np.asarray(X).shape[0] if not isinstance(X, torch.Tensor) else X.shape[0]
-        return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
+        total, n = self._total_log_likelihood(X)
+        return -2 * total + self._n_parameters() * math.log(n)
 
     def aic(self, X):
         """Akaike information criterion on X: -2 log p(X) + 2 p (lower is better)."""
-        n = np.asarray(X).shape[0] if not isinstance(X, torch.Tensor) else X.shape[0]
-        return -2 * self.score(X) * n + 2 * self._n_parameters()
+        total, _ = self._total_log_likelihood(X)
+        return -2 * total + 2 * self._n_parameters()

@@ -64,8 +64,8 @@ def test_batches_do_not_change_the_result(coins):
 def test_restarts_keep_the_best_and_warn_when_not_converged(coins):
     starts = [start(0.5, 0.500001), start(0.3, 0.9)]
     with pytest.warns(ConvergenceWarning):
-        best = fit_em(TwoCoins(), lambda i: starts[i], InMemorySource(coins), n_init=2,
-                      tol=1e-14, max_iter=3)
+        best = fit_em(lambda p: run_em(TwoCoins(), p, InMemorySource(coins), tol=1e-14, max_iter=3),
+                      lambda i: starts[i], n_init=2, tol=1e-14, max_iter=3)
     singles = [run_em(TwoCoins(), s, InMemorySource(coins), tol=1e-14, max_iter=3).lower_bound
                for s in starts]
     assert best.lower_bound == max(singles)

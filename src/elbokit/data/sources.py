@@ -1,17 +1,30 @@
-"""Batch sources.
+"""Batch sources: where the batches that the engines stream over come from.
 
 An engine never holds the data set; it asks a *source* for an iterator of
-``(X_batch, weight_batch)`` pairs, once per pass.  The same loop therefore
-serves an in-memory array cut into chunks (bounded memory) and, later, data
-streamed from disk.
+``(X, weight)`` pairs, once per pass.  The same loop therefore serves
+
+* an in-memory array or tensor, cut into chunks (bounded working memory);
+* a ``.npy`` file on disk, read chunk by chunk with plain file reads (the
+  process's resident memory stays at one chunk, however large the file);
+* a Parquet or CSV file, read in record batches with pyarrow;
+* any re-iterable of batches (a list, or a function returning a fresh
+  iterator), for data that lives elsewhere.
+
+Every batch is checked (2-D, finite, the same number of features) and cast
+to the compute dtype and device as it is read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
+
+Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 
 
 class BatchSource(Protocol):
@@ -19,16 +32,13 @@ class BatchSource(Protocol):
 
     Attributes
     ----------
-    n_samples : int
-        Number of rows over one pass.
     n_features : int
         Number of columns.
     """
 
-    n_samples: int
     n_features: int
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def __iter__(self) -> Iterator[Batch]:
         """Yield ``(X, weight)``: X of shape (b, n_features), weight (b,) or None."""
         ...
 
@@ -48,10 +58,267 @@ class InMemorySource:
         self.X = X
         self.weight = weight
         self.n_samples, self.n_features = X.shape
-        self.batch_size = batch_size or self.n_samples
+        self.batch_size = batch_size or max(self.n_samples, 1)
 
     def __iter__(self):
         for start in range(0, self.n_samples, self.batch_size):
             stop = start + self.batch_size
             w = None if self.weight is None else self.weight[start:stop]
             yield self.X[start:stop], w
+
+
+def _check_batch(X: torch.Tensor, where: str, n_features: int | None) -> None:
+    if X.ndim != 2:
+        raise ValueError(f"{where} must be 2-D (rows, features); got shape {tuple(X.shape)}.")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(
+            f"{where} has {X.shape[1]} features where earlier batches had {n_features}: "
+            "every batch needs the same columns."
+        )
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError(
+            f"{where} contains NaN or inf: remove or impute those values first."
+        )
+
+
+class _ConvertingSource:
+    """Shared logic: convert raw NumPy/torch batches, check them, count rows."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device, description: str):
+        self.dtype = dtype
+        self.device = device
+        self.description = description
+        self.n_features: int | None = None
+        self.n_samples: int | None = None
+
+    def _raw_batches(self) -> Iterator:
+        raise NotImplementedError
+
+    def _convert(self, raw, index: int) -> Batch:
+        X, w = raw if isinstance(raw, tuple) else (raw, None)
+        where = f"batch {index} of {self.description}"
+        X = X.detach() if isinstance(X, torch.Tensor) else torch.from_numpy(
+            np.array(X, dtype=np.float64 if np.asarray(X).dtype.kind != "f" else None, copy=True))
+        X = X.to(device=self.device, dtype=self.dtype)
+        _check_batch(X, where, self.n_features)
+        if w is not None:
+            w = torch.as_tensor(np.asarray(w) if not isinstance(w, torch.Tensor) else w)
+            w = w.to(device=self.device, dtype=self.dtype)
+            if w.shape != (X.shape[0],) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+                raise ValueError(f"{where}: its weights must be finite, >= 0, one per row.")
+        return X, w
+
+    def __iter__(self):
+        rows = 0
+        for i, raw in enumerate(self._raw_batches()):
+            X, w = self._convert(raw, i)
+            if X.shape[0] == 0:
+                continue
+            self.n_features = X.shape[1]
+            rows += X.shape[0]
+            yield X, w
+        if rows == 0:
+            raise ValueError(f"{self.description} holds no rows.")
+        self.n_samples = rows
+
+
+class NpySource(_ConvertingSource):
+    """A 2-D ``.npy`` file read ``batch_size`` rows at a time with plain reads.
+
+    Unlike ``np.load(mmap_mode="r")``, nothing stays mapped: resident memory
+    is one chunk, whatever the file's size.
+
+    Parameters
+    ----------
+    path : str or Path
+    batch_size : int
+    dtype, device
+        Compute dtype and device of the batches.
+    """
+
+    def __init__(self, path, batch_size: int, dtype, device):
+        super().__init__(dtype, device, str(path))
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                shape, fortran, file_dtype = np.lib.format._read_array_header(f, version)
+            except ValueError as err:
+                raise ValueError(f"{path} is not a valid .npy file: {err}") from err
+            self.offset = f.tell()
+        if len(shape) != 2 or fortran or file_dtype.hasobject or file_dtype.kind not in "biuf":
+            raise ValueError(
+                f"{path} must hold a 2-D C-ordered numeric array; got shape {shape}, "
+                f"dtype {file_dtype}, fortran_order={fortran}."
+            )
+        self.file_dtype = file_dtype
+        self.n_samples, self.n_features = int(shape[0]), int(shape[1])
+        self.batch_size = batch_size
+
+    def _raw_batches(self):
+        row_bytes = self.n_features * self.file_dtype.itemsize
+        buf = np.empty((self.batch_size, self.n_features), dtype=self.file_dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            for start in range(0, self.n_samples, self.batch_size):
+                rows = min(self.batch_size, self.n_samples - start)
+                view = buf[:rows]
+                if f.readinto(memoryview(view).cast("B")) != rows * row_bytes:
+                    raise ValueError(f"{self.path} is truncated: fewer rows than its header says.")
+                yield view
+
+    def __iter__(self):
+        n_features = self.n_features
+        self.n_features = None  # let the base class check every batch against the first
+        try:
+            yield from super().__iter__()
+        finally:
+            self.n_features = n_features
+
+
+class TableSource(_ConvertingSource):
+    """A Parquet or CSV file read in record batches with pyarrow.
+
+    Every column must be numeric; a non-numeric cell is an error naming the
+    column.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.parquet``/``.pq`` or ``.csv``/``.tsv`` (with a header row).
+    batch_size : int
+        Rows per batch (Parquet; CSV batches follow pyarrow's block size).
+    """
+
+    def __init__(self, path, batch_size: int, dtype, device):
+        super().__init__(dtype, device, str(path))
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.suffix = self.path.suffix.lower()
+
+    def _record_batches(self):
+        if self.suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            yield from pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_size)
+            return
+        import pyarrow.csv as pcsv
+
+        delimiter = "\t" if self.suffix == ".tsv" else ","
+        reader = pcsv.open_csv(
+            self.path,
+            read_options=pcsv.ReadOptions(block_size=1 << 22),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter),
+        )
+        yield from reader
+
+    def _raw_batches(self):
+        import pyarrow as pa
+
+        try:
+            for batch in self._record_batches():
+                columns = []
+                for name, col in zip(batch.schema.names, batch.columns):
+                    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
+                            or pa.types.is_null(col.type)):
+                        raise ValueError(
+                            f"column {name!r} of {self.path} is not numeric (type {col.type}): "
+                            "drop it or encode it as numbers."
+                        )
+                    columns.append(col.to_numpy(zero_copy_only=False).astype(np.float64))
+                yield np.stack(columns, axis=1)
+        except pa.ArrowInvalid as err:
+            raise ValueError(f"{self.path} cannot be parsed: {err}") from err
+
+
+class IterableSource(_ConvertingSource):
+    """Batches from a re-iterable, or from a function returning a fresh iterator.
+
+    Each item is an array of shape (b, n_features), or a pair (array, weights).
+    """
+
+    def __init__(self, batches: Iterable | Callable[[], Iterable], dtype, device):
+        super().__init__(dtype, device, "the batch iterable")
+        if isinstance(batches, Iterator):
+            raise TypeError(
+                "fit needs several passes over the data, but a one-shot iterator or "
+                "generator can be read once: pass a list of batches, a function returning "
+                "a fresh iterator, or feed batches one at a time to partial_fit."
+            )
+        self.batches = batches
+
+    def _raw_batches(self):
+        return iter(self.batches() if callable(self.batches) else self.batches)
+
+
+def is_source_like(X) -> bool:
+    """True for what :func:`as_source` streams rather than loads.
+
+    Paths, functions returning iterators, non-sequence iterables, and lists
+    or tuples of 2-D arrays (batches) are streamed; arrays, tensors and
+    nested lists of numbers are data.
+    """
+    if isinstance(X, (str, os.PathLike)):
+        return True
+    if isinstance(X, (np.ndarray, torch.Tensor)) or hasattr(X, "__array__") or hasattr(X, "toarray"):
+        return False
+    if isinstance(X, (list, tuple)):
+        return len(X) > 0 and getattr(X[0], "ndim", None) == 2
+    return callable(X) or isinstance(X, Iterable)
+
+
+def as_source(X, *, batch_size: int, dtype, device):
+    """A batch source for a path (.npy, .parquet, .csv) or an iterable of batches."""
+    if isinstance(X, (str, os.PathLike)):
+        path = Path(X)
+        if not path.is_file():
+            raise FileNotFoundError(f"no data file at {path}.")
+        suffix = path.suffix.lower()
+        if suffix == ".npy":
+            return NpySource(path, batch_size, dtype, device)
+        if suffix in (".parquet", ".pq", ".csv", ".tsv"):
+            return TableSource(path, batch_size, dtype, device)
+        raise ValueError(
+            f"{path}: unknown data format {suffix!r}; use .npy, .parquet, .csv or .tsv."
+        )
+    return IterableSource(X, dtype, device)
+
+
+def sample_rows(source, max_rows: int, generator: torch.Generator):
+    """A uniform random sample of up to ``max_rows`` rows, in one pass.
+
+    Each row gets a uniform random key and the rows with the smallest keys are
+    kept (a bottom-k sample), so the number of rows need not be known.  An
+    in-memory source no larger than ``max_rows`` is returned whole.
+
+    Returns
+    -------
+    X : Tensor, shape (min(n, max_rows), n_features)
+    weight : Tensor of shape (min(n, max_rows),) or None
+    """
+    if isinstance(source, InMemorySource) and source.n_samples <= max_rows:
+        return source.X, source.weight
+    parts: list[tuple] = []
+    held = 0
+
+    def prune(parts, limit):
+        X = torch.cat([p[0] for p in parts])
+        keys = torch.cat([p[2] for p in parts])
+        has_w = any(p[1] is not None for p in parts)
+        w = torch.cat([p[1] if p[1] is not None else torch.ones(p[0].shape[0], dtype=X.dtype,
+                                                                  device=X.device)
+                       for p in parts]) if has_w else None
+        if X.shape[0] > limit:
+            idx = torch.topk(keys, limit, largest=False).indices.sort().values
+            X, keys, w = X[idx], keys[idx], None if w is None else w[idx]
+        return [(X, w, keys)]
+
+    for X, w in source:
+        keys = torch.rand(X.shape[0], generator=generator, device=generator.device).to(X.device)
+        parts.append((X.clone(), None if w is None else w.clone(), keys))
+        held += X.shape[0]
+        if held > 2 * max_rows:
+            parts = prune(parts, max_rows)
+            held = parts[0][0].shape[0]
+    X, w, _ = prune(parts, max_rows)[0]
+    return X, w

@@ -195,29 +195,28 @@ def run_em(
 
 
 def fit_em(
-    model: EMModel,
+    runner: Callable[[Any], EMRun],
     initialize: Callable[[int], Any],
-    source,
     *,
     n_init: int = 1,
     tol: float,
     max_iter: int,
     verbose: int = 0,
-    reduce: Callable | None = None,
 ) -> EMRun:
     """Run EM from ``n_init`` initialisations and keep the best.
 
     Parameters
     ----------
-    model : EMModel
+    runner : callable
+        ``runner(params)`` runs EM (exact or stepwise) from ``params`` and
+        returns its :class:`EMRun`, e.g. ``functools.partial(run_em, model,
+        source=..., ...)``.
     initialize : callable
         ``initialize(i)`` returns the starting parameters of restart ``i``.
-    source : BatchSource
-        The data, iterated once per E-step.
     n_init : int
         Number of restarts; the run with the highest final bound is kept.
-    tol, max_iter, verbose, reduce
-        See :func:`run_em`.
+    tol, max_iter, verbose
+        As given to the runner; used for the warning and progress lines.
 
     Warns
     -----
@@ -226,11 +225,9 @@ def fit_em(
     """
     best: EMRun | None = None
     for i in range(n_init):
-        desc = f"EM restart {i + 1}/{n_init}" if n_init > 1 else "EM"
-        run = run_em(
-            model, initialize(i), source, tol=tol, max_iter=max_iter,
-            verbose=verbose, desc=desc, reduce=reduce,
-        )
+        if verbose >= 2 and n_init > 1:
+            print(f"restart {i + 1}/{n_init}", flush=True)
+        run = runner(initialize(i))
         if best is None or run.lower_bound > best.lower_bound:
             best = run
     if not best.converged and max_iter > 0:
@@ -241,3 +238,121 @@ def fit_em(
             stacklevel=3,
         )
     return best
+
+
+# --------------------------------------------------------------------------- stepwise EM
+@dataclass(frozen=True)
+class RobbinsMonro:
+    """Step sizes rho_t = (t + offset)^-decay for stepwise (online) EM, t = 1, 2, ...
+
+    Stepwise EM (Cappe & Moulines, 2009; Liang & Klein, 2009) replaces the
+    full E-step by a stochastic approximation: after each mini-batch the
+    running statistics move a step rho_t towards the batch's,
+    s <- (1 - rho_t) s + rho_t s_batch.  It converges when sum rho_t = inf
+    and sum rho_t^2 < inf, that is for 0.5 < decay <= 1.
+
+    Parameters
+    ----------
+    offset : float, >= 0
+        Delays the decay (larger: smaller early steps, more inertia).
+    decay : float in (0.5, 1]
+        Forgetting rate kappa.
+    """
+
+    offset: float = 2.0
+    decay: float = 0.7
+
+    def __post_init__(self):
+        if not (isinstance(self.decay, (int, float)) and 0.5 < self.decay <= 1.0):
+            raise ValueError(
+                f"step_decay={self.decay!r} must lie in (0.5, 1] for stepwise EM to converge."
+            )
+        if not (isinstance(self.offset, (int, float)) and self.offset >= 0 and self.offset < float("inf")):
+            raise ValueError(f"step_offset={self.offset!r} must be a finite number >= 0.")
+
+    def __call__(self, t: int) -> float:
+        return min(1.0, (t + self.offset) ** (-self.decay))
+
+
+class StepwiseModel(EMModel, Protocol):
+    """What stepwise EM needs beyond EM: statistics as blendable moments."""
+
+    def moments(self, stats: Statistics, params: Any) -> Any: ...
+
+    def moments_of(self, params: Any) -> Any: ...
+
+    def blend(self, old: Any, new: Any, rho: float) -> Any: ...
+
+    def from_moments(self, moments: Any) -> Any: ...
+
+
+def stepwise_update(model: StepwiseModel, params, X, weight, rho: float):
+    """One stepwise-EM update from one mini-batch.
+
+    Returns
+    -------
+    params
+        The new parameters.
+    mean_log_likelihood : float
+        The batch's mean log p(x) under the parameters *before* the update.
+    """
+    stats, log_lik = model.expected_statistics(params, X, weight)
+    n = float(X.shape[0]) if weight is None else float(weight.sum())
+    mean = float(log_lik) / n
+    if mean != mean or abs(mean) == float("inf"):
+        raise FloatingPointError(
+            f"the log-likelihood of a mini-batch became {mean}: increase reg_covar, scale the "
+            "data, or use dtype='float64'."
+        )
+    batch = model.moments(stats, params)
+    blended = model.blend(model.moments_of(params), batch, rho)
+    return model.from_moments(blended), mean
+
+
+def run_stepwise(
+    model: StepwiseModel,
+    params,
+    source,
+    schedule: RobbinsMonro,
+    *,
+    tol: float,
+    max_iter: int,
+    first_step: int = 1,
+    verbose: int = 0,
+) -> tuple[EMRun, int]:
+    """Stepwise EM over the mini-batches of ``source``, ``max_iter`` epochs at most.
+
+    The bound recorded per epoch is the mean over its mini-batches of the
+    batch log-likelihood before each update (a running estimate, stated as
+    such); convergence is a change below ``tol`` between epochs.  The last
+    entry of ``lower_bounds`` is the exact mean log-likelihood of the
+    returned parameters (one full pass).
+
+    Returns
+    -------
+    run : EMRun
+    next_step : int
+        The step counter t after the last update.
+    """
+    run = EMRun(params=params)
+    progress = _Progress(verbose, max_iter, "stepwise EM")
+    t = first_step
+    previous = -float("inf")
+    for epoch in range(1, max_iter + 1):
+        total, weight_sum = 0.0, 0.0
+        for X, weight in source:
+            run.params, mean = stepwise_update(model, run.params, X, weight, schedule(t))
+            n = float(X.shape[0]) if weight is None else float(weight.sum())
+            total, weight_sum, t = total + mean * n, weight_sum + n, t + 1
+        bound = total / weight_sum
+        run.lower_bounds.append(bound)
+        run.n_iter = epoch
+        progress.update(epoch, bound, bound - previous)
+        if abs(bound - previous) < tol:
+            run.converged = True
+            break
+        previous = bound
+    _, final = accumulate(model, run.params, source)
+    run.lower_bounds.append(final)
+    progress.close(run)
+    return run, t

@@ -61,6 +61,10 @@ class GaussianMixtureParams:
         )
 
 
+class DegenerateComponentWarning(UserWarning):
+    """A component lost all its samples and was re-seeded."""
+
+
 class DegenerateCovarianceError(ValueError):
     """A covariance matrix is not positive definite even after regularisation."""
 
@@ -118,6 +122,27 @@ def n_parameters(n_components: int, n_features: int, covariance_type: str) -> in
 
 
 @dataclass(frozen=True)
+class Moments:
+    """Weighted moments of the data per component, free of any anchor (float64).
+
+    Attributes
+    ----------
+    nk : Tensor, shape (K,)
+        Summed responsibilities (effective counts).
+    means : Tensor, shape (K, D)
+        Responsibility-weighted means.
+    covariances : Tensor
+        Weighted covariances about those means, without ``reg_covar``:
+        (K, D, D) full, (D, D) tied (pooled over components), (K, D) diag
+        and spherical (per feature; spherical averages them last).
+    """
+
+    nk: torch.Tensor
+    means: torch.Tensor
+    covariances: torch.Tensor
+
+
+@dataclass(frozen=True)
 class _Prepared:
     """Per-iteration constants of the E-step, in the compute dtype.
 
@@ -164,6 +189,7 @@ class GaussianMixtureModel:
         self.reg_covar = reg_covar
         self.dtype = dtype
         self._cache: tuple | None = None
+        self.n_reseeded = 0
 
     # ----------------------------------------------------------------- density
     def prepare(self, params: GaussianMixtureParams, dtype: torch.dtype) -> _Prepared:
@@ -304,38 +330,122 @@ class GaussianMixtureModel:
         return stats, log_lik
 
     # ----------------------------------------------------------------- M-step
-    def maximize(self, stats, params: GaussianMixtureParams) -> GaussianMixtureParams:
-        """Closed-form maximiser of E_q[log p(x, z)] (the M-step), in float64.
-
-        ``params`` is the anchor the statistics were taken against.
-        """
+    def moments(self, stats, params: GaussianMixtureParams) -> Moments:
+        """Statistics taken against the anchor ``params``, in anchor-free form."""
         f64 = torch.float64
         nk = stats["nk"] + 10 * torch.finfo(f64).eps
         anchor_means = params.means.to(f64)
-        centre = params.weights.to(f64) @ anchor_means
         D = anchor_means.shape[1]
-        eye = torch.eye(D, dtype=f64, device=anchor_means.device)
         shift = stats["s1"] / nk[:, None]
         ct = self.covariance_type
         if ct == "full":
             # back from whitened coordinates: x - mu_k = C_k y with C_k = U_k^-T
             U = params.precisions_cholesky.to(f64)
+            eye = torch.eye(D, dtype=f64, device=anchor_means.device)
             C = torch.linalg.solve(U.mT, eye.expand_as(U))
             means = anchor_means + (C @ shift.unsqueeze(-1)).squeeze(-1)
             white = stats["s2"] / nk[:, None, None] - shift.unsqueeze(2) * shift.unsqueeze(1)
-            cov = C @ white @ C.mT
-            cov = 0.5 * (cov + cov.mT) + self.reg_covar * eye
-        else:
-            means = centre + shift
-            if ct == "tied":
-                cov = (stats["s2"] - (shift.mT * nk) @ shift) / nk.sum()
-                cov = 0.5 * (cov + cov.mT) + self.reg_covar * eye
+            return Moments(nk, means, C @ white @ C.mT)
+        means = params.weights.to(f64) @ anchor_means + shift
+        if ct == "tied":
+            return Moments(nk, means, (stats["s2"] - (shift.mT * nk) @ shift) / nk.sum())
+        return Moments(nk, means, (stats["s2"] / nk[:, None] - shift.square()).clamp_min(0.0))
+
+    def _reseed_empty(self, moments: Moments) -> Moments:
+        """Re-seed components that hold (next to) no weight.
+
+        Each empty component takes half of the component with the largest
+        weighted spread n_k tr(Sigma_k), split along that component's
+        principal axis: the two means sit at mu +- sqrt(lambda) v.  Counted in
+        ``n_reseeded``, so that the estimator can report it.
+        """
+        nk = moments.nk
+        empty = torch.nonzero(nk < 1e-9 * nk.sum()).flatten().tolist()
+        if not empty or len(empty) == nk.shape[0]:
+            return moments
+        nk, means, cov = nk.clone(), moments.means.clone(), moments.covariances.clone()
+        ct = self.covariance_type
+        for e in empty:
+            spread = {"full": lambda: cov.diagonal(dim1=1, dim2=2).sum(1),
+                      "tied": lambda: torch.ones_like(nk),
+                      "diag": lambda: cov.sum(1), "spherical": lambda: cov.sum(1)}[ct]()
+            j = int(torch.argmax(nk * spread))
+            if ct in ("full", "tied"):
+                vals, vecs = torch.linalg.eigh(cov[j] if ct == "full" else cov)
+                step = vals[-1].clamp_min(self.reg_covar).sqrt() * vecs[:, -1]
             else:
-                var = (stats["s2"] / nk[:, None] - shift.square()).clamp_min(0.0)
-                cov = var + self.reg_covar if ct == "diag" else var.mean(1) + self.reg_covar
-        weights = nk / nk.sum()
-        prec_chol = precisions_cholesky_from_covariances(cov, ct)
-        return GaussianMixtureParams(weights, means, cov, prec_chol)
+                d = int(torch.argmax(cov[j]))
+                step = torch.zeros_like(means[j])
+                step[d] = cov[j, d].clamp_min(self.reg_covar).sqrt()
+            means[e], means[j] = means[j] + step, means[j] - step
+            nk[e] = nk[j] = nk[j] / 2
+            if ct != "tied":
+                cov[e] = cov[j]
+            self.n_reseeded += 1
+        return Moments(nk, means, cov)
+
+    def from_moments(self, moments: Moments) -> GaussianMixtureParams:
+        """Parameters from moments: re-seed empty components, regularise the
+        covariances, factor them."""
+        moments = self._reseed_empty(moments)
+        ct = self.covariance_type
+        cov = moments.covariances
+        if ct in ("full", "tied"):
+            eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+            cov = 0.5 * (cov + cov.mT) + self.reg_covar * eye
+        elif ct == "diag":
+            cov = cov + self.reg_covar
+        else:
+            cov = cov.mean(1) + self.reg_covar
+        weights = moments.nk / moments.nk.sum()
+        return GaussianMixtureParams(weights, moments.means, cov,
+                                     precisions_cholesky_from_covariances(cov, ct))
+
+    def maximize(self, stats, params: GaussianMixtureParams) -> GaussianMixtureParams:
+        """Closed-form maximiser of E_q[log p(x, z)] (the M-step), in float64.
+
+        ``params`` is the anchor the statistics were taken against.
+        """
+        return self.from_moments(self.moments(stats, params))
+
+    def moments_of(self, params: GaussianMixtureParams) -> Moments:
+        """The moments that ``params`` were made from (covariances less reg_covar)."""
+        f64 = torch.float64
+        cov = params.covariances.to(f64)
+        ct = self.covariance_type
+        if ct in ("full", "tied"):
+            cov = cov - self.reg_covar * torch.eye(cov.shape[-1], dtype=f64, device=cov.device)
+        elif ct == "diag":
+            cov = cov - self.reg_covar
+        else:
+            cov = (cov - self.reg_covar)[:, None].expand_as(params.means).to(f64)
+        return Moments(params.weights.to(f64), params.means.to(f64), cov)
+
+    def blend(self, old: Moments, new: Moments, rho: float) -> Moments:
+        """(1 - rho) old + rho new, as moments of the pooled weighted data.
+
+        Each side is first normalised to unit total weight; means and
+        covariances combine with the between-group correction (Chan et al.'s
+        parallel update), so no cancellation-prone raw moments are formed.
+        """
+        na = (1 - rho) * old.nk / old.nk.sum()
+        nb = rho * new.nk / new.nk.sum()
+        n = na + nb
+        means = (na[:, None] * old.means + nb[:, None] * new.means) / n[:, None]
+        da, db = old.means - means, new.means - means
+        ct = self.covariance_type
+        if ct == "full":
+            def part(w, C, d):
+                return w[:, None, None] * (C + d.unsqueeze(2) * d.unsqueeze(1))
+
+            cov = (part(na, old.covariances, da) + part(nb, new.covariances, db)) / n[:, None, None]
+        elif ct == "tied":
+            cov = ((1 - rho) * old.covariances + rho * new.covariances
+                   + (da.mT * na) @ da + (db.mT * nb) @ db)
+        else:
+            cov = (na[:, None] * (old.covariances + da.square())
+                   + nb[:, None] * (new.covariances + db.square())) / n[:, None]
+        return Moments(n, means, cov)
 
     def anchor(self, means: torch.Tensor) -> GaussianMixtureParams:
         """Parameters that serve only as an anchor for statistics from given

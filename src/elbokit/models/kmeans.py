@@ -16,8 +16,12 @@ import torch
 
 
 def squared_distances(X: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """||x_n - c_k||^2, shape (n, K), computed from residuals (no cancellation)."""
-    return (X.unsqueeze(1) - centres.unsqueeze(0)).square().sum(-1)
+    """||x_n - c_k||^2, shape (n, K), by one GEMM: ||x||^2 - 2 x.c + ||c||^2.
+
+    Good enough to seed and assign; clamped at 0 against rounding.
+    """
+    d = X.square().sum(1, keepdim=True) - 2 * X @ centres.mT + centres.square().sum(1)
+    return d.clamp_min_(0.0)
 
 
 def kmeans_plusplus(
