@@ -81,8 +81,19 @@ def _numpy_2d(X, name: str) -> np.ndarray:
     return arr
 
 
+def storage_dtype(given: torch.dtype, compute: torch.dtype) -> torch.dtype:
+    """The dtype data is held in: float32/float64 stay as given, others become ``compute``.
+
+    Keeping float64 data in float64 lets each chunk be centred in float64
+    before the cast to a float32 compute dtype, so large offsets cost no
+    precision (and no float32 copy of the whole data set is made).
+    """
+    return given if given in (torch.float32, torch.float64) else compute
+
+
 def as_2d_tensor(
-    X, *, name: str = "X", dtype: torch.dtype, device: torch.device, min_samples: int = 1
+    X, *, name: str = "X", dtype: torch.dtype, device: torch.device, min_samples: int = 1,
+    keep_float: bool = False,
 ) -> tuple[torch.Tensor, InputKind]:
     """Check ``X`` and return it as a 2-D floating tensor on ``device``.
 
@@ -96,6 +107,8 @@ def as_2d_tensor(
         Target dtype and device.
     min_samples : int
         Smallest number of rows accepted.
+    keep_float : bool
+        Keep float32/float64 input in its own dtype (see :func:`storage_dtype`).
 
     Returns
     -------
@@ -139,7 +152,7 @@ def as_2d_tensor(
         raise ValueError(
             f"{name} has 0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 is required."
         )
-    t = t.to(device=device, dtype=dtype)
+    t = t.to(device=device, dtype=storage_dtype(t.dtype, dtype) if keep_float else dtype)
     if not bool(torch.isfinite(t).all()):
         raise ValueError(
             f"{name} contains NaN or inf: remove or impute those values first "

@@ -247,7 +247,7 @@ class GaussianMixture(ElbokitEstimator):
     def _validate(self, X, name="X", reset=False):
         dtype = resolve_dtype(self.dtype)
         device = resolve_device(self.device, X)
-        X, kind = as_2d_tensor(X, name=name, dtype=dtype, device=device)
+        X, kind = as_2d_tensor(X, name=name, dtype=dtype, device=device, keep_float=True)
         if not reset:
             self._check_features(X.shape[1], name)
         return X, kind
@@ -324,7 +324,7 @@ class GaussianMixture(ElbokitEstimator):
             anchor_means = ((w @ X.double()) / w.sum()).expand(K, D)
 
             def responsibilities(Xb):
-                r = torch.rand(Xb.shape[0], K, generator=gen, device=gen.device, dtype=Xb.dtype)
+                r = torch.rand(Xb.shape[0], K, generator=gen, device=gen.device)
                 return (r / r.sum(1, keepdim=True)).to(Xb.device)
         else:
             anchor_means = self._initial_centres(X, weight, gen).to(f64)
@@ -388,7 +388,11 @@ class GaussianMixture(ElbokitEstimator):
         source, kind, n_features = self._data(X, sample_weight, reset=True, stepwise=stepwise)
         device = resolve_device(self.device, X if isinstance(X, torch.Tensor) else None)
         gen = make_generator(self.random_state, device)
-        sample = sample_rows(source, max(_INIT_SAMPLE, self.n_components), gen)
+        # the sample draws from its own stream, so that every kind of source
+        # leaves ``gen`` in the same state for the initialisation
+        sampler = torch.Generator(device=gen.device)
+        sampler.manual_seed(int(torch.randint(2**62, (1,), generator=gen, device=gen.device)))
+        sample = sample_rows(source, max(_INIT_SAMPLE, self.n_components), sampler)
         self._check_sample_count(sample)
         model = self._model()
         warm = self.warm_start and self.__sklearn_is_fitted__()

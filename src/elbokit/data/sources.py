@@ -24,6 +24,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from elbokit._validation import storage_dtype
+
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 
 
@@ -99,11 +101,11 @@ class _ConvertingSource:
         where = f"batch {index} of {self.description}"
         X = X.detach() if isinstance(X, torch.Tensor) else torch.from_numpy(
             np.array(X, dtype=np.float64 if np.asarray(X).dtype.kind != "f" else None, copy=True))
-        X = X.to(device=self.device, dtype=self.dtype)
+        X = X.to(device=self.device, dtype=storage_dtype(X.dtype, self.dtype))
         _check_batch(X, where, self.n_features)
         if w is not None:
             w = torch.as_tensor(np.asarray(w) if not isinstance(w, torch.Tensor) else w)
-            w = w.to(device=self.device, dtype=self.dtype)
+            w = w.to(device=self.device, dtype=X.dtype)
             if w.shape != (X.shape[0],) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
                 raise ValueError(f"{where}: its weights must be finite, >= 0, one per row.")
         return X, w
@@ -133,7 +135,7 @@ class NpySource(_ConvertingSource):
     path : str or Path
     batch_size : int
     dtype, device
-        Compute dtype and device of the batches.
+        Compute dtype (float files keep their own) and device of the batches.
     """
 
     def __init__(self, path, batch_size: int, dtype, device):
@@ -142,7 +144,9 @@ class NpySource(_ConvertingSource):
         with open(self.path, "rb") as f:
             try:
                 version = np.lib.format.read_magic(f)
-                shape, fortran, file_dtype = np.lib.format._read_array_header(f, version)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, file_dtype = read_header(f)
             except ValueError as err:
                 raise ValueError(f"{path} is not a valid .npy file: {err}") from err
             self.offset = f.tell()
@@ -153,11 +157,12 @@ class NpySource(_ConvertingSource):
             )
         self.file_dtype = file_dtype
         self.n_samples, self.n_features = int(shape[0]), int(shape[1])
+        self._width = self.n_features
         self.batch_size = batch_size
 
     def _raw_batches(self):
-        row_bytes = self.n_features * self.file_dtype.itemsize
-        buf = np.empty((self.batch_size, self.n_features), dtype=self.file_dtype)
+        row_bytes = self._width * self.file_dtype.itemsize
+        buf = np.empty((self.batch_size, self._width), dtype=self.file_dtype)
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             for start in range(0, self.n_samples, self.batch_size):
@@ -263,7 +268,10 @@ def is_source_like(X) -> bool:
     if isinstance(X, (np.ndarray, torch.Tensor)) or hasattr(X, "__array__") or hasattr(X, "toarray"):
         return False
     if isinstance(X, (list, tuple)):
-        return len(X) > 0 and getattr(X[0], "ndim", None) == 2
+        first = X[0] if len(X) > 0 else None
+        if isinstance(first, tuple) and len(first) == 2:  # (X_batch, weight_batch) pairs
+            first = first[0]
+        return getattr(first, "ndim", None) == 2
     return callable(X) or isinstance(X, Iterable)
 
 

@@ -242,7 +242,8 @@ class GaussianMixtureModel:
         return maha.clamp_min_(0.0), None
 
     def _centred(self, prep: _Prepared, X: torch.Tensor) -> torch.Tensor:
-        return X - prep.centre.to(X.dtype)
+        """x - c in the data's own precision, then cast to the compute dtype."""
+        return (X - prep.centre.to(X.dtype)).to(self.dtype)
 
     def log_joint(self, params: GaussianMixtureParams, X: torch.Tensor) -> torch.Tensor:
         """log p(x, z=k) for every sample and component.
@@ -255,7 +256,7 @@ class GaussianMixtureModel:
         -------
         Tensor, shape (n, K)
         """
-        prep = self.prepare(params, X.dtype)
+        prep = self.prepare(params, self.dtype)
         maha, _ = self._mahalanobis(prep, self._centred(prep, X))
         return prep.log_norm - 0.5 * maha
 
@@ -287,9 +288,10 @@ class GaussianMixtureModel:
         """
         f64 = torch.float64
         if prep is None:
-            prep = self.prepare(params, X.dtype)
+            prep = self.prepare(params, self.dtype)
         if Xc is None:
             Xc = self._centred(prep, X)
+        resp = resp.to(Xc.dtype)
         rw = resp if weight is None else resp * weight[:, None].to(resp.dtype)
         stats = {"nk": rw.sum(0, dtype=f64)}
         ct = self.covariance_type
@@ -318,7 +320,7 @@ class GaussianMixtureModel:
         log_likelihood : float64 scalar tensor
             sum_n w_n log p(x_n).
         """
-        prep = self.prepare(params, X.dtype)
+        prep = self.prepare(params, self.dtype)
         Xc = self._centred(prep, X)
         maha, Y = self._mahalanobis(prep, Xc)
         log_joint = prep.log_norm - 0.5 * maha
