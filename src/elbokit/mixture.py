@@ -230,7 +230,8 @@ class GaussianMixture(ElbokitEstimator):
             return int(self.batch_size)
         if stepwise:
             return 1024
-        return max(256, _CHUNK_ELEMENTS // max(1, self.n_components * n_features))
+        per_row = self._model().work_per_row(self.n_components, n_features)
+        return max(256, _CHUNK_ELEMENTS // per_row)
 
     def _source(self, X, weight=None) -> InMemorySource:
         return InMemorySource(X, weight, batch_size=self._rows(X.shape[1]))
