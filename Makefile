@@ -20,5 +20,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[bench]"
+	$(BIN)/python bench/gmm.py
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -46,6 +46,12 @@ def make_data(n, d, k, seed=0, dtype=np.float32):
 
 
 def rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (VmHWM: reset by exec,
+    unlike getrusage's ru_maxrss, which a spawned child inherits)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -123,10 +129,11 @@ def fit_pomegranate(X, ct, init, iters, device):
 
     pt = POMEGRANATE_TYPES[ct]
     prec = np.asarray(init["precisions"])
+    d = np.asarray(init["means"]).shape[1]
     covs = {"full": lambda: np.linalg.inv(prec), "diag": lambda: 1 / prec,
-            "sphere": lambda: 1 / prec}[pt]()
+            "sphere": lambda: np.repeat(1 / prec[:, None], d, 1)}[pt]()
     dists = [Normal(means=torch.as_tensor(m, dtype=torch.float32),
-                    covs=torch.as_tensor(c, dtype=torch.float32).reshape(-1 if pt != "full" else c.shape),
+                    covs=torch.as_tensor(c, dtype=torch.float32),
                     covariance_type=pt)
              for m, c in zip(init["means"], covs)]
     model = GeneralMixtureModel(dists, priors=torch.as_tensor(init["weights"], dtype=torch.float32),
@@ -264,14 +271,12 @@ def stream_child(path, n_iter, k, queue):
 
 def bench_stream(rows, d, k, n_iter, workdir):
     path = Path(workdir) / f"stream_{rows}x{d}.npy"
-    if not path.exists():
-        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, d))
-        step = 1_000_000
-        for start in range(0, rows, step):
-            stop = min(rows, start + step)
-            out[start:stop] = make_data(stop - start, d, k, seed=start)
-        out.flush()
-        del out
+    if not path.exists():  # written chunk by chunk: this process stays small too
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "<f4", "fortran_order": False, "shape": (rows, d)})
+            for start in range(0, rows, 1_000_000):
+                make_data(min(rows, start + 1_000_000) - start, d, k, seed=start).tofile(f)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=stream_child, args=(str(path), n_iter, k, queue))

@@ -132,3 +132,22 @@ def test_predict_on_many_rows_works_in_bounded_chunks():
     X = torch.randn(200_000, 3)
     labels = gm.predict(X)
     assert labels.shape == (200_000,) and labels.dtype == torch.int64
+
+
+def test_fit_from_csv_and_parquet_files(big, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    np.savetxt(tmp_path / "x.csv", big, delimiter=",", header="a,b,c,d", comments="", fmt="%.9g")
+    pq.write_table(pa.table({c: big[:, i] for i, c in enumerate("abcd")}), tmp_path / "x.parquet")
+    kw = dict(n_components=3, random_state=0)
+    ref = GaussianMixture(**kw).fit(big)
+    for name in ("x.csv", "x.parquet"):
+        gm = GaussianMixture(**kw).fit(tmp_path / name)
+        np.testing.assert_allclose(gm.means_, ref.means_, atol=1e-4)
+        assert isinstance(gm.predict(tmp_path / name), np.ndarray)
+
+
+def test_sample_weight_with_a_stream_is_refused(big):
+    with pytest.raises(ValueError, match="sample_weight goes with in-memory X"):
+        GaussianMixture(2).fit([big], sample_weight=np.ones(len(big)))
