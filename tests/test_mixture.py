@@ -204,10 +204,15 @@ def test_torch_in_torch_out_numpy_in_numpy_out(blobs):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_tensors_fit_on_the_gpu(blobs):
     Xc = torch.as_tensor(blobs, device="cuda")
-    gm = GaussianMixture(3, random_state=0).fit(Xc)
-    assert gm.means_.device.type == "cuda" and gm.predict(Xc).device.type == "cuda"
-    ref = GaussianMixture(3, random_state=0).fit(blobs)
-    np.testing.assert_allclose(gm.score(blobs), ref.score(blobs), atol=1e-4)
+    for ct in COVARIANCE_TYPES:  # the same start on both devices (their random streams differ)
+        kw = dict(n_components=3, covariance_type=ct, means_init=blobs[:3], random_state=0)
+        gm = GaussianMixture(**kw).fit(Xc)
+        assert gm.means_.device.type == "cuda" and gm.predict(Xc).device.type == "cuda"
+        ref = GaussianMixture(**kw).fit(blobs)
+        np.testing.assert_allclose(gm.means_.cpu().numpy(), ref.means_, atol=1e-4)
+        np.testing.assert_allclose(gm.score(blobs), ref.score(blobs), atol=1e-4)
+    online = GaussianMixture(3, random_state=0).partial_fit(Xc[:300]).partial_fit(Xc[300:])
+    assert online.means_.device.type == "cuda"
 
 
 # ---------------------------------------------------------------- bad input

@@ -45,7 +45,9 @@ from elbokit.models.kmeans import kmeans_plusplus, lloyd, squared_distances
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 ALGORITHMS = ("em", "stepwise")
 _INIT_SAMPLE = 100_000  # rows k-means initialisation sees at most
-_CHUNK_ELEMENTS = 1 << 20  # elements of one (K, D, chunk) work tensor: stays in cache
+# elements of one (K, D, chunk) work tensor: on a CPU small enough to stay in
+# cache; on a GPU large enough that kernel launches do not dominate
+_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 
 
 @io.register
@@ -225,16 +227,17 @@ class GaussianMixture(ElbokitEstimator):
     def _schedule(self) -> RobbinsMonro:
         return RobbinsMonro(self.step_offset, self.step_decay)
 
-    def _rows(self, n_features: int, stepwise: bool = False) -> int:
+    def _rows(self, n_features: int, device, stepwise: bool = False) -> int:
         if self.batch_size:
             return int(self.batch_size)
         if stepwise:
             return 1024
         per_row = self._model().work_per_row(self.n_components, n_features)
-        return max(256, _CHUNK_ELEMENTS // per_row)
+        budget = _CHUNK_ELEMENTS.get(torch.device(device).type, _CHUNK_ELEMENTS["cpu"])
+        return max(256, budget // per_row)
 
     def _source(self, X, weight=None) -> InMemorySource:
-        return InMemorySource(X, weight, batch_size=self._rows(X.shape[1]))
+        return InMemorySource(X, weight, batch_size=self._rows(X.shape[1], X.device))
 
     def _check_features(self, n_features: int, name: str):
         check_is_fitted(self)
@@ -267,14 +270,14 @@ class GaussianMixture(ElbokitEstimator):
             device = resolve_device(self.device)
             probe = as_source(X, batch_size=1, dtype=resolve_dtype(self.dtype), device=device)
             n_features = probe.n_features or next(iter(probe))[0].shape[1]
-            source = as_source(X, batch_size=self._rows(n_features, stepwise),
+            source = as_source(X, batch_size=self._rows(n_features, device, stepwise),
                                dtype=resolve_dtype(self.dtype), device=device)
             if not reset:
                 self._check_features(n_features, "X")
             return source, InputKind(False, torch.device("cpu")), n_features
         X, kind = self._validate(X, reset=reset)
         weight = as_sample_weight(sample_weight, X.shape[0], dtype=X.dtype, device=X.device)
-        rows = self._rows(X.shape[1], stepwise)
+        rows = self._rows(X.shape[1], X.device, stepwise)
         return InMemorySource(X, weight, batch_size=rows), kind, X.shape[1]
 
     # ------------------------------------------------------------ initialisation
@@ -450,7 +453,7 @@ class GaussianMixture(ElbokitEstimator):
         model = self._model()
         if first:
             gen = make_generator(self.random_state, Xt.device)
-            source = InMemorySource(Xt, weight, batch_size=self._rows(Xt.shape[1]))
+            source = InMemorySource(Xt, weight, batch_size=self._rows(Xt.shape[1], Xt.device))
             sample = (Xt, weight)
             self._check_sample_count(sample)
             params, t, history = self._initialize(source, sample, gen), 1, []
