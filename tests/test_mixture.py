@@ -205,7 +205,8 @@ def test_torch_in_torch_out_numpy_in_numpy_out(blobs):
 def test_cuda_tensors_fit_on_the_gpu(blobs):
     Xc = torch.as_tensor(blobs, device="cuda")
     for ct in COVARIANCE_TYPES:  # the same start on both devices (their random streams differ)
-        kw = dict(n_components=3, covariance_type=ct, means_init=blobs[:3], random_state=0)
+        start = GaussianMixture(3, covariance_type=ct, max_iter=2, random_state=0).fit(blobs)
+        kw = dict(n_components=3, covariance_type=ct, **same_start(start))
         gm = GaussianMixture(**kw).fit(Xc)
         assert gm.means_.device.type == "cuda" and gm.predict(Xc).device.type == "cuda"
         ref = GaussianMixture(**kw).fit(blobs)
