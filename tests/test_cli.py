@@ -1,28 +1,174 @@
-"""The elbokit command."""
+"""The elbokit command: every subcommand through click's runner, on small real data."""
 
+import json
 import re
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
+from sklearn.datasets import load_iris
 
-from elbokit.cli import main
+import elbokit
+from elbokit.cli import cli, main
 
 
-def test_tour_reports_bounds_clusters_and_agreement():
-    result = CliRunner().invoke(main, ["tour", "--n-init", "2"])
+@pytest.fixture
+def iris_csv(tmp_path):
+    X = load_iris().data
+    path = tmp_path / "iris.csv"
+    np.savetxt(path, X, delimiter=",", header="sl,sw,pl,pw", comments="", fmt="%.2f")
+    return path, np.loadtxt(path, delimiter=",", skiprows=1)
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def fitted(iris_csv, tmp_path):
+    path, _ = iris_csv
+    result = invoke("fit", "gmm", path, "--out", tmp_path / "model", "-k", "3", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "model"
+
+
+def test_fit_saves_a_loadable_model_and_metrics(fitted, iris_csv):
+    _, X = iris_csv
+    metrics = json.loads((fitted / "metrics.json").read_text())
+    gm = elbokit.load(fitted)
+    assert metrics["n_samples"] == 150 and metrics["n_features"] == 4
+    np.testing.assert_allclose(metrics["lower_bounds"], gm.lower_bounds_)
+    assert metrics["log_likelihood_per_sample"] == pytest.approx(gm.score(X), rel=1e-5)
+    assert metrics["fit_seconds"] > 0
+
+
+@pytest.mark.parametrize("ext", [".csv", ".npy", ".parquet"])
+def test_predict_score_transform_match_the_python_api(fitted, iris_csv, tmp_path, ext):
+    path, X = iris_csv
+    gm = elbokit.load(fitted)
+    for command, method, extra in [("predict", gm.predict, []),
+                                   ("predict", gm.predict_proba, ["--proba"]),
+                                   ("score", gm.score_samples, []),
+                                   ("transform", gm.predict_proba, [])]:
+        out = tmp_path / f"{command}{len(extra)}{ext}"
+        result = invoke(command, fitted, path, "--out", out, *extra)
+        assert result.exit_code == 0, result.output
+        got = read(out)
+        np.testing.assert_allclose(got.reshape(np.asarray(method(X)).shape), method(X), rtol=1e-5, atol=1e-6)
+
+
+def read(path):
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix == ".csv":
+        return np.loadtxt(path, delimiter=",", skiprows=1)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    return np.stack([c.to_numpy() for c in table.columns], 1).squeeze()
+
+
+def test_sample_writes_draws_and_components(fitted, tmp_path):
+    result = invoke("sample", fitted, "--out", tmp_path / "s.csv", "-n", "50", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    s = read(tmp_path / "s.csv")
+    assert s.shape == (50, 5) and set(np.unique(s[:, -1])) <= {0, 1, 2}
+
+
+def test_outputs_and_models_are_never_overwritten_without_force(fitted, iris_csv, tmp_path):
+    path, _ = iris_csv
+    out = tmp_path / "labels.csv"
+    out.write_text("precious")
+    result = CliRunner().invoke(cli, ["predict", str(fitted), str(path), "--out", str(out)])
+    assert result.exit_code == 2 and "--force" in result.output
+    assert out.read_text() == "precious"
+    before = (fitted / "config.json").read_text()
+    result = CliRunner().invoke(cli, ["fit", "gmm", str(path), "--out", str(fitted)])
+    assert result.exit_code == 2 and (fitted / "config.json").read_text() == before
+    assert invoke("predict", fitted, path, "--out", out, "--force").exit_code == 0
+
+
+def test_select_reports_a_table_and_a_choice(iris_csv):
+    path, _ = iris_csv
+    result = invoke("select", "gmm", path, "--k", "1..4", "--n-init", "1")
+    assert result.exit_code == 0, result.output
+    assert len(re.findall(r"^\s*\d+\s+-?\d+\.\d\s+-?\d+\.\d\s+-?\d+\.\d+$", result.output, re.M)) == 4
+    chosen = int(re.search(r"chosen K = (\d+)", result.output).group(1))
+    assert 2 <= chosen <= 4  # iris: 3 species, two of them overlapping
+
+
+def test_report_is_written(fitted):
+    result = invoke("report", fitted)
+    assert result.exit_code == 0, result.output
+    html = (fitted / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+
+
+def test_topics_refuses_a_mixture(fitted):
+    result = CliRunner().invoke(cli, ["topics", str(fitted)])
+    assert result.exit_code == 2 and "not a topic model" in result.output
+
+
+def test_tour_reports_bounds_clusters_and_agreement(tmp_path):
+    result = invoke("tour", "--n-init", "2", "--out", tmp_path / "tour")
     assert result.exit_code == 0, result.output
     bounds = [float(b) for b in re.findall(r"iteration\s+\d+\s+bound\s+(-?\d+\.\d+)", result.output)]
     assert len(bounds) >= 2
     ari = float(re.search(r"adjusted Rand index (\d\.\d+)", result.output).group(1))
     assert ari > 0.8  # the wine cultivars are recovered
-    assert "majority class" in result.output
+    assert (tmp_path / "tour" / "gmm" / "report.html").is_file()
 
 
-def test_unknown_dataset_is_a_usage_error():
-    result = CliRunner().invoke(main, ["tour", "--dataset", "nope"])
-    assert result.exit_code == 2
-    assert "nope" in result.output
+# ------------------------------------------------------------------ bad input: one line, exit 2
+def run_main(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.err.strip()
 
 
-def test_help():
-    result = CliRunner().invoke(main, ["--help"])
-    assert result.exit_code == 0 and "tour" in result.output
+def test_missing_file(capsys, tmp_path):
+    code, err = run_main(["fit", "gmm", tmp_path / "none.csv", "--out", tmp_path / "m"], capsys)
+    assert code == 2 and "no data file" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_wrong_format(capsys, tmp_path):
+    (tmp_path / "x.txt").write_text("1,2\n")
+    code, err = run_main(["fit", "gmm", tmp_path / "x.txt", "--out", tmp_path / "m"], capsys)
+    assert code == 2 and "unknown data format" in err
+
+
+def test_non_numeric_cell_names_row_and_column(capsys, tmp_path):
+    rows = "\n".join(f"{i},{i * 2}" for i in range(3000))
+    (tmp_path / "x.csv").write_text("a,b\n" + rows + "\n7,oops\n")
+    code, err = run_main(["fit", "gmm", tmp_path / "x.csv", "--out", tmp_path / "m"], capsys)
+    assert code == 2 and "row 3001, column 'b'" in err and "'oops'" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_not_a_model_directory(capsys, tmp_path, iris_csv):
+    path, _ = iris_csv
+    code, err = run_main(["predict", tmp_path, path, "--out", tmp_path / "o.csv"], capsys)
+    assert code == 2 and "config.json" in err
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_bad_option_is_a_usage_error(capsys, iris_csv, tmp_path):
+    path, _ = iris_csv
+    code, _ = run_main(["fit", "gmm", path, "--out", tmp_path / "m", "--covariance-type", "x"], capsys)
+    assert code == 2
+    code, err = run_main(["select", "gmm", path, "--k", "abc"], capsys)
+    assert code == 2 and "--k" in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(elbokit.ModelFormatError):
+        main(["--debug", "report", str(tmp_path / "nothing")])
+
+
+def test_help_on_every_subcommand():
+    for args in ([], ["fit"], ["fit", "gmm"], ["predict"], ["transform"], ["score"], ["sample"],
+                 ["topics"], ["select", "gmm"], ["report"], ["tour"]):
+        result = CliRunner().invoke(cli, [*args, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output

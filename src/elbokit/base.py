@@ -29,10 +29,11 @@ class ElbokitEstimator(BaseEstimator):
         for name, value in state.items():
             setattr(self, name, value)
 
-    def save(self, path, *, overwrite: bool = False):
+    def save(self, path, *, overwrite: bool = False, extra_files=None):
         """Save the fitted estimator to the directory ``path`` (safetensors + JSON).
 
         Refuses to replace an existing ``path`` unless ``overwrite=True``.
-        Load it back with :func:`elbokit.load`.
+        ``extra_files`` (name to text or bytes) are written alongside, in the
+        same atomic step.  Load it back with :func:`elbokit.load`.
         """
-        return io.save(self, path, overwrite=overwrite)
+        return io.save(self, path, overwrite=overwrite, extra_files=extra_files)

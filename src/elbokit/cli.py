@@ -1,16 +1,33 @@
-"""The ``elbokit`` command."""
+"""The ``elbokit`` command: fit, inspect and use models from the shell.
+
+Exit codes: 0 success, 1 a failure while running (e.g. a fit that broke
+down), 2 bad input or usage (missing file, wrong format, bad option).  Errors
+print one line; ``--debug`` shows the traceback.  Nothing that exists is
+overwritten without ``--force``, and an interrupted ``fit`` leaves no model
+directory behind (models are written to a temporary directory and renamed).
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 
 import click
 import numpy as np
 
 DATASETS = ("wine", "iris", "digits", "breast_cancer")
+OUTPUT_FORMATS = (".csv", ".npy", ".parquet")
 
 
+class UserError(click.ClickException):
+    """Bad input: one line, exit code 2."""
+
+    exit_code = 2
+
+
+# ------------------------------------------------------------------ helpers
 def _load_bundled(name: str):
     """A dataset bundled with scikit-learn, standardised: (X, y, description)."""
     from sklearn import datasets
@@ -21,29 +38,273 @@ def _load_bundled(name: str):
     return X, bunch.target, f"{name} ({X.shape[0]} samples x {X.shape[1]} features)"
 
 
-def _cluster_table(labels, y, weights) -> str:
-    """One line per cluster: size, weight, majority class and purity."""
-    rows = [f"  {'cluster':>7} {'size':>6} {'weight':>7} {'majority class':>15} {'purity':>7}"]
-    for k in range(len(weights)):
-        members = y[labels == k]
-        if members.size == 0:
-            rows.append(f"  {k:>7} {0:>6} {weights[k]:>7.3f} {'-':>15} {'-':>7}")
-            continue
-        counts = np.bincount(members)
-        rows.append(
-            f"  {k:>7} {members.size:>6} {weights[k]:>7.3f} {int(counts.argmax()):>15} "
-            f"{counts.max() / members.size:>7.2f}"
-        )
-    return "\n".join(rows)
+def _check_new(path: Path, force: bool, what: str = "output") -> None:
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists: choose another {what} or pass --force.")
 
 
+def _check_data_path(data: str) -> str:
+    path = Path(data)
+    if not path.exists():
+        raise UserError(f"no data file at {path}.")
+    if path.suffix.lower() not in (".csv", ".tsv", ".npy", ".parquet", ".pq"):
+        raise UserError(f"{path}: unknown data format {path.suffix!r}; use .csv, .npy or .parquet.")
+    return str(path)
+
+
+def write_array(path: Path, values, columns: list[str], force: bool) -> None:
+    """Write a 1-D or 2-D array as CSV, .npy or Parquet, by the file's extension."""
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise UserError(f"--out {path}: use a {', '.join(OUTPUT_FORMATS)} file name.")
+    _check_new(path, force)
+    arr = np.asarray(values)
+    arr2 = arr.reshape(len(arr), -1)
+    tmp = path.with_name(f".{path.name}.partial")
+    if suffix == ".npy":
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+    elif suffix == ".csv":
+        fmt = "%d" if arr.dtype.kind in "iu" else "%.8g"
+        np.savetxt(tmp, arr2, delimiter=",", header=",".join(columns), comments="", fmt=fmt)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({c: arr2[:, i] for i, c in enumerate(columns)}), tmp)
+    tmp.replace(path)
+
+
+def _model(model_dir: str):
+    import elbokit
+
+    return elbokit.load(model_dir)
+
+
+def _echo_table(header: list[str], rows: list[list]) -> None:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
+    click.echo("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        click.echo("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
+
+
+# ------------------------------------------------------------------ the group
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="elbokit")
-def main():
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx, debug):
     """elbokit: latent variable models fitted by EM, variational inference and Monte Carlo."""
+    ctx.obj = {"debug": debug}
 
 
-@main.command()
+# ------------------------------------------------------------------ fit
+@cli.group()
+def fit():
+    """Fit a model to DATA and save it in a model directory."""
+
+
+@fit.command("gmm")
+@click.argument("data")
+@click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
+@click.option("--components", "-k", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--covariance-type", type=click.Choice(["full", "tied", "diag", "spherical"]),
+              default="full", show_default=True)
+@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True)
+@click.option("--n-init", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--reg-covar", type=click.FloatRange(min=0), default=1e-6, show_default=True)
+@click.option("--algorithm", type=click.Choice(["em", "stepwise"]), default="em", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing model directory.")
+def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_covar, algorithm,
+            batch_size, dtype, device, seed, force):
+    """Fit a Gaussian mixture by EM to DATA (.csv, .npy or .parquet, streamed in chunks)."""
+    from elbokit import GaussianMixture
+
+    data = _check_data_path(data)
+    out_dir = Path(out)
+    _check_new(out_dir, force, "model directory")
+    gm = GaussianMixture(components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
+                         n_init=n_init, reg_covar=reg_covar, algorithm=algorithm,
+                         batch_size=batch_size, dtype=dtype, device=device, random_state=seed,
+                         verbose=1)
+    start = time.perf_counter()
+    gm.fit(data)
+    seconds = time.perf_counter() - start
+    n = int(np.asarray(gm.predict(data)).shape[0])
+    metrics = {
+        "model": "gmm", "data": str(Path(data).resolve()), "n_samples": n,
+        "n_features": gm.n_features_in_, "fit_seconds": seconds,
+        "lower_bounds": [float(b) for b in gm.lower_bounds_],
+        "log_likelihood_per_sample": gm.lower_bound_, "converged": gm.converged_,
+        "n_iter": gm.n_iter_, "bic": gm.bic(data), "aic": gm.aic(data),
+    }
+    gm.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    click.echo(f"fitted K={components} {covariance_type} on {n} x {gm.n_features_in_} in "
+               f"{seconds:.2f} s: mean log p(x) {gm.lower_bound_:.4f}, {gm.n_iter_} iterations, "
+               f"{'converged' if gm.converged_ else 'NOT converged'}; saved to {out_dir}")
+
+
+# ------------------------------------------------------------------ use a model
+def _apply(model_dir, data, out, force, method: str, column: str):
+    model = _model(model_dir)
+    data = _check_data_path(data)
+    if not hasattr(model, method):
+        raise UserError(f"a {type(model).__name__} has no {method}.")
+    values = np.asarray(getattr(model, method)(data))
+    columns = [column] if values.ndim == 1 else [f"{column}_{j}" for j in range(values.shape[1])]
+    write_array(Path(out), values, columns, force)
+    click.echo(f"wrote {values.shape} to {out}")
+
+
+_OUT = click.option("--out", required=True, type=click.Path(), help="Output .csv, .npy or .parquet.")
+_FORCE = click.option("--force", is_flag=True, help="Replace an existing output file.")
+
+
+@cli.command()
+@click.argument("model_dir")
+@click.argument("data")
+@_OUT
+@_FORCE
+@click.option("--proba", is_flag=True, help="Posterior probabilities instead of labels.")
+def predict(model_dir, data, out, force, proba):
+    """Cluster labels (or, with --proba, posterior probabilities) for DATA."""
+    _apply(model_dir, data, out, force, "predict_proba" if proba else "predict",
+           "p" if proba else "label")
+
+
+@cli.command()
+@click.argument("model_dir")
+@click.argument("data")
+@_OUT
+@_FORCE
+def transform(model_dir, data, out, force):
+    """Latent representation of DATA (mixtures: posterior probabilities p(z|x))."""
+    model = _model(model_dir)
+    method = "transform" if hasattr(model, "transform") else "predict_proba"
+    _apply(model_dir, data, out, force, method, "z")
+
+
+@cli.command()
+@click.argument("model_dir")
+@click.argument("data")
+@_OUT
+@_FORCE
+def score(model_dir, data, out, force):
+    """log p(x) per row of DATA (lower: more anomalous)."""
+    _apply(model_dir, data, out, force, "score_samples", "log_px")
+
+
+@cli.command()
+@click.argument("model_dir")
+@_OUT
+@_FORCE
+@click.option("-n", "--n-samples", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--seed", type=int, default=None, help="Random seed (default: the model's).")
+def sample(model_dir, out, force, n_samples, seed):
+    """Generate samples from the model (mixtures: with their component in the last column)."""
+    model = _model(model_dir)
+    if seed is not None:
+        model.set_params(random_state=seed)
+    drawn = model.sample(n_samples)
+    if isinstance(drawn, tuple):
+        X, z = (np.asarray(a) for a in drawn)
+        values = np.concatenate([X, z[:, None]], 1)
+        columns = [f"x{j}" for j in range(X.shape[1])] + ["component"]
+    else:
+        values = np.asarray(drawn)
+        columns = [f"x{j}" for j in range(values.shape[1])]
+    write_array(Path(out), values, columns, force)
+    click.echo(f"wrote {values.shape[0]} samples to {out}")
+
+
+@cli.command()
+@click.argument("model_dir")
+def topics(model_dir):
+    """Top words per topic (topic models)."""
+    model = _model(model_dir)
+    if not hasattr(model, "top_words"):
+        raise UserError(f"{model_dir} holds a {type(model).__name__}, not a topic model.")
+    for k, words in enumerate(model.top_words(10)):
+        click.echo(f"topic {k:3d}: {' '.join(words)}")
+
+
+# ------------------------------------------------------------------ model selection
+def _parse_range(text: str) -> list[int]:
+    try:
+        if ".." in text:
+            lo, hi = (int(v) for v in text.split(".."))
+            values = list(range(lo, hi + 1))
+        else:
+            values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UserError(f"--k {text!r}: give a range like 2..20 or a list like 2,4,8 (K >= 1).")
+    return values
+
+
+@cli.group()
+def select():
+    """Choose the number of components by BIC, AIC and held-out log-likelihood."""
+
+
+@select.command("gmm")
+@click.argument("data")
+@click.option("--k", "k_range", default="1..10", show_default=True, help="Range a..b or list.")
+@click.option("--covariance-type", type=click.Choice(["full", "tied", "diag", "spherical"]),
+              default="full", show_default=True)
+@click.option("--criterion", type=click.Choice(["bic", "aic", "heldout"]), default="bic",
+              show_default=True)
+@click.option("--holdout", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True)
+@click.option("--n-init", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def select_gmm(data, k_range, covariance_type, criterion, holdout, n_init, seed):
+    """Fit K components for each K; print BIC, AIC and held-out log p(x); pick K."""
+    from elbokit import GaussianMixture
+    from elbokit.report import load_rows
+
+    ks = _parse_range(k_range)
+    X = load_rows(_check_data_path(data))
+    order = np.random.default_rng(seed).permutation(len(X))
+    n_test = max(1, int(round(holdout * len(X))))
+    test, train = X[order[:n_test]], X[order[n_test:]]
+    rows, scores = [], {}
+    for k in ks:
+        if k > len(train):
+            raise UserError(f"K={k} exceeds the {len(train)} training rows: lower --k.")
+        gm = GaussianMixture(k, covariance_type=covariance_type, n_init=n_init,
+                             random_state=seed).fit(train)
+        bic, aic, held = gm.bic(train), gm.aic(train), gm.score(test)
+        scores[k] = {"bic": bic, "aic": aic, "heldout": -held}
+        rows.append([k, f"{bic:.1f}", f"{aic:.1f}", f"{held:.4f}"])
+    best = min(ks, key=lambda k: scores[k][criterion])
+    _echo_table(["K", "BIC", "AIC", "held-out log p(x)"], rows)
+    click.echo(f"chosen K = {best} (by {criterion}; {len(train)} training, {len(test)} held-out rows)")
+
+
+# ------------------------------------------------------------------ report
+@cli.command()
+@click.argument("model_dir")
+@click.option("--data", default=None, help="Data to show (default: the data it was fitted on).")
+@click.option("--out", type=click.Path(), default=None, help="HTML file (default MODEL_DIR/report.html).")
+@click.option("--force", is_flag=True, help="Replace an existing report.")
+def report(model_dir, data, out, force):
+    """Write a self-contained HTML report of a fitted model."""
+    from elbokit.report import write_report
+
+    target = Path(out) if out else Path(model_dir) / "report.html"
+    _check_new(target, force, "report file")
+    path = write_report(model_dir, data=data, out=target)
+    click.echo(f"wrote {path}")
+
+
+# ------------------------------------------------------------------ tour
+@cli.command()
 @click.option("--dataset", type=click.Choice(DATASETS), default="wine", show_default=True,
               help="scikit-learn bundled dataset to cluster.")
 @click.option("--components", "-k", type=click.IntRange(min=1), default=None,
@@ -52,7 +313,10 @@ def main():
               default="diag", show_default=True)
 @click.option("--n-init", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def tour(dataset, components, covariance_type, n_init, seed):
+@click.option("--out", type=click.Path(), default=None,
+              help="Also save the model and its HTML report in this directory.")
+@click.option("--force", is_flag=True, help="Replace an existing --out directory.")
+def tour(dataset, components, covariance_type, n_init, seed, out, force):
     """Fit a Gaussian mixture by EM on bundled data and compare its clusters with the labels."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
@@ -60,6 +324,8 @@ def tour(dataset, components, covariance_type, n_init, seed):
 
     X, y, description = _load_bundled(dataset)
     k = components or int(np.unique(y).size)
+    if out is not None:
+        _check_new(Path(out), force, "tour directory")
     click.echo(f"Gaussian mixture, K={k}, covariance_type={covariance_type!r}, on {description}")
     click.echo("EM: the bound is the mean log p(x) per sample (E-step: q = posterior, KL = 0)")
     start = time.perf_counter()
@@ -71,11 +337,68 @@ def tour(dataset, components, covariance_type, n_init, seed):
                f"{'converged' if gm.converged_ else 'NOT converged'}, fitted in {seconds:.2f} s")
     click.echo(f"mean log p(x) = {gm.score(X):.4f} nats,  BIC = {gm.bic(X):.1f}")
     click.echo("\nClusters found, against the known classes:")
-    click.echo(_cluster_table(labels, y, gm.weights_))
+    rows = []
+    for c in range(k):
+        members = y[labels == c]
+        counts = np.bincount(members) if members.size else np.zeros(1, int)
+        rows.append([c, members.size, f"{gm.weights_[c]:.3f}",
+                     int(counts.argmax()) if members.size else "-",
+                     f"{counts.max() / members.size:.2f}" if members.size else "-"])
+    _echo_table(["cluster", "size", "weight", "majority class", "purity"], rows)
     click.echo(f"\nAgreement with the known labels: adjusted Rand index "
                f"{adjusted_rand_score(y, labels):.3f}, normalised mutual information "
                f"{normalized_mutual_info_score(y, labels):.3f}")
+    if out is not None:
+        from elbokit.report import write_report
+
+        out_dir = Path(out)
+        if out_dir.exists():
+            import shutil
+
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True)
+        data_path = out_dir / f"{dataset}.npy"
+        np.save(data_path, X)
+        metrics = {"model": "gmm", "data": str(data_path.resolve()), "n_samples": len(X),
+                   "lower_bounds": [float(b) for b in gm.lower_bounds_]}
+        gm.save(out_dir / "gmm", extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+        path = write_report(out_dir / "gmm")
+        click.echo(f"\nModel and report written: {path}")
+
+
+# ------------------------------------------------------------------ entry point
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TypeError, KeyError)
+
+
+def main(argv=None) -> int:
+    """Run the command; map errors to one line and an exit code (1 or 2)."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="elbokit", standalone_mode=False)
+        return 0
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    except _USER_ERRORS as err:
+        if debug:
+            raise
+        click.echo(f"error: {err}", err=True)
+        return 2
+    except Exception as err:  # a failure while running, not the user's input
+        if debug:
+            raise
+        click.echo(f"error: {type(err).__name__}: {err}", err=True)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+def run() -> None:  # the console script
     sys.exit(main())

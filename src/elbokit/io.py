@@ -85,7 +85,7 @@ def _join_value(value, tensors: dict, kinds: dict, device):
     return value
 
 
-def save(estimator, path, *, overwrite: bool = False) -> Path:
+def save(estimator, path, *, overwrite: bool = False, extra_files: dict | None = None) -> Path:
     """Write a fitted estimator to the directory ``path``.
 
     Parameters
@@ -95,6 +95,9 @@ def save(estimator, path, *, overwrite: bool = False) -> Path:
         Directory to create.
     overwrite : bool
         Replace an existing directory at ``path``; otherwise refuse.
+    extra_files : dict of str to str or bytes, optional
+        More files written into the directory in the same atomic step (for
+        example ``metrics.json``); ``load`` ignores them.
 
     Returns
     -------
@@ -132,6 +135,11 @@ def save(estimator, path, *, overwrite: bool = False) -> Path:
             "tensors_sha256": _sha256(tmp / TENSORS_NAME),
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        for name, content in (extra_files or {}).items():
+            if name in (CONFIG_NAME, TENSORS_NAME) or Path(name).name != name:
+                raise ValueError(f"extra file name {name!r} is reserved or not a plain name.")
+            target = tmp / name
+            target.write_bytes(content) if isinstance(content, bytes) else target.write_text(content)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -42,7 +42,7 @@ def test_parquet_and_csv_stream_the_same_rows(data, tmp_path):
 
 def test_non_numeric_csv_column_is_named(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n1,x\n2,y\n")
-    with pytest.raises(ValueError, match="column 'b'"):
+    with pytest.raises(ValueError, match="row 1, column .b. holds .x."):
         rows(as_source(tmp_path / "x.csv", batch_size=10, dtype=F32, device=CPU))
 
 

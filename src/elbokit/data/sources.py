@@ -220,20 +220,47 @@ class TableSource(_ConvertingSource):
     def _raw_batches(self):
         import pyarrow as pa
 
+        row = 0
         try:
             for batch in self._record_batches():
                 columns = []
                 for name, col in zip(batch.schema.names, batch.columns):
                     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
                             or pa.types.is_null(col.type)):
-                        raise ValueError(
-                            f"column {name!r} of {self.path} is not numeric (type {col.type}): "
-                            "drop it or encode it as numbers."
-                        )
+                        raise ValueError(self._bad_cell_message(name, col.to_pylist(), row))
                     columns.append(col.to_numpy(zero_copy_only=False).astype(np.float64))
+                row += batch.num_rows
                 yield np.stack(columns, axis=1)
         except pa.ArrowInvalid as err:
-            raise ValueError(f"{self.path} cannot be parsed: {err}") from err
+            raise ValueError(self._scan_csv() or f"{self.path} cannot be parsed: {err}") from err
+
+    def _bad_cell_message(self, column, values, first_row: int) -> str:
+        for i, value in enumerate(values):
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                return (f"{self.path}: row {first_row + i + 1}, column {column!r} holds "
+                        f"{value!r}, not a number: every column must be numeric.")
+        return f"{self.path}: column {column!r} is not numeric: every column must be numeric."
+
+    def _scan_csv(self) -> str | None:
+        """Find the first non-numeric cell of a CSV file (the slow path, for the message)."""
+        import csv
+
+        if self.suffix not in (".csv", ".tsv"):
+            return None
+        with open(self.path, newline="") as f:
+            reader = csv.reader(f, delimiter="\t" if self.suffix == ".tsv" else ",")
+            header = next(reader, [])
+            for r, cells in enumerate(reader, start=1):
+                for c, value in enumerate(cells):
+                    try:
+                        float(value)
+                    except ValueError:
+                        name = header[c] if c < len(header) else str(c)
+                        return (f"{self.path}: row {r}, column {name!r} holds {value!r}, not a "
+                                "number: every column must be numeric.")
+        return None
 
 
 class IterableSource(_ConvertingSource):

@@ -1,0 +1,86 @@
+"""Plots for the reports (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Ellipse  # noqa: E402
+
+COLOURS = plt.get_cmap("tab10")
+
+
+def bound_history(bounds, *, exact: bool, label: str = "ELBO per sample"):
+    """The bound per iteration; for EM it equals log p(x) (the KL gap is 0)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    iters = np.arange(len(bounds))
+    ax.plot(iters, bounds, marker="o", ms=3, lw=1.5, color="#1b5fa8", label=label)
+    if exact:
+        ax.plot(iters, bounds, ls="none", marker="x", ms=6, color="#c0392b",
+                label="log p(x) per sample (exact; KL gap = 0)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("nats per sample")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def clusters_2d(points, labels, means, covariances, projection):
+    """Samples on a 2-D projection, coloured by cluster, with 2-sigma ellipses.
+
+    Parameters
+    ----------
+    points : array (n, 2)
+        Projected samples.
+    labels : array (n,)
+    means : array (K, D)
+    covariances : array (K, D, D)
+    projection : array (D, 2)
+        The linear map used for ``points`` (and applied to means/covariances).
+    """
+    fig, ax = plt.subplots(figsize=(6, 5))
+    K = means.shape[0]
+    colours = [COLOURS(k % 10) for k in range(K)]
+    ax.scatter(points[:, 0], points[:, 1], s=8, alpha=0.6,
+               c=[colours[k] for k in labels], linewidths=0)
+    centre = means @ projection
+    for k in range(K):
+        cov = projection.T @ covariances[k] @ projection
+        vals, vecs = np.linalg.eigh(cov)
+        vals = np.clip(vals, 1e-12, None)
+        angle = np.degrees(np.arctan2(vecs[1, -1], vecs[0, -1]))
+        ax.add_patch(Ellipse(centre[k], 4 * np.sqrt(vals[-1]), 4 * np.sqrt(vals[0]), angle=angle,
+                             fill=False, lw=1.8, color=colours[k]))
+        ax.annotate(str(k), centre[k], fontsize=9, weight="bold", ha="center", va="center")
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def criterion_curve(ks, bic, aic, chosen):
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(ks, bic, marker="o", label="BIC")
+    ax.plot(ks, aic, marker="s", label="AIC")
+    ax.axvline(chosen, color="#c0392b", ls="--", lw=1, label=f"fitted K = {chosen}")
+    ax.set_xlabel("number of components K")
+    ax.set_ylabel("criterion (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def log_density_histogram(log_px, threshold):
+    """Histogram of log p(x) with the anomaly threshold marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.hist(log_px, bins=60, color="#5b8cc0", alpha=0.85)
+    ax.axvline(threshold, color="#c0392b", ls="--", lw=1.5,
+               label=f"anomaly threshold ({threshold:.2f})")
+    flagged = int((log_px < threshold).sum())
+    ax.set_title(f"{flagged} of {len(log_px)} samples flagged", fontsize=10)
+    ax.set_xlabel("log p(x)")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=8)
+    return fig
