@@ -161,7 +161,8 @@ def as_2d_tensor(
     return t, kind
 
 
-def as_sample_weight(sample_weight, n_samples: int, *, dtype, device) -> torch.Tensor | None:
+def as_sample_weight(sample_weight, n_samples: int, *, dtype, device,
+                     allow_empty: bool = False) -> torch.Tensor | None:
     """Check per-sample weights: 1-D, length ``n_samples``, finite, >= 0, not all 0.
 
     Returns
@@ -185,7 +186,7 @@ def as_sample_weight(sample_weight, n_samples: int, *, dtype, device) -> torch.T
         raise ValueError("sample_weight contains NaN or inf.")
     if bool((w < 0).any()):
         raise ValueError("sample_weight has negative values: weights must be >= 0.")
-    if not bool((w > 0).any()):
+    if not bool((w > 0).any()) and not (allow_empty and n_samples == 0):
         raise ValueError("sample_weight is all zeros: at least one sample needs weight > 0.")
     return w
 

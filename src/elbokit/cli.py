@@ -119,22 +119,28 @@ def fit():
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--distributed", is_flag=True,
+              help="Under torchrun: each process fits its block of rows, statistics are summed "
+                   "across processes, rank 0 saves the model.")
 @click.option("--force", is_flag=True, help="Replace an existing model directory.")
 def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_covar, algorithm,
-            batch_size, dtype, device, seed, force):
+            batch_size, dtype, device, seed, distributed, force):
     """Fit a Gaussian mixture by EM to DATA (.csv, .npy or .parquet, streamed in chunks)."""
     from elbokit import GaussianMixture
 
     data = _check_data_path(data)
     out_dir = Path(out)
     _check_new(out_dir, force, "model directory")
+    rank = _init_distributed(device) if distributed else 0
     gm = GaussianMixture(components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
                          n_init=n_init, reg_covar=reg_covar, algorithm=algorithm,
                          batch_size=batch_size, dtype=dtype, device=device, random_state=seed,
-                         verbose=1)
+                         verbose=1 if rank == 0 else 0, distributed=distributed or None)
     start = time.perf_counter()
-    gm.fit(data)
+    gm.fit(_shard(data) if distributed else data)
     seconds = time.perf_counter() - start
+    if rank != 0:
+        return
     n = int(np.asarray(gm.predict(data)).shape[0])
     metrics = {
         "model": "gmm", "data": str(Path(data).resolve()), "n_samples": n,
@@ -147,6 +153,40 @@ def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_c
     click.echo(f"fitted K={components} {covariance_type} on {n} x {gm.n_features_in_} in "
                f"{seconds:.2f} s: mean log p(x) {gm.lower_bound_:.4f}, {gm.n_iter_} iterations, "
                f"{'converged' if gm.converged_ else 'NOT converged'}; saved to {out_dir}")
+
+
+def _init_distributed(device) -> int:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA); the rank."""
+    import os
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise UserError("--distributed needs the torchrun environment: "
+                        "torchrun --nproc-per-node N -m elbokit.cli fit ...")
+    if not dist.is_initialized():
+        cuda = device is not None and str(device).startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=10))
+    return dist.get_rank()
+
+
+def _shard(data: str) -> np.ndarray:
+    """This rank's contiguous block of rows (a .npy file is read for that block only)."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if data.lower().endswith(".npy"):
+        rows = np.load(data, mmap_mode="r")
+    else:
+        from elbokit.report import load_rows
+
+        rows = load_rows(data)
+    bounds = np.linspace(0, len(rows), world + 1).astype(int)
+    return np.array(rows[bounds[rank]:bounds[rank + 1]])
 
 
 # ------------------------------------------------------------------ use a model
@@ -396,9 +436,11 @@ def main(argv=None) -> int:
         return 1
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
 
 
 def run() -> None:  # the console script
     sys.exit(main())
+
+
+if __name__ == "__main__":  # python -m elbokit.cli (e.g. under torchrun)
+    run()

@@ -23,6 +23,7 @@ from elbokit._validation import (
 )
 from elbokit.base import ElbokitEstimator
 from elbokit.data.sources import InMemorySource, as_source, is_source_like, sample_rows
+from elbokit.inference import distributed
 from elbokit.inference.em import (
     EMRun,
     RobbinsMonro,
@@ -110,6 +111,12 @@ class GaussianMixture(ElbokitEstimator):
         Robbins-Monro offset t0 of stepwise EM and ``partial_fit`` (>= 0).
     step_decay : float, default=0.7
         Robbins-Monro forgetting rate kappa, in (0.5, 1].
+    distributed : None, True or False, default=None
+        Fit across the ranks of a ``torch.distributed`` process group, each
+        passing its own shard (possibly empty) to ``fit``: statistics are
+        summed with one all_reduce per iteration, initial centres are
+        broadcast, and every rank ends with the same parameters. None
+        detects an initialised group of several ranks (e.g. under torchrun).
 
     ``fit`` takes in-memory data or, to stream data larger than memory, the
     path of a ``.npy``, ``.parquet`` or ``.csv`` file, a list of batches, or a
@@ -172,6 +179,7 @@ class GaussianMixture(ElbokitEstimator):
         algorithm="em",
         step_offset=2.0,
         step_decay=0.7,
+        distributed=None,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -192,6 +200,7 @@ class GaussianMixture(ElbokitEstimator):
         self.algorithm = algorithm
         self.step_offset = step_offset
         self.step_decay = step_decay
+        self.distributed = distributed
 
     # ------------------------------------------------------------ validation
     def _check_hyperparameters(self):
@@ -248,15 +257,16 @@ class GaussianMixture(ElbokitEstimator):
                 f"{expected} features as input: pass data with {expected} columns."
             )
 
-    def _validate(self, X, name="X", reset=False):
+    def _validate(self, X, name="X", reset=False, allow_empty=False):
         dtype = resolve_dtype(self.dtype)
         device = resolve_device(self.device, X)
-        X, kind = as_2d_tensor(X, name=name, dtype=dtype, device=device, keep_float=True)
+        X, kind = as_2d_tensor(X, name=name, dtype=dtype, device=device, keep_float=True,
+                               min_samples=0 if allow_empty else 1)
         if not reset:
             self._check_features(X.shape[1], name)
         return X, kind
 
-    def _data(self, X, sample_weight=None, *, reset=False, stepwise=False):
+    def _data(self, X, sample_weight=None, *, reset=False, stepwise=False, allow_empty=False):
         """Any accepted input as (source, output kind, n_features).
 
         Streams paths and iterables; checks and chunks in-memory data.
@@ -275,8 +285,9 @@ class GaussianMixture(ElbokitEstimator):
             if not reset:
                 self._check_features(n_features, "X")
             return source, InputKind(False, torch.device("cpu")), n_features
-        X, kind = self._validate(X, reset=reset)
-        weight = as_sample_weight(sample_weight, X.shape[0], dtype=X.dtype, device=X.device)
+        X, kind = self._validate(X, reset=reset, allow_empty=allow_empty)
+        weight = as_sample_weight(sample_weight, X.shape[0], dtype=X.dtype, device=X.device,
+                                  allow_empty=allow_empty)
         rows = self._rows(X.shape[1], X.device, stepwise)
         return InMemorySource(X, weight, batch_size=rows), kind, X.shape[1]
 
@@ -308,30 +319,43 @@ class GaussianMixture(ElbokitEstimator):
             centres = lloyd(self._source(X, weight), centres)
         return centres
 
-    def _initialize(self, source, sample, gen) -> GaussianMixtureParams:
+    def _initialize(self, source, sample, gen, n_features, device, reducer=None):
         """Initial parameters: an M-step from initial responsibilities, then user overrides.
 
         Centres come from ``sample`` (a random subset of at most _INIT_SAMPLE
         rows, the whole data when smaller); the M-step from one pass over
-        ``source``.
+        ``source``.  With several processes, the centres come from the rank
+        with the largest sample and are broadcast; the statistics are reduced.
         """
         X, weight = sample
         model = self._model()
-        K, D = self.n_components, X.shape[1]
+        K, D = self.n_components, n_features
         f64 = torch.float64
         given = (self.weights_init, self.means_init, self.precisions_init)
         if all(v is not None for v in given):  # nothing left for init_params to choose
-            zeros = torch.zeros(K, D, dtype=f64, device=X.device)
-            return self._apply_user_init(model.anchor(zeros), D, X.device)
+            zeros = torch.zeros(K, D, dtype=f64, device=device)
+            return self._apply_user_init(model.anchor(zeros), D, device)
         if self.init_params == "random":
-            w = torch.ones(X.shape[0], dtype=f64, device=X.device) if weight is None else weight.double()
-            anchor_means = ((w @ X.double()) / w.sum()).expand(K, D)
+            sums = torch.zeros(D + 1, dtype=f64, device=device)
+            if X is not None:
+                w = torch.ones(X.shape[0], dtype=f64, device=X.device) if weight is None else weight.double()
+                sums = torch.cat([w @ X.double(), w.sum().reshape(1)]).to(device)
+            if reducer is not None:
+                sums = reducer({"s": sums})["s"]
+            anchor_means = (sums[:D] / sums[D]).expand(K, D)
 
             def responsibilities(Xb):
                 r = torch.rand(Xb.shape[0], K, generator=gen, device=gen.device)
                 return (r / r.sum(1, keepdim=True)).to(Xb.device)
         else:
-            anchor_means = self._initial_centres(X, weight, gen).to(f64)
+            if reducer is None:
+                anchor_means = self._initial_centres(X, weight, gen).to(f64)
+            else:
+                src = reducer.largest(0 if X is None else X.shape[0])
+                anchor_means = torch.zeros(K, D, dtype=f64, device=device)
+                if reducer.rank == src:
+                    anchor_means = self._initial_centres(X, weight, gen).to(f64)
+                anchor_means = reducer.broadcast(anchor_means, src)
 
             def responsibilities(Xb):
                 labels = squared_distances(Xb, anchor_means.to(Xb.dtype)).argmin(1)
@@ -342,8 +366,10 @@ class GaussianMixture(ElbokitEstimator):
         for Xb, wb in source:
             stats = model.statistics_from_responsibilities(anchor, Xb, responsibilities(Xb), wb)
             total = stats if total is None else {k: total[k] + stats[k] for k in total}
+        if reducer is not None:
+            total = reducer(total)
         params = model.maximize(total, anchor)
-        return self._apply_user_init(params, D, X.device)
+        return self._apply_user_init(params, D, device)
 
     def _apply_user_init(self, params: GaussianMixtureParams, D, device) -> GaussianMixtureParams:
         K = self.n_components
@@ -389,7 +415,21 @@ class GaussianMixture(ElbokitEstimator):
         """
         self._check_hyperparameters()
         stepwise = self.algorithm == "stepwise"
-        source, kind, n_features = self._data(X, sample_weight, reset=True, stepwise=stepwise)
+        reducer = distributed.resolve(self.distributed)
+        if reducer is not None and stepwise:
+            raise ValueError(
+                "algorithm='stepwise' runs in one process; under torch.distributed use "
+                "algorithm='em' (or pass distributed=False to fit each rank on its own)."
+            )
+        try:
+            source, kind, n_features = self._data(X, sample_weight, reset=True, stepwise=stepwise,
+                                                   allow_empty=reducer is not None)
+        except Exception as err:  # noqa: BLE001 - every rank learns of it, then it is raised
+            if reducer is None:
+                raise
+            reducer.check(err)
+        if reducer is not None:
+            reducer.check(None)
         device = resolve_device(self.device, X if isinstance(X, torch.Tensor) else None)
         gen = make_generator(self.random_state, device)
         # the sample draws from its own stream, so that every kind of source
@@ -397,7 +437,7 @@ class GaussianMixture(ElbokitEstimator):
         sampler = torch.Generator(device=gen.device)
         sampler.manual_seed(int(torch.randint(2**62, (1,), generator=gen, device=gen.device)))
         sample = sample_rows(source, max(_INIT_SAMPLE, self.n_components), sampler)
-        self._check_sample_count(sample)
+        self._check_sample_count(sample, reducer)
         model = self._model()
         warm = self.warm_start and self.__sklearn_is_fitted__()
         if warm:
@@ -407,7 +447,7 @@ class GaussianMixture(ElbokitEstimator):
                 return first
         else:
             def initialize(i):
-                return self._initialize(source, sample, gen)
+                return self._initialize(source, sample, gen, n_features, device, reducer)
 
         common = dict(tol=float(self.tol), max_iter=int(self.max_iter), verbose=int(self.verbose))
         steps = {"t": 1}
@@ -417,16 +457,18 @@ class GaussianMixture(ElbokitEstimator):
                 return run
         else:
             def runner(params):
-                return run_em(model, params, source, **common)
+                return run_em(model, params, source, reduce=reducer, **common)
 
         run = fit_em(runner, initialize, n_init=1 if warm else self.n_init, **common)
         self._store(run, kind, n_features, n_steps=steps["t"] - 1 if stepwise else 0,
                     n_reseeded=model.n_reseeded)
         return self
 
-    def _check_sample_count(self, sample):
+    def _check_sample_count(self, sample, reducer=None):
         X, weight = sample
-        n = X.shape[0] if weight is None else int((weight > 0).sum())
+        n = 0 if X is None else X.shape[0] if weight is None else int((weight > 0).sum())
+        if reducer is not None:
+            n = int(reducer.sum(n))
         if self.n_components > n:
             what = "n_samples" if weight is None else "samples with a positive sample_weight"
             raise ValueError(
@@ -456,7 +498,7 @@ class GaussianMixture(ElbokitEstimator):
             source = InMemorySource(Xt, weight, batch_size=self._rows(Xt.shape[1], Xt.device))
             sample = (Xt, weight)
             self._check_sample_count(sample)
-            params, t, history = self._initialize(source, sample, gen), 1, []
+            params, t, history = self._initialize(source, sample, gen, Xt.shape[1], Xt.device), 1, []
         else:
             params, t = self._params(Xt.device), self.n_steps_ + 1
             history = list(self.lower_bounds_)

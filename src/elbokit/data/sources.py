@@ -63,6 +63,9 @@ class InMemorySource:
         self.batch_size = batch_size or max(self.n_samples, 1)
 
     def __iter__(self):
+        if self.n_samples == 0:  # an empty shard still yields (empty) statistics
+            yield self.X, self.weight
+            return
         for start in range(0, self.n_samples, self.batch_size):
             stop = start + self.batch_size
             w = None if self.weight is None else self.weight[start:stop]
@@ -328,11 +331,11 @@ def sample_rows(source, max_rows: int, generator: torch.Generator):
 
     Returns
     -------
-    X : Tensor, shape (min(n, max_rows), n_features)
+    X : Tensor of shape (min(n, max_rows), n_features), or None when n = 0
     weight : Tensor of shape (min(n, max_rows),) or None
     """
     if isinstance(source, InMemorySource) and source.n_samples <= max_rows:
-        return source.X, source.weight
+        return (source.X, source.weight) if source.n_samples else (None, None)
     parts: list[tuple] = []
     held = 0
 
@@ -355,5 +358,7 @@ def sample_rows(source, max_rows: int, generator: torch.Generator):
         if held > 2 * max_rows:
             parts = prune(parts, max_rows)
             held = parts[0][0].shape[0]
+    if not parts:
+        return None, None
     X, w, _ = prune(parts, max_rows)[0]
     return X, w

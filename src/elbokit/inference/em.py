@@ -101,6 +101,14 @@ def _add(total: Statistics | None, stats: Statistics) -> Statistics:
 def accumulate(model: EMModel, params, source, reduce: Callable | None = None):
     """One E-step over every batch of ``source``.
 
+    Parameters
+    ----------
+    reduce : callable, optional
+        Combines the local sums across processes (see
+        :class:`elbokit.inference.distributed.Reducer`).  When it has a
+        ``check`` method, the ranks first agree that every local step
+        succeeded, so that an error on one rank is raised on all of them.
+
     Returns
     -------
     stats : Statistics
@@ -109,13 +117,21 @@ def accumulate(model: EMModel, params, source, reduce: Callable | None = None):
         Weighted per-sample mean of log p(x | params).
     """
     total: Statistics | None = None
-    for X, weight in source:
-        stats, log_lik = model.expected_statistics(params, X, weight)
-        n = X.new_tensor(X.shape[0], dtype=torch.float64) if weight is None else weight.sum()
-        stats = dict(stats, _log_likelihood=log_lik, _weight=n.to(torch.float64))
-        total = _add(total, stats)
-    if total is None:
-        raise ValueError("the data source yielded no batch: it is empty.")
+    error = None
+    try:
+        for X, weight in source:
+            stats, log_lik = model.expected_statistics(params, X, weight)
+            n = X.new_tensor(X.shape[0], dtype=torch.float64) if weight is None else weight.sum()
+            stats = dict(stats, _log_likelihood=log_lik, _weight=n.to(torch.float64))
+            total = _add(total, stats)
+        if total is None:
+            raise ValueError("the data source yielded no batch: it is empty.")
+    except Exception as err:  # noqa: BLE001 - handed to every rank, then re-raised
+        if not hasattr(reduce, "check"):
+            raise
+        error = err
+    if hasattr(reduce, "check"):
+        reduce.check(error)
     if reduce is not None:
         total = reduce(total)
     mean = float(total.pop("_log_likelihood") / total.pop("_weight"))

@@ -255,7 +255,7 @@ class GaussianMixtureModel:
         if ct == "full":
             n, D = Xc.shape
             ones = torch.ones(n, 1, dtype=Xc.dtype, device=Xc.device)
-            Y = (prep.a @ torch.cat([Xc, ones], 1).T).view(-1, D, n)
+            Y = (prep.a @ torch.cat([Xc, ones], 1).T).view(prep.a.shape[0] // D, D, n)
             return Y.square().sum(1).T.contiguous(), Y
         if ct == "tied":
             Y = Xc @ prep.a

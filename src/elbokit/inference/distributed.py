@@ -1,0 +1,108 @@
+"""Several processes, one fit: reductions over ``torch.distributed``.
+
+Each process (rank) holds a shard of the data.  The engines stay as they are:
+where one process sums its batches' statistics, a :class:`Reducer` adds the
+sums of all ranks with one ``all_reduce`` of a single flat float64 buffer, and
+every rank then runs the same maximiser on the same numbers, so all ranks hold
+identical parameters and stop on the same iteration.
+
+Failures do not hang the job: before each reduction the ranks exchange a
+status flag, so when one rank's local step raises, every rank raises (the
+failing one with its own error), and the process group's timeout bounds
+any wait.
+
+Works with any initialised process group: ``torchrun``, Ray's TorchTrainer,
+Spark's TorchDistributor, SLURM (gloo for CPU tensors, NCCL for CUDA ones).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+class RankFailedError(RuntimeError):
+    """Another rank of the process group failed; its own error is in its log."""
+
+
+def active() -> bool:
+    """True inside an initialised process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def resolve(setting) -> "Reducer | None":
+    """The reducer for an estimator's ``distributed`` setting (None: auto-detect)."""
+    if setting is None or setting == "auto":
+        return Reducer() if active() else None
+    if setting is True:
+        if not active():
+            raise ValueError(
+                "distributed=True, but no torch.distributed process group of several ranks is "
+                "initialised: launch with torchrun (or call torch.distributed.init_process_group)."
+            )
+        return Reducer()
+    if setting is False:
+        return None
+    raise ValueError(f"distributed={setting!r}: use None/'auto', True or False.")
+
+
+class Reducer:
+    """Sums statistics across the ranks of the default process group."""
+
+    def __init__(self):
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+
+    def _device(self, like: torch.Tensor | None = None) -> torch.device:
+        if dist.get_backend() == "nccl":
+            return like.device if like is not None and like.is_cuda else torch.device(
+                "cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def check(self, error: BaseException | None) -> None:
+        """Collective: raise on every rank if any rank's local step failed.
+
+        The failing rank re-raises its own error; the others raise
+        :class:`RankFailedError` naming the failed ranks.
+        """
+        flags = torch.zeros(self.world_size, dtype=torch.float64, device=self._device())
+        flags[self.rank] = 1.0 if error is not None else 0.0
+        dist.all_reduce(flags)
+        if error is not None:
+            raise error
+        failed = torch.nonzero(flags).flatten().tolist()
+        if failed:
+            raise RankFailedError(f"rank(s) {failed} of {self.world_size} failed; see their errors.")
+
+    def __call__(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sum a dict of tensors over ranks with one all_reduce of a flat float64 buffer."""
+        keys = sorted(stats)
+        first = stats[keys[0]]
+        flat = torch.cat([stats[k].reshape(-1).to(torch.float64) for k in keys])
+        flat = flat.to(self._device(first))
+        dist.all_reduce(flat)
+        out, start = {}, 0
+        for k in keys:
+            n = stats[k].numel()
+            out[k] = flat[start:start + n].reshape(stats[k].shape).to(stats[k].device)
+            start += n
+        return out
+
+    def sum(self, value: float) -> float:
+        """A scalar summed over ranks."""
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self._device())
+        dist.all_reduce(t)
+        return float(t)
+
+    def largest(self, value: int) -> int:
+        """The rank holding the largest ``value`` (the lowest such rank on ties)."""
+        values = torch.zeros(self.world_size, dtype=torch.float64, device=self._device())
+        values[self.rank] = float(value)
+        dist.all_reduce(values)
+        return int(torch.argmax(values))
+
+    def broadcast(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
+        """``tensor`` of rank ``src`` on every rank (same shape everywhere)."""
+        buf = tensor.to(torch.float64).to(self._device(tensor)).contiguous()
+        dist.broadcast(buf, src)
+        return buf.to(device=tensor.device, dtype=tensor.dtype)

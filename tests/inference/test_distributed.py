@@ -1,0 +1,152 @@
+"""Two processes on loopback (gloo) fit what one process fits.
+
+Each test spawns 2 ranks with torch.multiprocessing; a rank writes what it
+fitted to a file, and the parent compares with a single-process fit.
+"""
+
+import socket
+import warnings
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from elbokit import ConvergenceWarning, GaussianMixture
+from elbokit.inference.distributed import RankFailedError, Reducer
+from elbokit.inference.em import run_em
+
+from ..conftest import COVARIANCE_TYPES, make_blobs_data
+
+WORLD = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(fn, *args):
+    mp.spawn(_run, args=(fn, free_port(), args), nprocs=WORLD, join=True)
+
+
+def _run(rank, fn, port, args):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD, timeout=timedelta(seconds=60))
+    try:
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fn(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def shards(X, sizes):
+    bounds = np.cumsum([0, *sizes])
+    return [X[bounds[i]:bounds[i + 1]] for i in range(len(sizes))]
+
+
+def same_start(ct, X):
+    start = GaussianMixture(3, covariance_type=ct, max_iter=2, random_state=0, dtype="float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        start.fit(X)
+    return dict(n_components=3, covariance_type=ct, dtype="float64", max_iter=15, tol=0,
+                weights_init=start.weights_, means_init=start.means_,
+                precisions_init=start.precisions_)
+
+
+def _fit_every_type(rank, parts, kws, out):
+    results = {}
+    for ct, kw in kws.items():
+        gm = GaussianMixture(**kw).fit(parts[rank])
+        results[ct] = gm
+        np.savez(out / f"{ct}-{rank}.npz", means=gm.means_, covariances=gm.covariances_,
+                 weights=gm.weights_, bounds=gm.lower_bounds_, n_iter=gm.n_iter_)
+    # a random initialisation too: every rank must end with the same parameters
+    gm = GaussianMixture(3, random_state=rank, max_iter=20).fit(parts[rank])
+    np.savez(out / f"random-{rank}.npz", means=gm.means_, n_iter=gm.n_iter_)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_blobs_data(n=1001, d=3, k=3, seed=7)
+
+
+def test_uneven_shards_give_the_single_process_fit(data, tmp_path):
+    kws = {ct: same_start(ct, data) for ct in COVARIANCE_TYPES}
+    spawn(_fit_every_type, shards(data, [501, 500]), kws, tmp_path)
+    for ct, kw in kws.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            single = GaussianMixture(**kw).fit(data)
+        for rank in range(WORLD):
+            got = np.load(tmp_path / f"{ct}-{rank}.npz")
+            np.testing.assert_allclose(got["means"], single.means_, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(got["covariances"], single.covariances_, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(got["weights"], single.weights_, rtol=1e-10)
+            np.testing.assert_allclose(got["bounds"], single.lower_bounds_, rtol=1e-12)
+            assert int(got["n_iter"]) == single.n_iter_
+    a, b = (np.load(tmp_path / f"random-{r}.npz") for r in range(WORLD))
+    np.testing.assert_array_equal(a["means"], b["means"])  # one model, not two
+    assert int(a["n_iter"]) == int(b["n_iter"])  # all ranks stopped together
+
+
+def _fit_full(rank, parts, kw, out):
+    gm = GaussianMixture(**kw).fit(parts[rank])
+    np.savez(out / f"full-{rank}.npz", means=gm.means_, n_iter=gm.n_iter_)
+
+
+def test_an_empty_rank_takes_part(data, tmp_path):
+    kw = same_start("full", data)
+    spawn(_fit_full, shards(data, [0, 1001]), kw, tmp_path)
+    single = GaussianMixture(**kw).fit(data)
+    for rank in range(WORLD):
+        got = np.load(tmp_path / f"full-{rank}.npz")
+        np.testing.assert_allclose(got["means"], single.means_, rtol=1e-10)
+
+
+def test_a_bad_shard_fails_the_job_instead_of_hanging(data):
+    parts = shards(data, [501, 500])
+    parts[1] = parts[1].copy()
+    parts[1][3, 1] = np.nan
+    # rank 1 raises its own error, rank 0 a RankFailedError naming rank 1: no hang
+    with pytest.raises(Exception, match=r"NaN or inf|rank\(s\) \[1\] of 2 failed"):
+        spawn(_fit_full, parts, dict(n_components=3), None)
+
+
+class FailsOnRankOne:
+    """A model whose E-step raises on rank 1 at its third call."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def expected_statistics(self, params, X, weight):
+        self.calls += 1
+        if dist.get_rank() == 1 and self.calls == 3:
+            raise ArithmeticError("rank 1 broke")
+        return {"s": X.sum(0).double()}, X.new_tensor(-1.0, dtype=torch.float64)
+
+    def maximize(self, stats, params):
+        return params
+
+
+def _raise_mid_fit(rank, out):
+    X = torch.ones(4, 2)
+    try:
+        run_em(FailsOnRankOne(), None, [(X, None)], tol=0, max_iter=5, reduce=Reducer())
+    except (ArithmeticError, RankFailedError) as err:
+        (out / f"error-{rank}.txt").write_text(type(err).__name__)
+
+
+def test_an_error_on_one_rank_is_raised_on_every_rank(tmp_path):
+    spawn(_raise_mid_fit, tmp_path)
+    assert (tmp_path / "error-1.txt").read_text() == "ArithmeticError"
+    assert (tmp_path / "error-0.txt").read_text() == "RankFailedError"
+
+
+def test_distributed_true_without_a_process_group_is_a_clear_error(data):
+    with pytest.raises(ValueError, match="torchrun"):
+        GaussianMixture(2, distributed=True).fit(data)
