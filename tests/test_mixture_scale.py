@@ -26,6 +26,7 @@ def test_streamed_fits_equal_the_in_memory_fit(ct, big, tmp_path):
         fits = [
             GaussianMixture(batch_size=257, **kw).fit(big),
             GaussianMixture(batch_size=257, **kw).fit(str(tmp_path / "x.npy")),
+            GaussianMixture(batch_size=300, **kw).fit(np.load(tmp_path / "x.npy", mmap_mode="r")),
             GaussianMixture(**kw).fit([big[i:i + 700] for i in range(0, len(big), 700)]),
             GaussianMixture(**kw).fit(lambda: (big[i:i + 999] for i in range(0, len(big), 999))),
         ]

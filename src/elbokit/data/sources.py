@@ -184,6 +184,25 @@ class NpySource(_ConvertingSource):
             self.n_features = n_features
 
 
+class MemmapSource(_ConvertingSource):
+    """A 2-D ``np.memmap`` (e.g. ``np.load(path, mmap_mode="r")``) served in chunks.
+
+    Each chunk is copied out of the mapping, so the data are never loaded
+    whole; the pages read stay in the page cache, which the system can drop.
+    """
+
+    def __init__(self, array: np.memmap, batch_size: int, dtype, device):
+        super().__init__(dtype, device, "the memory-mapped array")
+        if array.ndim != 2:
+            raise ValueError(f"the memory-mapped array must be 2-D; got shape {array.shape}.")
+        self.array = array
+        self.batch_size = batch_size
+
+    def _raw_batches(self):
+        for start in range(0, self.array.shape[0], self.batch_size):
+            yield self.array[start:start + self.batch_size]
+
+
 class TableSource(_ConvertingSource):
     """A Parquet or CSV file read in record batches with pyarrow.
 
@@ -293,7 +312,7 @@ def is_source_like(X) -> bool:
     or tuples of 2-D arrays (batches) are streamed; arrays, tensors and
     nested lists of numbers are data.
     """
-    if isinstance(X, (str, os.PathLike)):
+    if isinstance(X, (str, os.PathLike, np.memmap)):
         return True
     if isinstance(X, (np.ndarray, torch.Tensor)) or hasattr(X, "__array__") or hasattr(X, "toarray"):
         return False
@@ -306,7 +325,7 @@ def is_source_like(X) -> bool:
 
 
 def as_source(X, *, batch_size: int, dtype, device):
-    """A batch source for a path (.npy, .parquet, .csv) or an iterable of batches."""
+    """A batch source for a path (.npy, .parquet, .csv), a memmap or an iterable of batches."""
     if isinstance(X, (str, os.PathLike)):
         path = Path(X)
         if not path.is_file():
@@ -319,6 +338,8 @@ def as_source(X, *, batch_size: int, dtype, device):
         raise ValueError(
             f"{path}: unknown data format {suffix!r}; use .npy, .parquet, .csv or .tsv."
         )
+    if isinstance(X, np.memmap):
+        return MemmapSource(X, batch_size, dtype, device)
     return IterableSource(X, dtype, device)
 
 
