@@ -7,6 +7,7 @@ tractable, by variational inference where it is not, or by Monte Carlo.
 
 __version__ = "0.1.0"
 
+from elbokit.autoencoder import VAE
 from elbokit.inference.em import ConvergenceWarning
 from elbokit.io import ModelFormatError, load
 from elbokit.mixture import GaussianMixture
@@ -18,6 +19,7 @@ __all__ = [
     "DegenerateCovarianceError",
     "GaussianMixture",
     "ModelFormatError",
+    "VAE",
     "load",
     "__version__",
 ]

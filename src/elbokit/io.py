@@ -55,7 +55,16 @@ def _sha256(path: Path) -> str:
 
 
 def _split_value(name: str, value, tensors: dict, kinds: dict):
-    """JSON-able value, or a placeholder with the array stored in ``tensors``."""
+    """JSON-able value, or a placeholder with the array(s) stored in ``tensors``.
+
+    A dict of tensors (a module's state_dict) is stored tensor by tensor.
+    """
+    if isinstance(value, dict) and value and all(torch.is_tensor(v) for v in value.values()):
+        for key, t in value.items():
+            tensors[f"{name}.{key}"] = t.detach().cpu().contiguous()
+        return {"__tensor_dict__": list(value)}
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"__dict__": {k: _split_value(f"{name}.{k}", v, tensors, kinds) for k, v in value.items()}}
     if isinstance(value, (np.ndarray, torch.Tensor)):
         is_torch = isinstance(value, torch.Tensor)
         t = value.detach().cpu() if is_torch else torch.from_numpy(np.ascontiguousarray(value))
@@ -68,14 +77,22 @@ def _split_value(name: str, value, tensors: dict, kinds: dict):
         return str(value).replace("torch.", "")
     if isinstance(value, torch.device):
         return str(value)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, str)) for v in value):
         return list(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(f"cannot save {name}={value!r} as JSON or a tensor.")
 
 
-def _join_value(value, tensors: dict, kinds: dict, device):
+def _join_value(value, tensors: dict, kinds: dict, device, name: str = ""):
+    if isinstance(value, dict) and "__tensor_dict__" in value:
+        missing = [k for k in value["__tensor_dict__"] if f"{name}.{k}" not in tensors]
+        if missing:
+            raise ModelFormatError(f"the tensor file lacks {name}.{missing[0]}: the model is incomplete.")
+        return {k: tensors[f"{name}.{k}"] for k in value["__tensor_dict__"]}
+    if isinstance(value, dict) and "__dict__" in value:
+        return {k: _join_value(v, tensors, kinds, device, f"{name}.{k}")
+                for k, v in value["__dict__"].items()}
     if isinstance(value, dict) and "__tensor__" in value:
         name = value["__tensor__"]
         if name not in tensors:
@@ -206,10 +223,12 @@ def load(path, *, device=None):
     kinds = config.get("tensor_kinds", {})
     device_given = device is not None
     device = torch.device(device) if device_given else torch.device("cpu")
-    params = {k: _join_value(v, tensors, kinds, device) for k, v in config["params"].items()}
+    params = {k: _join_value(v, tensors, kinds, device, f"param.{k}")
+              for k, v in config["params"].items()}
     if "device" in params and device_given:
         params["device"] = str(device)
-    fitted = {k: _join_value(v, tensors, kinds, device) for k, v in config["fitted"].items()}
+    fitted = {k: _join_value(v, tensors, kinds, device, f"fitted.{k}")
+              for k, v in config["fitted"].items()}
     estimator = cls(**params)
     estimator._set_fitted_state(fitted)
     return estimator
