@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/elbokit tour
+	$(BIN)/elbokit tour --out build/tour --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -110,13 +110,16 @@ def test_topics_refuses_a_mixture(fitted):
 
 
 def test_tour_reports_bounds_clusters_and_agreement(tmp_path):
-    result = invoke("tour", "--n-init", "2", "--out", tmp_path / "tour")
+    result = invoke("tour", "--n-init", "2", "--vae-epochs", "2", "--out", tmp_path / "tour")
     assert result.exit_code == 0, result.output
     bounds = [float(b) for b in re.findall(r"iteration\s+\d+\s+bound\s+(-?\d+\.\d+)", result.output)]
     assert len(bounds) >= 2
     ari = float(re.search(r"adjusted Rand index (\d\.\d+)", result.output).group(1))
     assert ari > 0.8  # the wine cultivars are recovered
-    assert (tmp_path / "tour" / "gmm" / "report.html").is_file()
+    assert "importance-sampled log p(x)" in result.output
+    for name in ("gmm", "vae"):
+        assert (tmp_path / "tour" / name / "report.html").is_file()
+    assert 'href="vae/report.html"' in (tmp_path / "tour" / "index.html").read_text()
 
 
 # ------------------------------------------------------------------ bad input: one line, exit 2
@@ -172,3 +175,22 @@ def test_help_on_every_subcommand():
                  ["topics"], ["select", "gmm"], ["report"], ["tour"]):
         result = CliRunner().invoke(cli, [*args, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_vae_fit_transform_score_sample_report(tmp_path):
+    from sklearn.datasets import load_digits
+
+    X = (load_digits().data[:300] / 16.0).astype(np.float32)
+    np.save(tmp_path / "d.npy", X)
+    result = invoke("fit", "vae", tmp_path / "d.npy", "--out", tmp_path / "v", "--epochs", "2",
+                    "--hidden", "32", "--latent-dim", "3")
+    assert result.exit_code == 0, result.output
+    vae = elbokit.load(tmp_path / "v")
+    assert invoke("transform", tmp_path / "v", tmp_path / "d.npy", "--out", tmp_path / "z.npy").exit_code == 0
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), vae.transform(X), rtol=1e-5, atol=1e-6)
+    assert invoke("score", tmp_path / "v", tmp_path / "d.npy", "--out", tmp_path / "s.npy").exit_code == 0
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), vae.score_samples(X), rtol=1e-4)
+    assert invoke("sample", tmp_path / "v", "--out", tmp_path / "x.npy", "-n", "4").exit_code == 0
+    assert np.load(tmp_path / "x.npy").shape == (4, 64)
+    assert invoke("report", tmp_path / "v").exit_code == 0
+    assert (tmp_path / "v" / "report.html").read_text().count("data:image/png") == 6

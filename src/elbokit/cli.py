@@ -43,13 +43,25 @@ def _check_new(path: Path, force: bool, what: str = "output") -> None:
         raise UserError(f"{path} already exists: choose another {what} or pass --force.")
 
 
+def _is_idx(path: Path) -> bool:
+    return "idx" in path.name and (path.suffix in ("", ".gz") or "ubyte" in path.name)
+
+
 def _check_data_path(data: str) -> str:
     path = Path(data)
     if not path.exists():
         raise UserError(f"no data file at {path}.")
-    if path.suffix.lower() not in (".csv", ".tsv", ".npy", ".parquet", ".pq"):
-        raise UserError(f"{path}: unknown data format {path.suffix!r}; use .csv, .npy or .parquet.")
+    if path.suffix.lower() not in (".csv", ".tsv", ".npy", ".parquet", ".pq") and not _is_idx(path):
+        raise UserError(f"{path}: unknown data format {path.suffix!r}; use .csv, .npy, .parquet "
+                        "or an IDX image file.")
     return str(path)
+
+
+def _in_memory(data: str) -> np.ndarray:
+    """The whole data file as an array (for models that take arrays, like the VAE)."""
+    from elbokit.report import load_rows
+
+    return load_rows(data).astype(np.float32)
 
 
 def write_array(path: Path, values, columns: list[str], force: bool) -> None:
@@ -189,13 +201,57 @@ def _shard(data: str) -> np.ndarray:
     return np.array(rows[bounds[rank]:bounds[rank + 1]])
 
 
+@fit.command("vae")
+@click.argument("data")
+@click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
+@click.option("--latent-dim", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--hidden", default="512,256", show_default=True, help="Hidden layer sizes.")
+@click.option("--likelihood", type=click.Choice(["bernoulli", "continuous_bernoulli", "gaussian"]),
+              default="continuous_bernoulli", show_default=True)
+@click.option("--binarize", type=click.Choice(["none", "dynamic"]), default="none", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Use the first N rows.")
+@click.option("--device", default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing model directory.")
+def fit_vae(data, out, latent_dim, hidden, likelihood, binarize, epochs, batch_size, lr, max_rows,
+            device, seed, force):
+    """Train a variational autoencoder on DATA (IDX images, .npy, .csv or .parquet)."""
+    from elbokit import VAE
+
+    data = _check_data_path(data)
+    out_dir = Path(out)
+    _check_new(out_dir, force, "model directory")
+    try:
+        hidden_sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
+    except ValueError:
+        raise UserError(f"--hidden {hidden!r}: give sizes like 512,256.") from None
+    X = _in_memory(data)[:max_rows]
+    vae = VAE(latent_dim, hidden_sizes=hidden_sizes, likelihood=likelihood,
+              binarize=None if binarize == "none" else binarize, epochs=epochs,
+              batch_size=batch_size, lr=lr, device=device, random_state=seed, verbose=1)
+    start = time.perf_counter()
+    vae.fit(X)
+    seconds = time.perf_counter() - start
+    metrics = {"model": "vae", "data": str(Path(data).resolve()), "n_samples": len(X),
+               "n_features": int(X.shape[1]), "fit_seconds": seconds,
+               "train_bounds": vae.history_["train"], "validation_elbo": vae.history_["validation"]}
+    vae.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    click.echo(f"trained a VAE (latent {latent_dim}) on {X.shape[0]} x {X.shape[1]} for {epochs} "
+               f"epochs in {seconds:.1f} s: training bound {vae.history_['train'][-1]:.4f}; "
+               f"saved to {out_dir}")
+
+
 # ------------------------------------------------------------------ use a model
 def _apply(model_dir, data, out, force, method: str, column: str):
     model = _model(model_dir)
     data = _check_data_path(data)
     if not hasattr(model, method):
         raise UserError(f"a {type(model).__name__} has no {method}.")
-    values = np.asarray(getattr(model, method)(data))
+    streams = type(model).__name__ == "GaussianMixture" and not _is_idx(Path(data))
+    values = np.asarray(getattr(model, method)(data if streams else _in_memory(data)))
     columns = [column] if values.ndim == 1 else [f"{column}_{j}" for j in range(values.shape[1])]
     write_array(Path(out), values, columns, force)
     click.echo(f"wrote {values.shape} to {out}")
@@ -332,14 +388,19 @@ def select_gmm(data, k_range, covariance_type, criterion, holdout, n_init, seed)
 @click.argument("model_dir")
 @click.option("--data", default=None, help="Data to show (default: the data it was fitted on).")
 @click.option("--out", type=click.Path(), default=None, help="HTML file (default MODEL_DIR/report.html).")
+@click.option("--labels", default=None, help="Labels (.npy or IDX) to colour latent codes by.")
 @click.option("--force", is_flag=True, help="Replace an existing report.")
-def report(model_dir, data, out, force):
+def report(model_dir, data, out, labels, force):
     """Write a self-contained HTML report of a fitted model."""
     from elbokit.report import write_report
 
     target = Path(out) if out else Path(model_dir) / "report.html"
     _check_new(target, force, "report file")
-    path = write_report(model_dir, data=data, out=target)
+    if labels is not None:
+        from elbokit.data.idx import load_idx_labels
+
+        labels = load_idx_labels(labels) if _is_idx(Path(labels)) else np.load(labels)
+    path = write_report(model_dir, data=data, out=target, labels=labels)
     click.echo(f"wrote {path}")
 
 
@@ -353,11 +414,13 @@ def report(model_dir, data, out, force):
               default="diag", show_default=True)
 @click.option("--n-init", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--vae-epochs", type=click.IntRange(min=1), default=40, show_default=True)
 @click.option("--out", type=click.Path(), default=None,
-              help="Also save the model and its HTML report in this directory.")
+              help="Also save the models, their HTML reports and an index page in this directory.")
 @click.option("--force", is_flag=True, help="Replace an existing --out directory.")
-def tour(dataset, components, covariance_type, n_init, seed, out, force):
-    """Fit a Gaussian mixture by EM on bundled data and compare its clusters with the labels."""
+def tour(dataset, components, covariance_type, n_init, seed, vae_epochs, out, force):
+    """The main job: a Gaussian mixture by EM (clusters against the known labels) and a
+    small VAE by amortised VI, on data bundled with scikit-learn; reports with --out."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     from elbokit import GaussianMixture
@@ -388,22 +451,59 @@ def tour(dataset, components, covariance_type, n_init, seed, out, force):
     click.echo(f"\nAgreement with the known labels: adjusted Rand index "
                f"{adjusted_rand_score(y, labels):.3f}, normalised mutual information "
                f"{normalized_mutual_info_score(y, labels):.3f}")
+    vae, digits, digit_labels = _tour_vae(seed, epochs=vae_epochs)
     if out is not None:
-        from elbokit.report import write_report
+        _write_tour(Path(out), {"gmm": (gm, X, None), "vae": (vae, digits, digit_labels)}, dataset)
 
-        out_dir = Path(out)
-        if out_dir.exists():
-            import shutil
 
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True)
-        data_path = out_dir / f"{dataset}.npy"
+def _tour_vae(seed: int, epochs: int):
+    """A small VAE on scikit-learn's 8x8 digits: bound, importance-sampled log p(x), KL gap."""
+    from sklearn.datasets import load_digits
+
+    from elbokit import VAE
+
+    data = load_digits()
+    X = (data.data / 16.0).astype(np.float32)
+    click.echo(f"\nVariational autoencoder (amortised VI) on digits ({X.shape[0]} x {X.shape[1]} "
+               f"grey levels), latent 2, continuous Bernoulli likelihood, {epochs} epochs")
+    start = time.perf_counter()
+    vae = VAE(2, hidden_sizes=(128, 64), likelihood="continuous_bernoulli", epochs=epochs,
+              batch_size=64, random_state=seed).fit(X)
+    seconds = time.perf_counter() - start
+    elbo, log_px = float(np.mean(vae.elbo(X))), vae.score(X, n_samples=100)
+    click.echo(f"trained in {seconds:.1f} s: ELBO {elbo:.3f}, importance-sampled log p(x) "
+               f"{log_px:.3f} nats per image, KL gap {log_px - elbo:.3f}")
+    return vae, X, data.target
+
+
+def _write_tour(out_dir: Path, models: dict, dataset: str) -> None:
+    """Each model with its data and report, and an index page linking them."""
+    import html
+    import shutil
+
+    from elbokit.report import write_report
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    links = []
+    for name, (model, X, labels) in models.items():
+        data_path = out_dir / f"{name}-data.npy"
         np.save(data_path, X)
-        metrics = {"model": "gmm", "data": str(data_path.resolve()), "n_samples": len(X),
-                   "lower_bounds": [float(b) for b in gm.lower_bounds_]}
-        gm.save(out_dir / "gmm", extra_files={"metrics.json": json.dumps(metrics, indent=2)})
-        path = write_report(out_dir / "gmm")
-        click.echo(f"\nModel and report written: {path}")
+        metrics = {"model": name, "data": str(data_path.resolve()), "n_samples": len(X)}
+        if labels is not None:
+            np.save(out_dir / f"{name}-labels.npy", labels)
+            metrics["labels"] = str((out_dir / f"{name}-labels.npy").resolve())
+        model.save(out_dir / name, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+        write_report(out_dir / name)
+        links.append(f'<li><a href="{name}/report.html">{html.escape(type(model).__name__)}</a> '
+                     f"on {html.escape(dataset if name == 'gmm' else 'digits')}</li>")
+    (out_dir / "index.html").write_text(
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>elbokit tour</title>"
+        "</head><body style='font-family:system-ui;max-width:40rem;margin:2rem auto'>"
+        "<h1>elbokit tour</h1><p>Each model is a joint p(x, z) fitted by maximising "
+        "log p(x) = ELBO(q) + KL(q || p(z|x)).</p><ul>" + "".join(links) + "</ul></body></html>")
+    click.echo(f"\nModels and reports written: {out_dir / 'index.html'}")
 
 
 # ------------------------------------------------------------------ entry point

@@ -24,8 +24,15 @@ def read_metrics(model_dir) -> dict:
 
 
 def load_rows(data, max_rows: int | None = None, seed: int = 0) -> np.ndarray:
-    """A data file (or array) as a float64 array, subsampled to ``max_rows``."""
-    if isinstance(data, (str, Path)):
+    """A data file (or array) as a float64 array, subsampled to ``max_rows``.
+
+    IDX image files (``*-idx3-ubyte``, optionally ``.gz``) are read as grey levels in [0, 1].
+    """
+    if isinstance(data, (str, Path)) and "idx" in Path(data).name:
+        from elbokit.data.idx import load_idx_images
+
+        X = load_idx_images(data).astype(np.float64)
+    elif isinstance(data, (str, Path)):
         import torch
 
         from elbokit.data.sources import as_source
@@ -110,7 +117,63 @@ def gaussian_mixture_page(gm, X, metrics: dict, anomaly_quantile: float = 0.01) 
     return page
 
 
-def write_report(model_dir, data=None, out=None) -> Path:
+def _image_side(n_features: int, image_shape=None):
+    if image_shape is not None:
+        return tuple(image_shape[-2:])
+    side = int(round(n_features ** 0.5))
+    return (side, side) if side * side == n_features else None
+
+
+def vae_page(vae, X, metrics: dict, labels=None, anomaly_quantile: float = 0.01) -> Page:
+    """Report of a fitted VAE on data X."""
+    from elbokit.report import plots
+
+    Xs = X if len(X) <= 2000 else load_rows(X, 2000)
+    elbo = np.asarray(vae.elbo(Xs), dtype=np.float64)
+    log_px = np.asarray(vae.score_samples(Xs, n_samples=64), dtype=np.float64)
+    page = Page(
+        f"Variational autoencoder: latent_dim={vae.latent_dim}, likelihood={vae.likelihood!r}",
+        f"Trained by amortised VI for {vae.n_epochs_} epochs on {metrics.get('n_samples', len(X))} "
+        f"samples x {vae.n_features_in_} features; on these samples: mean ELBO {elbo.mean():.3f}, "
+        f"importance-sampled log p(x) {log_px.mean():.3f} (k=64), so the KL gap "
+        f"KL(q || p(z|x)) is about {log_px.mean() - elbo.mean():.3f} nats.",
+    )
+    page.add(
+        "Training: the bound per epoch",
+        page.figure(plots.train_validation_history(vae.history_["train"], vae.history_["validation"]),
+                    "The ELBO is a lower bound on log p(x); the gap to the importance-sampled "
+                    "estimate is KL(q(z|x) || p(z|x))."),
+        page.table(["", "nats per sample"],
+                   [["mean ELBO", f"{elbo.mean():.4f}"],
+                    ["importance-sampled log p(x), k=64", f"{log_px.mean():.4f}"],
+                    ["KL gap (estimate)", f"{log_px.mean() - elbo.mean():.4f}"]]),
+    )
+    shape = _image_side(vae.n_features_in_, vae.image_shape)
+    figures = []
+    if shape is not None:
+        figures.append(page.figure(plots.image_grid(vae.sample(40), shape),
+                                   "Samples: z ~ p(z), shown as E[x | z]."))
+        pairs = np.concatenate([Xs[:10], np.asarray(vae.reconstruct(Xs[:10]))])
+        figures.append(page.figure(plots.image_grid(pairs, shape),
+                                   "Top row: data; bottom row: reconstructions E[x | E_q[z|x]]."))
+        figures.append(page.figure(plots.image_grid(np.asarray(vae.interpolate(Xs[0], Xs[1], 10)), shape),
+                                   "Interpolation between the codes of two samples, decoded."))
+    codes = np.asarray(vae.transform(Xs))
+    lab = None if labels is None else np.asarray(labels)[: len(Xs)]
+    figures.append(page.figure(plots.latent_scatter(codes, lab),
+                               "Latent codes (posterior means), first two dimensions."))
+    page.add("What the model learned", *figures)
+    threshold = float(np.quantile(log_px, anomaly_quantile))
+    page.add(
+        "Anomalies: importance-sampled log p(x) per sample",
+        page.figure(plots.log_density_histogram(log_px, threshold),
+                    f"Samples below the {anomaly_quantile:.0%} quantile are flagged."),
+        page.table(["row", "log p(x)"], [[int(i), f"{log_px[i]:.3f}"] for i in np.argsort(log_px)[:10]]),
+    )
+    return page
+
+
+def write_report(model_dir, data=None, out=None, labels=None) -> Path:
     """Write ``report.html`` for the model saved in ``model_dir``.
 
     Parameters
@@ -133,6 +196,11 @@ def write_report(model_dir, data=None, out=None) -> Path:
     name = type(model).__name__
     if name == "GaussianMixture":
         page = gaussian_mixture_page(model, X, metrics)
+    elif name == "VAE":
+        labels = labels if labels is not None else metrics.get("labels")
+        if isinstance(labels, (str, Path)):
+            labels = np.load(labels)
+        page = vae_page(model, X.astype(np.float32), metrics, labels=labels)
     else:
         raise ValueError(f"no report for {name} yet.")
     out = Path(out) if out is not None else Path(model_dir) / "report.html"

@@ -84,3 +84,47 @@ def log_density_histogram(log_px, threshold):
     ax.set_ylabel("samples")
     ax.legend(fontsize=8)
     return fig
+
+
+def image_grid(images, image_shape, n_cols: int = 10, title: str = ""):
+    """A grid of images (rows of ``images`` reshaped to ``image_shape`` (h, w))."""
+    images = np.asarray(images)
+    n = len(images)
+    n_rows = max(1, int(np.ceil(n / n_cols)))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * 0.8, n_rows * 0.8 + 0.3))
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for i, ax in enumerate(np.atleast_1d(axes).ravel()[:n]):
+        ax.imshow(images[i].reshape(image_shape), cmap="gray_r", vmin=0, vmax=1)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def latent_scatter(codes, labels=None):
+    """Posterior means in 2-D (first two dimensions), coloured by label if given."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    codes = np.asarray(codes)
+    y = codes[:, 1] if codes.shape[1] > 1 else np.zeros(len(codes))
+    if labels is None:
+        ax.scatter(codes[:, 0], y, s=6, alpha=0.6)
+    else:
+        sc = ax.scatter(codes[:, 0], y, s=6, alpha=0.7, c=labels, cmap="tab10")
+        fig.colorbar(sc, ax=ax, label="label")
+    ax.set_xlabel("z1 (posterior mean)")
+    ax.set_ylabel("z2 (posterior mean)")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def train_validation_history(train, validation):
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    epochs = np.arange(1, len(train) + 1)
+    ax.plot(epochs, train, marker="o", ms=3, label="training bound (mean per sample)")
+    if len(validation):
+        ax.plot(epochs[: len(validation)], validation, marker="s", ms=3, label="validation ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per sample")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
