@@ -68,11 +68,31 @@ def _split_value(name: str, value, tensors: dict, kinds: dict):
         return str(value).replace("torch.", "")
     if isinstance(value, torch.device):
         return str(value)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
-        return list(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
+    if _is_json(value):
+        return _plain(value)
     raise TypeError(f"cannot save {name}={value!r} as JSON or a tensor.")
+
+
+def _is_json(value) -> bool:
+    """JSON-able: None, bool, int, float, str, and lists/tuples/str-keyed dicts of those."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+    return False
+
+
+def _plain(value):
+    """Tuples become lists (JSON has no tuple); a dict with ``__tensor__`` is refused."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            raise TypeError("cannot save a dict with the reserved key '__tensor__'.")
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _join_value(value, tensors: dict, kinds: dict, device):
