@@ -7,15 +7,19 @@ tractable, by variational inference where it is not, or by Monte Carlo.
 
 __version__ = "0.1.0"
 
+from elbokit.data.text import Corpus
 from elbokit.inference.em import ConvergenceWarning
 from elbokit.io import ModelFormatError, load
 from elbokit.mixture import GaussianMixture
 from elbokit.models.gaussian_mixture import DegenerateCovarianceError
+from elbokit.topics import LDA
 
 __all__ = [
     "ConvergenceWarning",
+    "Corpus",
     "DegenerateCovarianceError",
     "GaussianMixture",
+    "LDA",
     "ModelFormatError",
     "load",
     "__version__",
