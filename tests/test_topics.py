@@ -136,7 +136,7 @@ def test_partial_fit_streams_mini_batches(lda_data):
     for _ in range(3):
         for start in range(0, 200, 50):
             lda.partial_fit(X[start:start + 50])
-    assert lda.n_batch_iter_ == 12 and len(lda.lower_bounds_) == 12
+    assert lda.n_batch_iter_ == 12 and len(lda.lower_bounds_) == 12  # one per call
     beta = lda_data[1]
     cost = np.abs(lda.topic_word_[:, None, :] - beta[None]).sum(2)
     r, c = linear_sum_assignment(cost)

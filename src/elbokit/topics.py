@@ -20,7 +20,7 @@ from elbokit._validation import (
 from elbokit.base import ElbokitEstimator
 from elbokit.data.text import Corpus, CountBatches, SparseCounts, as_counts, vectorize
 from elbokit.inference.sampling import run_gibbs, standard_gamma
-from elbokit.inference.vi import online_step, run_batch_vi, run_online_vi
+from elbokit.inference.vi import online_bound, online_step, run_batch_vi, run_online_vi
 from elbokit.models.lda import (
     LDADraw,
     LDAModel,
@@ -119,7 +119,8 @@ class LDA(ElbokitEstimator):
     lower_bounds_ : array
         Per-word bound history: ELBO per word at each batch iteration (and
         last under the fitted parameters); for online, the per-pass mean of
-        the mini-batch estimates; for gibbs, log p(words | theta, beta) per
+        the mini-batch estimates (one entry per pass, or per ``partial_fit``
+        call); for gibbs, log p(words | theta, beta) per
         word of each sweep's draw.
     lower_bound_ : float
     converged_ : bool
@@ -410,11 +411,14 @@ class LDA(ElbokitEstimator):
                 list(self.lower_bounds_)
             vocabulary, vec_params = self.vocabulary_, self.vectorizer_params_
         model = self._model()
+        local_bounds, units = [], []
         for batch in CountBatches(counts, self.batch_size or counts.n_docs):
-            params, b = online_step(model, params, batch, total=float(self.total_docs), t=t,
-                                    tau0=float(self.tau0), kappa=float(self.kappa))
+            params, b, u = online_step(model, params, batch, total=float(self.total_docs), t=t,
+                                       tau0=float(self.tau0), kappa=float(self.kappa))
             t += 1
-            bounds.append(b)
+            local_bounds.append(b)
+            units.append(u)
+        bounds.append(online_bound(model, params, local_bounds, units))
         self._store(params, is_torch=counts.is_torch, vocabulary=vocabulary,
                     vectorizer_params=vec_params, bounds=bounds, converged=False,
                     n_iter=getattr(self, "n_iter_", 0) + 1, n_batch_iter=t,

@@ -99,7 +99,8 @@ def test_online_step_blends_with_the_scheduled_rate(data):
     x, prior = data
     model = DirichletCategorical(prior)
     start = Conc(torch.ones(3, dtype=torch.float64))
-    new, _ = online_step(model, start, x[:30], total=120, t=3, tau0=2.0, kappa=0.8)
+    new, local, units = online_step(model, start, x[:30], total=120, t=3, tau0=2.0, kappa=0.8)
+    assert float(units) == 120.0
     rho = (2.0 + 4) ** -0.8
     target = prior + 4 * torch.bincount(x[:30], minlength=3).double()
     torch.testing.assert_close(new.c, (1 - rho) * start.c + rho * target)

@@ -95,8 +95,8 @@ class VIRun:
     lower_bounds : list of float
         Per-unit ELBO: for batch VI, at each iteration (after the local
         updates, before the global one) and, last, under the returned
-        parameters; for online VI, the per-pass mean of the mini-batch
-        estimates.
+        parameters; for online VI, the per-pass estimate of
+        :func:`online_bound`.
     converged : bool
     n_iter : int
         Iterations (batch) or passes (online).
@@ -229,16 +229,29 @@ def online_step(model: ConjugateVIModel, params, batch, *, total: float, t: int,
     Returns
     -------
     params : the blended global parameters
-    bound : float
-        Per-unit ELBO estimate of the whole data set under the parameters
-        *before* the step (local terms scaled by ``total / n_items``).
+    local_bound : float64 tensor
+        The mini-batch's local bound terms scaled by ``total / n_items`` (an
+        unbiased estimate of the data set's), under the parameters before the step.
+    units : float64 tensor
+        The mini-batch's units, scaled alike.
     """
     res = model.local_step(params, batch, None)
     scale = float(total) / res.n_items
     target = model.maximize(res.stats, params, scale)
-    bound = (res.bound * scale + model.global_bound(params)) / (res.n_units * scale)
-    bound = _check_finite(float(bound), "ELBO estimate")
-    return model.blend(params, target, step_size(t + 1, tau0, kappa)), bound
+    new = model.blend(params, target, step_size(t + 1, tau0, kappa))
+    return new, res.bound.to(torch.float64) * scale, res.n_units.to(torch.float64) * scale
+
+
+def online_bound(model: ConjugateVIModel, params, local_bounds, units) -> float:
+    """Per-unit ELBO estimate from scaled mini-batch terms: (mean local + global) / mean units.
+
+    The global term is taken at ``params`` (once, not per mini-batch: it costs
+    O(size of the globals)).
+    """
+    n = len(local_bounds)
+    local = sum(local_bounds) / n
+    bound = float((local + model.global_bound(params)) / (sum(units) / n))
+    return _check_finite(bound, "ELBO estimate")
 
 
 def run_online_vi(model: ConjugateVIModel, params, source, *, total: float, tau0: float,
@@ -246,20 +259,22 @@ def run_online_vi(model: ConjugateVIModel, params, source, *, total: float, tau0
                   desc: str = "online VI") -> VIRun:
     """Stochastic VI: ``max_iter`` passes over ``source`` (mini-batches).
 
-    The per-pass bound is the mean of the mini-batch estimates; the run
-    stops early when it changes by less than ``tol`` between passes.
+    The per-pass bound is :func:`online_bound` over the pass's mini-batches,
+    with the global term at the end of the pass; the run stops early when it
+    changes by less than ``tol`` between passes.
     """
     run = VIRun(params=params, n_updates=t0)
     progress = _Progress(verbose, max_iter, desc)
     previous = -float("inf")
     for n_iter in range(1, max_iter + 1):
-        bounds = []
+        local_bounds, units = [], []
         for batch in source:
-            run.params, b = online_step(model, run.params, batch, total=total,
-                                        t=run.n_updates, tau0=tau0, kappa=kappa)
+            run.params, b, u = online_step(model, run.params, batch, total=total,
+                                           t=run.n_updates, tau0=tau0, kappa=kappa)
             run.n_updates += 1
-            bounds.append(b)
-        bound = sum(bounds) / len(bounds)
+            local_bounds.append(b)
+            units.append(u)
+        bound = online_bound(model, run.params, local_bounds, units)
         run.lower_bounds.append(bound)
         run.n_iter = n_iter
         change = bound - previous

@@ -70,11 +70,10 @@ class LDAParams:
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def exp_elog_beta(self, dtype) -> torch.Tensor:
-        """exp(E[log beta]), shape (K, V), in float64 and cached per dtype."""
-        if "f64" not in self._cache:
-            self._cache["f64"] = torch.exp(dirichlet_expectation(self.concentration))
+        """exp(E[log beta]), shape (K, V), computed in ``dtype`` and cached per dtype."""
         if dtype not in self._cache:
-            self._cache[dtype] = self._cache["f64"].to(dtype)
+            lam = self.concentration.to(dtype)
+            self._cache[dtype] = torch.exp(dirichlet_expectation(lam))
         return self._cache[dtype]
 
     def exp_elog_beta_t(self, dtype) -> torch.Tensor:
@@ -105,6 +104,11 @@ def initial_gamma(n_docs: int, doc_lengths: torch.Tensor, alpha: torch.Tensor, d
     """Blei et al.'s deterministic start: gamma_dk = alpha_k + N_d / K, shape (n_docs, K)."""
     K = alpha.shape[0]
     return (alpha.to(dtype)[None, :] + (doc_lengths.to(dtype) / K)[:, None]).contiguous()
+
+
+def _row_dots(et, doc, B):
+    """sum_k et[doc_i, k] B[i, k] for every non-zero i, shape (nnz,)."""
+    return torch.linalg.vecdot(et.index_select(0, doc), B)
 
 
 def local_update(doc, count, n_docs, B, alpha, gamma, *, max_iter: int, tol: float):
@@ -143,9 +147,9 @@ def local_update(doc, count, n_docs, B, alpha, gamma, *, max_iter: int, tol: flo
     a_doc, a_B, a_cnt = doc, B, count
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        et = etheta if rows is None else etheta[rows]
-        g_old = gamma if rows is None else gamma[rows]
-        norm = (et[a_doc] * a_B).sum(1).add_(eps)
+        et = etheta if rows is None else etheta.index_select(0, rows)
+        g_old = gamma if rows is None else gamma.index_select(0, rows)
+        norm = _row_dots(et, a_doc, a_B).add_(eps)
         acc = torch.zeros_like(et).index_add_(0, a_doc, a_B * (a_cnt / norm)[:, None])
         g_new = acc.mul_(et).add_(alpha)
         change = (g_new - g_old).abs_().mean(1)
@@ -167,7 +171,7 @@ def local_update(doc, count, n_docs, B, alpha, gamma, *, max_iter: int, tol: flo
             rows = idx if rows is None else rows[idx]
     if gamma.shape[0] != n_docs:
         raise AssertionError("gamma lost its shape")
-    norm = (etheta[doc] * B).sum(1).add_(eps)
+    norm = _row_dots(etheta, doc, B).add_(eps)
     return gamma, etheta, norm, n_iter
 
 
@@ -263,7 +267,7 @@ class LDAModel:
         V, K = params.concentration.shape[1], params.concentration.shape[0]
         sw = torch.zeros(V, K, dtype=torch.float64, device=norm.device)
         sw.index_add_(0, batch.word, (etheta[batch.doc] * ratio).to(torch.float64))
-        stats = {"topic_word": sw.t() * params.exp_elog_beta(torch.float64)}
+        stats = {"topic_word": sw.t() * params.exp_elog_beta(self.dtype).to(torch.float64)}
         if self.learn_alpha:
             stats["elog_theta"] = dirichlet_expectation(gamma.to(torch.float64)).sum(0)
             stats["n_docs"] = torch.tensor(float(batch.n_docs), dtype=torch.float64,
