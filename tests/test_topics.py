@@ -249,3 +249,22 @@ def test_bad_data_is_a_clear_error(fitted, lda_data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         LDA(2, max_iter=2).fit(X.astype(float) * 0.5)
+
+
+@pytest.mark.parametrize("method", list(SETTINGS))
+def test_verbose_reports_every_iteration(lda_data, method, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        LDA(3, method=method, max_iter=2, verbose=2, random_state=0).fit(lda_data[0][:40])
+    out = capsys.readouterr().out
+    assert out.count("  iteration ") == 2 and "bound" in out
+
+
+def test_float64_dense_tensor_input(lda_data):
+    X = torch.tensor(lda_data[0][:40].toarray(), dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        lda = LDA(3, max_iter=3, random_state=0, dtype="float64").fit(X)
+    assert isinstance(lda.components_, torch.Tensor) and lda.components_.dtype == torch.float64
+    out = lda.transform(X)
+    assert isinstance(out, torch.Tensor) and torch.isfinite(out).all()

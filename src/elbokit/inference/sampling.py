@@ -22,6 +22,7 @@ seed makes the chain repeatable.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -75,10 +76,6 @@ class GibbsRun:
     n_iter: int = 0
     locals: list = field(default_factory=list)
 
-    @property
-    def lower_bound(self) -> float:  # for _Progress
-        return self.log_likelihoods[-1]
-
 
 def run_gibbs(model: GibbsModel, params, source, *, n_sweeps: int, burn_in: int,
               generator: torch.Generator, verbose: int = 0,
@@ -123,7 +120,12 @@ def run_gibbs(model: GibbsModel, params, source, *, n_sweeps: int, burn_in: int,
         run.n_iter = sweep
         progress.update(sweep, ll, ll - previous)
         previous = ll
-    progress.close(run)
+    if progress.bar is not None:
+        progress.bar.close()
+    if verbose >= 1:  # a sampler has no convergence test: report what it did
+        print(f"  {run.n_iter} sweeps ({burn_in} burn-in), last log-likelihood per unit "
+              f"{run.log_likelihoods[-1]:.6f}", file=sys.stderr if progress.bar is not None
+              else sys.stdout, flush=True)
     return run
 
 
