@@ -15,7 +15,7 @@ from elbokit import LDA, Corpus, ConvergenceWarning
 from .conftest import make_lda_corpus
 
 SETTINGS = {
-    "batch": dict(method="batch", max_iter=40, tol=1e-5),
+    "batch": dict(method="batch", max_iter=25, tol=1e-5),
     "online": dict(method="online", max_iter=30, batch_size=50, tau0=1.0, kappa=0.6, tol=0.0),
     "gibbs": dict(method="gibbs", max_iter=60),
 }
