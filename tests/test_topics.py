@@ -145,6 +145,16 @@ def test_partial_fit_streams_mini_batches(lda_data):
         LDA(4).partial_fit(X)
 
 
+def test_partial_fit_on_corpora_keeps_one_vocabulary():
+    first = Corpus(["cat dog cow", "star planet orbit"])
+    lda = LDA(2, total_docs=4, random_state=0).partial_fit(first)
+    lda.partial_fit(Corpus(["dog cow", "orbit star"], vocabulary=lda.vocabulary_))
+    lda.partial_fit(["cat cow", "planet"])  # raw text, through the kept vocabulary
+    assert lda.n_batch_iter_ == 3 and lda.vocabulary_ == first.vocabulary
+    with pytest.raises(ValueError, match="vocabulary=lda.vocabulary_"):
+        lda.partial_fit(Corpus(["zebra lion", "moon sun"]))
+
+
 def test_coherence_and_top_words(fitted, lda_data):
     X = lda_data[0]
     lda = fitted["batch"]

@@ -22,6 +22,7 @@ from elbokit.data.text import Corpus, CountBatches, SparseCounts, as_counts, vec
 from elbokit.inference.sampling import run_gibbs, standard_gamma
 from elbokit.inference.vi import online_bound, online_step, run_batch_vi, run_online_vi
 from elbokit.models.lda import (
+    GammaTable,
     LDADraw,
     LDAModel,
     LDAParams,
@@ -67,7 +68,9 @@ class LDA(ElbokitEstimator):
         ``batch``: variational EM (Blei et al. 2003), local updates
         warm-started across iterations so that the bound never decreases;
         ``online``: stochastic VI (Hoffman et al. 2010) over shuffled
-        mini-batches of ``batch_size`` documents, step (tau0 + t)^-kappa;
+        mini-batches of ``batch_size`` documents, step (tau0 + t)^-kappa
+        (in ``fit``, a document's local updates start from its gamma of the
+        previous pass; ``partial_fit`` streams and starts afresh);
         ``gibbs``: a blocked Gibbs sampler (theta and z per document, then
         the topics), each block one tensor operation; ``components_`` is eta
         plus the topic-word counts averaged after ``burn_in`` sweeps.
@@ -124,6 +127,8 @@ class LDA(ElbokitEstimator):
         word of each sweep's draw.
     lower_bound_ : float
     converged_ : bool
+        Whether the bound settled within ``tol`` (batch, online); for gibbs,
+        always True: a sampler runs its ``max_iter`` sweeps, with no test.
     n_iter_ : int
     n_batch_iter_ : int
         Global updates made (the online step counter t).
@@ -359,10 +364,11 @@ class LDA(ElbokitEstimator):
         elif method == "online":
             source = CountBatches(counts, self.batch_size or 256, shuffle=True, generator=gen)
             total = self.total_docs or counts.n_docs
+            table = GammaTable(counts.n_docs, int(self.n_topics), model.dtype, counts.device)
             run = run_online_vi(model, params, source, total=total, tau0=float(self.tau0),
                                 kappa=float(self.kappa), max_iter=int(self.max_iter),
                                 tol=float(self.tol), verbose=int(self.verbose),
-                                desc="LDA online VI")
+                                desc="LDA online VI", local=table)
             params, bounds = run.params, run.lower_bounds
             converged, n_iter, n_updates = run.converged, run.n_iter, run.n_updates
         else:
@@ -400,6 +406,12 @@ class LDA(ElbokitEstimator):
         first = not self.__sklearn_is_fitted__()
         vocabulary = vec_params = None
         if isinstance(X, Corpus):
+            if not first and self.vocabulary_ is not None and X.vocabulary != self.vocabulary_:
+                raise ValueError(
+                    "X is a Corpus with its own vocabulary, unlike the model's: build later "
+                    "mini-batches with Corpus(texts, vocabulary=lda.vocabulary_), or pass the "
+                    "raw texts."
+                )
             vocabulary, vec_params = list(X.vocabulary), dict(X.vectorizer_params)
             X = X.counts
         counts = self._counts(X, reset=first)

@@ -205,3 +205,21 @@ def test_every_fit_engine_recovers_known_topics(lda_data):
     cost = np.abs(est[:, None, :] - beta[None]).sum(2)
     r, c = linear_sum_assignment(cost)
     assert cost[r, c].max() < 0.15
+
+
+def test_gamma_table_warm_starts_seen_documents_only(lda_data):
+    from elbokit.models.lda import GammaTable
+
+    X = lda_data[0][:40]
+    _, params = params_for(3, X.shape[1], alpha=0.3, eta=0.1)
+    model = LDAModel(F64, local_tol=1e-8, local_max_iter=500)
+    table = GammaTable(40, 3, F64, torch.device("cpu"))
+    counts = as_counts(X, dtype=F64)
+    first = next(iter(CountBatches(counts.take(torch.arange(20)))))
+    first.rows = torch.arange(20)
+    res = model.local_step(params, first, table)
+    assert res.local is table and table.seen[:20].all() and not table.seen[20:].any()
+    torch.testing.assert_close(table.gamma[:20], model.local_step(params, first, None).local)
+    fresh = torch.full((20, 3), -1.0, dtype=F64)
+    torch.testing.assert_close(table.start(torch.arange(10, 30), fresh)[:10], table.gamma[10:20])
+    assert (table.start(torch.arange(10, 30), fresh)[10:] == -1).all()

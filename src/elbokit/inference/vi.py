@@ -220,11 +220,12 @@ def step_size(t: int, tau0: float, kappa: float) -> float:
 
 
 def online_step(model: ConjugateVIModel, params, batch, *, total: float, t: int,
-                tau0: float, kappa: float):
+                tau0: float, kappa: float, local=None):
     """One stochastic natural-gradient step on a mini-batch.
 
     ``t`` is the number of updates made before this one; the step is
-    rho = (tau0 + t + 1)^-kappa.
+    rho = (tau0 + t + 1)^-kappa. ``local`` is handed to the model's local
+    step as is (None: a fresh start; or a model-defined warm-start store).
 
     Returns
     -------
@@ -235,7 +236,7 @@ def online_step(model: ConjugateVIModel, params, batch, *, total: float, t: int,
     units : float64 tensor
         The mini-batch's units, scaled alike.
     """
-    res = model.local_step(params, batch, None)
+    res = model.local_step(params, batch, local)
     scale = float(total) / res.n_items
     target = model.maximize(res.stats, params, scale)
     new = model.blend(params, target, step_size(t + 1, tau0, kappa))
@@ -256,12 +257,14 @@ def online_bound(model: ConjugateVIModel, params, local_bounds, units) -> float:
 
 def run_online_vi(model: ConjugateVIModel, params, source, *, total: float, tau0: float,
                   kappa: float, max_iter: int, tol: float, verbose: int = 0, t0: int = 0,
-                  desc: str = "online VI") -> VIRun:
+                  desc: str = "online VI", local=None) -> VIRun:
     """Stochastic VI: ``max_iter`` passes over ``source`` (mini-batches).
 
     The per-pass bound is :func:`online_bound` over the pass's mini-batches,
     with the global term at the end of the pass; the run stops early when it
-    changes by less than ``tol`` between passes.
+    changes by less than ``tol`` between passes. ``local``, if given, is a
+    model-defined store handed to every local step (e.g. to warm-start the
+    local updates of items seen at an earlier pass).
     """
     run = VIRun(params=params, n_updates=t0)
     progress = _Progress(verbose, max_iter, desc)
@@ -270,7 +273,8 @@ def run_online_vi(model: ConjugateVIModel, params, source, *, total: float, tau0
         local_bounds, units = [], []
         for batch in source:
             run.params, b, u = online_step(model, run.params, batch, total=total,
-                                           t=run.n_updates, tau0=tau0, kappa=kappa)
+                                           t=run.n_updates, tau0=tau0, kappa=kappa,
+                                           local=local)
             run.n_updates += 1
             local_bounds.append(b)
             units.append(u)

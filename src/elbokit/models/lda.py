@@ -211,6 +211,34 @@ def update_alpha(alpha: torch.Tensor, mean_elog_theta: torch.Tensor, *, max_iter
     return a
 
 
+class GammaTable:
+    """Every document's last gamma, to warm-start its local updates at the next pass.
+
+    Online VI normally starts each mini-batch's local updates afresh; when
+    the same documents come back pass after pass (``fit`` on data in memory)
+    starting from their previous gamma reaches the same optimum in far fewer
+    iterations. Memory O(n_docs K).
+
+    Parameters
+    ----------
+    n_docs, n_topics : int
+    dtype, device
+    """
+
+    def __init__(self, n_docs, n_topics, dtype, device):
+        self.gamma = torch.zeros(n_docs, n_topics, dtype=dtype, device=device)
+        self.seen = torch.zeros(n_docs, dtype=torch.bool, device=device)
+
+    def start(self, rows, fresh):
+        """Starting gamma of documents ``rows``: the stored one where seen, else ``fresh``."""
+        seen = self.seen[rows]
+        return torch.where(seen[:, None], self.gamma[rows], fresh)
+
+    def store(self, rows, gamma):
+        self.gamma[rows] = gamma
+        self.seen[rows] = True
+
+
 class LDAModel:
     """The LDA math the engines call.
 
@@ -262,7 +290,20 @@ class LDAModel:
         return words + doc_terms(gamma.to(torch.float64), params.alpha)
 
     def local_step(self, params: LDAParams, batch: DocBatch, local) -> LocalResult:
+        """Local updates of one batch, its statistics and bound terms.
+
+        ``local``: None (fresh start), the batch's previous gamma (batch VI),
+        or a :class:`GammaTable` (read for the start, then updated).
+        """
+        table = local if isinstance(local, GammaTable) else None
+        if table is not None:
+            lengths = torch.zeros(batch.n_docs, dtype=torch.float64, device=batch.count.device)
+            lengths.index_add_(0, batch.doc, batch.count.to(torch.float64))
+            local = table.start(batch.rows, initial_gamma(batch.n_docs, lengths, params.alpha,
+                                                          self.dtype))
         gamma, etheta, norm, B, _ = self.infer(params, batch, local)
+        if table is not None:
+            table.store(batch.rows, gamma)
         ratio = (batch.count.to(self.dtype) / norm)[:, None]
         V, K = params.concentration.shape[1], params.concentration.shape[0]
         sw = torch.zeros(V, K, dtype=torch.float64, device=norm.device)
@@ -273,7 +314,8 @@ class LDAModel:
             stats["n_docs"] = torch.tensor(float(batch.n_docs), dtype=torch.float64,
                                            device=norm.device)
         bound = self.doc_bounds(params, batch, gamma, norm).sum()
-        return LocalResult(stats, bound, batch.n_docs, batch.n_words, gamma)
+        return LocalResult(stats, bound, batch.n_docs, batch.n_words,
+                           gamma if table is None else table)
 
     # ------------------------------------------------------------ global
     def maximize(self, stats, params: LDAParams, scale: float = 1.0) -> LDAParams:
