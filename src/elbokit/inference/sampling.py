@@ -137,7 +137,9 @@ def standard_gamma(concentration: torch.Tensor, generator: torch.Generator) -> t
     """
     device = concentration.device
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-    devices = [device] if device.type == "cuda" else []
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         return torch._standard_gamma(concentration.to(torch.float64))
