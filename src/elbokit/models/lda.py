@@ -40,6 +40,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
 from elbokit.data.text import DocBatch, SparseCounts
@@ -448,7 +450,7 @@ def completion_log_likelihood(theta: torch.Tensor, topic_word: torch.Tensor,
     return torch.zeros(heldout.n_docs, dtype=torch.float64, device=ll.device).index_add_(0, rows, ll)
 
 
-def topic_coherence(top: "np.ndarray", X, measure: str = "npmi") -> "np.ndarray":
+def topic_coherence(top: np.ndarray, X, measure: str = "npmi") -> np.ndarray:
     """Coherence of each topic's top words from document co-occurrence in ``X``.
 
     Parameters
@@ -470,9 +472,6 @@ def topic_coherence(top: "np.ndarray", X, measure: str = "npmi") -> "np.ndarray"
     -------
     float64 array, shape (K,)
     """
-    import numpy as np
-    import scipy.sparse as sp
-
     top = np.asarray(top)
     vocab = np.unique(top)
     where = {w: i for i, w in enumerate(vocab)}
