@@ -36,3 +36,30 @@ def make_blobs_data(n=600, d=3, k=3, seed=0, spread=6.0):
 @pytest.fixture(scope="session")
 def blobs():
     return make_blobs_data()
+
+
+def make_lda_corpus(n_docs=200, n_words=40, n_topics=4, doc_len=60, alpha=0.3, seed=0):
+    """Documents drawn from a known LDA whose topics live on disjoint word blocks.
+
+    Returns
+    -------
+    X : scipy.sparse.csr_matrix, shape (n_docs, n_words), int64 counts
+    beta : array (n_topics, n_words), the true topics (rows sum to 1)
+    theta : array (n_docs, n_topics), the true mixtures
+    """
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    beta = np.full((n_topics, n_words), 0.02 / n_words)
+    block = n_words // n_topics
+    for k in range(n_topics):
+        beta[k, k * block:(k + 1) * block] += rng.dirichlet(np.ones(block))
+    beta /= beta.sum(1, keepdims=True)
+    theta = rng.dirichlet(np.full(n_topics, alpha), n_docs)
+    X = np.stack([rng.multinomial(doc_len, theta[d] @ beta) for d in range(n_docs)])
+    return sp.csr_matrix(X.astype(np.int64)), beta, theta
+
+
+@pytest.fixture(scope="session")
+def lda_data():
+    return make_lda_corpus()

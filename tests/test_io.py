@@ -98,3 +98,13 @@ def test_missing_path_and_unfitted_model(tmp_path):
     with pytest.raises(NotFittedError):
         GaussianMixture(2).save(tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_json_fitted_values_lists_of_str_and_dicts_round_trip(tmp_path):
+    from elbokit.io import _is_json, _plain
+
+    value = {"stop_words": ["a", "b"], "ngram_range": (1, 2), "max_df": 1.0, "n": None}
+    assert _is_json(value) and _plain(value)["ngram_range"] == [1, 2]
+    assert not _is_json({"x": object()}) and not _is_json({1: "a"})
+    with pytest.raises(TypeError, match="__tensor__"):
+        _plain({"__tensor__": "x"})

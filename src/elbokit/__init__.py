@@ -8,16 +8,20 @@ tractable, by variational inference where it is not, or by Monte Carlo.
 __version__ = "0.1.0"
 
 from elbokit.autoencoder import VAE
+from elbokit.data.text import Corpus
 from elbokit.inference.em import ConvergenceWarning
 from elbokit.io import ModelFormatError, load
 from elbokit.mixture import GaussianMixture
 from elbokit.models.gaussian_mixture import DegenerateComponentWarning, DegenerateCovarianceError
+from elbokit.topics import LDA
 
 __all__ = [
     "ConvergenceWarning",
+    "Corpus",
     "DegenerateComponentWarning",
     "DegenerateCovarianceError",
     "GaussianMixture",
+    "LDA",
     "ModelFormatError",
     "VAE",
     "load",

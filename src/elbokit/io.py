@@ -63,8 +63,6 @@ def _split_value(name: str, value, tensors: dict, kinds: dict):
         for key, t in value.items():
             tensors[f"{name}.{key}"] = t.detach().cpu().contiguous()
         return {"__tensor_dict__": list(value)}
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {"__dict__": {k: _split_value(f"{name}.{k}", v, tensors, kinds) for k, v in value.items()}}
     if isinstance(value, (np.ndarray, torch.Tensor)):
         is_torch = isinstance(value, torch.Tensor)
         t = value.detach().cpu() if is_torch else torch.from_numpy(np.ascontiguousarray(value))
@@ -77,11 +75,34 @@ def _split_value(name: str, value, tensors: dict, kinds: dict):
         return str(value).replace("torch.", "")
     if isinstance(value, torch.device):
         return str(value)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, str)) for v in value):
-        return list(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
+    if _is_json(value):
+        return _plain(value)
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"__dict__": {k: _split_value(f"{name}.{k}", v, tensors, kinds) for k, v in value.items()}}
     raise TypeError(f"cannot save {name}={value!r} as JSON or a tensor.")
+
+
+def _is_json(value) -> bool:
+    """JSON-able: None, bool, int, float, str, and lists/tuples/str-keyed dicts of those."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+    return False
+
+
+def _plain(value):
+    """Tuples become lists (JSON has no tuple); dicts with reserved keys are refused."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        reserved = {"__tensor__", "__tensor_dict__", "__dict__"} & set(value)
+        if reserved:
+            raise TypeError(f"cannot save a dict with the reserved key {reserved.pop()!r}.")
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _join_value(value, tensors: dict, kinds: dict, device, name: str = ""):

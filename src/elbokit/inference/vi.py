@@ -1,0 +1,291 @@
+"""The mean-field variational inference engine for conjugate models.
+
+Models such as LDA have global latent variables (the topics, with
+variational parameters lambda) and local ones per data item (each
+document's topic mixture and word assignments).  Mean-field VI picks
+q(global) q(local) to maximise the ELBO; for conjugate-exponential models
+each factor has a closed-form coordinate update, and the global update
+depends on the data only through *expected sufficient statistics*, which
+are additive over items.  The engine therefore runs on the same seam as
+EM (:mod:`elbokit.inference.em`): zero the statistics, add each batch's,
+reduce, maximise.
+
+* **Batch** (variational EM, Blei et al. 2003): every iteration runs the
+  local updates over every batch (warm-started from the previous
+  iteration's local state, so that the bound never decreases), then sets
+  the global parameters to their optimum given the summed statistics.
+* **Online** (stochastic VI, Hoffman et al. 2010): for a mini-batch of
+  ``b`` items out of ``total``, the optimum is computed from the batch's
+  statistics scaled by ``total / b``, and the global natural parameters
+  move towards it with the step rho_t = (tau0 + t)^-kappa, kappa in
+  (0.5, 1] (a natural-gradient step).
+
+A model supplies (see :class:`ConjugateVIModel`) the local step, the
+global optimum given statistics, the blend of two global parameter sets
+and the global part of the bound.  The bound is reported per *unit* of
+data, the unit being the model's (words for LDA), so that ``tol`` means
+the same at any data size.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from elbokit.inference.em import ConvergenceWarning, Statistics, _Progress
+
+
+@dataclass
+class LocalResult:
+    """What a local step returns for one batch.
+
+    Attributes
+    ----------
+    stats : dict of str to float64 tensors
+        Additive expected sufficient statistics of the batch.
+    bound : float64 scalar tensor
+        The batch's (local) terms of the ELBO.
+    n_items : int
+        Number of items (documents) in the batch.
+    n_units : float64 scalar tensor
+        Number of units (words) the bound is normalised by.
+    local : Any
+        The batch's local variational parameters, to warm-start the next pass.
+    """
+
+    stats: Statistics
+    bound: torch.Tensor
+    n_items: int
+    n_units: torch.Tensor
+    local: Any = None
+
+
+class ConjugateVIModel(Protocol):
+    """The math a conjugate mean-field model provides to the engine."""
+
+    def local_step(self, params: Any, batch: Any, local: Any) -> LocalResult:
+        """Optimise the local factors of one batch given the global ones."""
+        ...
+
+    def maximize(self, stats: Statistics, params: Any, scale: float) -> Any:
+        """The optimal global parameters given ``scale`` times ``stats``."""
+        ...
+
+    def blend(self, params: Any, target: Any, rho: float) -> Any:
+        """(1 - rho) * params + rho * target, in natural parameters."""
+        ...
+
+    def global_bound(self, params: Any) -> torch.Tensor:
+        """E_q[log p(global)] - E_q[log q(global)], float64."""
+        ...
+
+
+@dataclass
+class VIRun:
+    """Outcome of a variational fit.
+
+    Attributes
+    ----------
+    params : Any
+        The global variational parameters.
+    lower_bounds : list of float
+        Per-unit ELBO: for batch VI, at each iteration (after the local
+        updates, before the global one) and, last, under the returned
+        parameters; for online VI, the per-pass estimate of
+        :func:`online_bound`.
+    converged : bool
+    n_iter : int
+        Iterations (batch) or passes (online).
+    locals : list
+        Per-batch local state after the last pass (batch VI).
+    n_updates : int
+        Global updates made (online: the step counter t).
+    """
+
+    params: Any
+    lower_bounds: list[float] = field(default_factory=list)
+    converged: bool = False
+    n_iter: int = 0
+    locals: list = field(default_factory=list)
+    n_updates: int = 0
+
+    @property
+    def lower_bound(self) -> float:
+        return self.lower_bounds[-1]
+
+
+def _add(total: Statistics | None, stats: Statistics) -> Statistics:
+    if total is None:
+        return {k: v.to(torch.float64).clone() for k, v in stats.items()}
+    for k, v in stats.items():
+        total[k] += v
+    return total
+
+
+def _check_finite(value: float, what: str) -> float:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise FloatingPointError(
+            f"the {what} became {value}: the parameters are degenerate. Check the counts, "
+            "raise the priors, or use dtype='float64'."
+        )
+    return value
+
+
+def accumulate(model: ConjugateVIModel, params, source, locals_: list | None = None,
+               reduce: Callable | None = None):
+    """One pass of local steps over ``source``.
+
+    Returns
+    -------
+    stats : Statistics
+        Summed (and reduced) statistics.
+    bound : float
+        The per-unit ELBO of the pass: local terms plus the global term.
+    locals_ : list
+        The updated local state per batch.
+    """
+    total: Statistics | None = None
+    new_locals = []
+    for i, batch in enumerate(source):
+        local = None if locals_ is None or i >= len(locals_) else locals_[i]
+        res = model.local_step(params, batch, local)
+        new_locals.append(res.local)
+        stats = dict(res.stats, _bound=res.bound.to(torch.float64),
+                     _units=res.n_units.to(torch.float64))
+        total = _add(total, stats)
+    if total is None:
+        raise ValueError("the data source yielded no batch: it is empty.")
+    if reduce is not None:
+        total = reduce(total)
+    local_bound = total.pop("_bound")
+    units = total.pop("_units")
+    bound = float((local_bound + model.global_bound(params)) / units)
+    return total, _check_finite(bound, "ELBO"), new_locals
+
+
+def run_batch_vi(model: ConjugateVIModel, params, source, *, tol: float, max_iter: int,
+                 verbose: int = 0, reduce: Callable | None = None, locals_=None,
+                 desc: str = "batch VI", warn: bool = True) -> VIRun:
+    """Batch (variational EM) coordinate ascent until the per-unit bound settles.
+
+    Converged means the bound changed by less than ``tol`` between two
+    iterations.  A last pass of local steps computes the bound of the
+    returned parameters and the matching local state.
+
+    Warns
+    -----
+    ConvergenceWarning
+        If ``max_iter`` iterations ran without converging.
+    """
+    run = VIRun(params=params, locals=list(locals_ or []))
+    progress = _Progress(verbose, max_iter, desc)
+    previous = -float("inf")
+    for n_iter in range(1, max_iter + 1):
+        stats, bound, run.locals = accumulate(model, run.params, source, run.locals, reduce)
+        run.lower_bounds.append(bound)
+        run.params = model.maximize(stats, run.params, 1.0)
+        run.n_iter = n_iter
+        run.n_updates += 1
+        change = bound - previous
+        progress.update(n_iter, bound, change)
+        if abs(change) < tol:
+            run.converged = True
+            break
+        previous = bound
+    _, final, run.locals = accumulate(model, run.params, source, run.locals, reduce)
+    run.lower_bounds.append(final)
+    progress.close(run)
+    if warn and not run.converged and max_iter > 0:
+        warnings.warn(
+            f"variational inference did not converge in max_iter={max_iter} iterations "
+            f"(tol={tol}); increase max_iter or tol.",
+            ConvergenceWarning, stacklevel=3,
+        )
+    return run
+
+
+def step_size(t: int, tau0: float, kappa: float) -> float:
+    """The online step rho_t = (tau0 + t)^-kappa, t = 1, 2, ... counting updates.
+
+    With tau0 >= 0 and kappa in (0.5, 1], sum rho_t diverges and sum rho_t^2
+    converges (Robbins-Monro); the first step (tau0 = 0) is 1.
+    """
+    if t < 1:
+        raise ValueError(f"t={t} must be >= 1: updates are counted from 1.")
+    return float((tau0 + t) ** (-kappa))
+
+
+def online_step(model: ConjugateVIModel, params, batch, *, total: float, t: int,
+                tau0: float, kappa: float, local=None):
+    """One stochastic natural-gradient step on a mini-batch.
+
+    ``t`` is the number of updates made before this one; the step is
+    rho = (tau0 + t + 1)^-kappa. ``local`` is handed to the model's local
+    step as is (None: a fresh start; or a model-defined warm-start store).
+
+    Returns
+    -------
+    params : the blended global parameters
+    local_bound : float64 tensor
+        The mini-batch's local bound terms scaled by ``total / n_items`` (an
+        unbiased estimate of the data set's), under the parameters before the step.
+    units : float64 tensor
+        The mini-batch's units, scaled alike.
+    """
+    res = model.local_step(params, batch, local)
+    scale = float(total) / res.n_items
+    target = model.maximize(res.stats, params, scale)
+    new = model.blend(params, target, step_size(t + 1, tau0, kappa))
+    return new, res.bound.to(torch.float64) * scale, res.n_units.to(torch.float64) * scale
+
+
+def online_bound(model: ConjugateVIModel, params, local_bounds, units) -> float:
+    """Per-unit ELBO estimate from scaled mini-batch terms: (mean local + global) / mean units.
+
+    The global term is taken at ``params`` (once, not per mini-batch: it costs
+    O(size of the globals)).
+    """
+    n = len(local_bounds)
+    local = sum(local_bounds) / n
+    bound = float((local + model.global_bound(params)) / (sum(units) / n))
+    return _check_finite(bound, "ELBO estimate")
+
+
+def run_online_vi(model: ConjugateVIModel, params, source, *, total: float, tau0: float,
+                  kappa: float, max_iter: int, tol: float, verbose: int = 0, t0: int = 0,
+                  desc: str = "online VI", local=None) -> VIRun:
+    """Stochastic VI: ``max_iter`` passes over ``source`` (mini-batches).
+
+    The per-pass bound is :func:`online_bound` over the pass's mini-batches,
+    with the global term at the end of the pass; the run stops early when it
+    changes by less than ``tol`` between passes. ``local``, if given, is a
+    model-defined store handed to every local step (e.g. to warm-start the
+    local updates of items seen at an earlier pass).
+    """
+    run = VIRun(params=params, n_updates=t0)
+    progress = _Progress(verbose, max_iter, desc)
+    previous = -float("inf")
+    for n_iter in range(1, max_iter + 1):
+        local_bounds, units = [], []
+        for batch in source:
+            run.params, b, u = online_step(model, run.params, batch, total=total,
+                                           t=run.n_updates, tau0=tau0, kappa=kappa,
+                                           local=local)
+            run.n_updates += 1
+            local_bounds.append(b)
+            units.append(u)
+        bound = online_bound(model, run.params, local_bounds, units)
+        run.lower_bounds.append(bound)
+        run.n_iter = n_iter
+        change = bound - previous
+        progress.update(n_iter, bound, change)
+        if abs(change) < tol:
+            run.converged = True
+            break
+        previous = bound
+    progress.close(run)
+    return run

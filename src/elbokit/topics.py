@@ -1,0 +1,623 @@
+"""``LDA``: latent Dirichlet allocation behind the scikit-learn estimator API."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+
+from elbokit import io
+from elbokit._validation import (
+    check_nonneg_float,
+    check_positive_int,
+    make_generator,
+    resolve_device,
+    resolve_dtype,
+)
+from elbokit.base import ElbokitEstimator
+from elbokit.data.text import Corpus, CountBatches, SparseCounts, as_counts, vectorize
+from elbokit.inference.sampling import run_gibbs, standard_gamma
+from elbokit.inference.vi import online_bound, online_step, run_batch_vi, run_online_vi
+from elbokit.models.lda import (
+    GammaTable,
+    LDADraw,
+    LDAModel,
+    LDAParams,
+    completion_log_likelihood,
+    split_counts,
+    topic_coherence,
+)
+
+METHODS = ("batch", "online", "gibbs")
+_CHUNK_ELEMENTS = 1 << 23  # elements of one (nnz, K) work tensor in batch mode
+
+
+def _is_text(X) -> bool:
+    if isinstance(X, str):
+        return True
+    if isinstance(X, (list, tuple)) and len(X) > 0:
+        return isinstance(X[0], str)
+    return False
+
+
+@io.register
+class LDA(ElbokitEstimator):
+    """Latent Dirichlet allocation, by variational inference or Gibbs sampling.
+
+    Documents are mixtures of ``n_topics`` topics, each topic a distribution
+    over words (see :mod:`elbokit.models.lda` for the model and the map from
+    the literature's symbols: lambda is ``components_``, gamma the
+    unnormalised output of ``transform``, alpha/eta the priors).
+
+    Parameters
+    ----------
+    n_topics : int, default=10
+        Number of topics K.
+    alpha : float, array of shape (K,), "symmetric", "asymmetric" or "auto", optional
+        Document-topic prior. None or "symmetric": 1/K for every topic; a
+        float: that value for every topic; an array: one value per topic;
+        "asymmetric": proportional to 1 / (k + sqrt(K)), summing to 1 (as
+        gensim); "auto": start symmetric and learn alpha by empirical Bayes
+        (Newton updates, Minka 2000) in every global update (VI methods only).
+    eta : float or array of shape (V,), optional
+        Topic-word prior; None: 1/K.
+    method : {"batch", "online", "gibbs"}, default="batch"
+        ``batch``: variational EM (Blei et al. 2003), local updates
+        warm-started across iterations so that the bound never decreases;
+        ``online``: stochastic VI (Hoffman et al. 2010) over shuffled
+        mini-batches of ``batch_size`` documents, step (tau0 + t)^-kappa
+        (in ``fit``, a document's local updates start from its gamma of the
+        previous pass; ``partial_fit`` streams and starts afresh);
+        ``gibbs``: a blocked Gibbs sampler (theta and z per document, then
+        the topics), each block one tensor operation; ``components_`` is eta
+        plus the topic-word counts averaged after ``burn_in`` sweeps.
+    max_iter : int, default=50
+        Iterations (batch), passes over the data (online) or sweeps (gibbs).
+    batch_size : int, optional
+        Documents per mini-batch (online; default 256), or per chunk of the
+        local updates (batch and gibbs; default: chosen to bound memory).
+    tol : float, default=1e-4
+        Stop when the per-word bound changes by less than ``tol`` between
+        iterations (batch) or passes (online); 0 runs ``max_iter``.
+    local_max_iter : int, default=100
+        Most local (per-document) iterations of the variational updates, in
+        fitting and in ``transform``.
+    local_tol : float, default=1e-3
+        A document's local updates stop when the mean absolute change of its
+        gamma falls below ``local_tol``.
+    tau0 : float, default=10.0
+        Online: delay of the step size, which down-weights early updates.
+    kappa : float, default=0.7
+        Online: forgetting rate, in (0.5, 1].
+    total_docs : int, optional
+        Online: the number of documents D in the full corpus, scaling each
+        mini-batch's statistics by D / batch size (``fit`` uses the data's
+        size; ``partial_fit`` requires it).
+    burn_in : int, optional
+        Gibbs: sweeps discarded before averaging (default ``max_iter // 2``).
+    random_state : int, RandomState or None
+        Seed of the initial topics, the shuffling and the sampler: the same
+        seed gives the same topics for every method.
+    device : str or torch.device, optional
+        Where to compute; by default where the data is.
+    dtype : {"float32", "float64"}, default="float32"
+        Compute dtype of the local updates; statistics and bounds
+        accumulate in float64, global parameters are float64.
+    verbose : int, default=0
+        0 silent, 1 a progress bar, 2 one line per iteration.
+
+    Attributes
+    ----------
+    components_ : array of shape (K, V)
+        lambda, the Dirichlet parameters of q(beta_k) (for ``gibbs``: eta
+        plus the averaged topic-word counts).
+    topic_word_ : array of shape (K, V)
+        E[beta]: ``components_`` normalised per topic.
+    alpha_ : array of shape (K,)
+        The document-topic prior (learned when ``alpha="auto"``).
+    eta_ : array of shape (V,)
+    lower_bounds_ : array
+        Per-word bound history: ELBO per word at each batch iteration (and
+        last under the fitted parameters); for online, the per-pass mean of
+        the mini-batch estimates (one entry per pass, or per ``partial_fit``
+        call); for gibbs, log p(words | theta, beta) per
+        word of each sweep's draw.
+    lower_bound_ : float
+    converged_ : bool
+        Whether the bound settled within ``tol`` (batch, online); for gibbs,
+        always True: a sampler runs its ``max_iter`` sweeps, with no test.
+    n_iter_ : int
+    n_batch_iter_ : int
+        Global updates made (the online step counter t).
+    n_features_in_ : int
+        Vocabulary size V.
+    vocabulary_ : list of str or None
+        The words, when fitted on a :class:`~elbokit.Corpus`; then
+        ``transform``, ``score`` and friends also accept raw text.
+    vectorizer_params_ : dict or None
+        The Corpus's CountVectorizer settings, to vectorise raw text alike.
+
+    Fitted arrays are NumPy arrays, or float64 tensors when fitted on tensors.
+
+    Notes
+    -----
+    ``score_samples(X)`` is, per document, the bound
+    E_q[log p(w_d, theta_d, z_d | alpha, beta)] - E_q[log q(theta_d, z_d)]
+    with E[log beta] under the fitted q(beta): a lower bound on the
+    document's log-probability. ``score`` is its mean over documents and
+    ``perplexity(X, estimate="bound")`` is exp(-sum of score_samples / number
+    of words) -- the same quantity, normalised per word. Unlike
+    scikit-learn's, neither adds the topics' prior term, which belongs to the
+    training corpus and not to the documents scored.
+    """
+
+    _fitted_attributes = (
+        "components_", "alpha_", "eta_", "lower_bounds_", "lower_bound_", "converged_",
+        "n_iter_", "n_batch_iter_", "n_features_in_", "vocabulary_", "vectorizer_params_",
+    )
+
+    def __init__(
+        self,
+        n_topics=10,
+        *,
+        alpha=None,
+        eta=None,
+        method="batch",
+        max_iter=50,
+        batch_size=None,
+        tol=1e-4,
+        local_max_iter=100,
+        local_tol=1e-3,
+        tau0=10.0,
+        kappa=0.7,
+        total_docs=None,
+        burn_in=None,
+        random_state=None,
+        device=None,
+        dtype="float32",
+        verbose=0,
+    ):
+        self.n_topics = n_topics
+        self.alpha = alpha
+        self.eta = eta
+        self.method = method
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.tol = tol
+        self.local_max_iter = local_max_iter
+        self.local_tol = local_tol
+        self.tau0 = tau0
+        self.kappa = kappa
+        self.total_docs = total_docs
+        self.burn_in = burn_in
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.verbose = verbose
+
+    # ------------------------------------------------------------ validation
+    def _check_hyperparameters(self):
+        check_positive_int(self.n_topics, "n_topics")
+        check_positive_int(self.max_iter, "max_iter")
+        check_positive_int(self.local_max_iter, "local_max_iter")
+        check_positive_int(self.verbose, "verbose", minimum=0)
+        check_nonneg_float(self.tol, "tol")
+        check_nonneg_float(self.local_tol, "local_tol")
+        check_nonneg_float(self.tau0, "tau0")
+        if self.batch_size is not None:
+            check_positive_int(self.batch_size, "batch_size")
+        if self.total_docs is not None:
+            check_positive_int(self.total_docs, "total_docs")
+        if self.method not in METHODS:
+            raise ValueError(
+                f"method={self.method!r} is not supported: use one of "
+                f"{', '.join(map(repr, METHODS))}."
+            )
+        kappa = check_nonneg_float(self.kappa, "kappa")
+        if not 0.5 < kappa <= 1.0:
+            raise ValueError(
+                f"kappa={self.kappa!r} must be in (0.5, 1] for the online steps to converge."
+            )
+        if self.burn_in is not None:
+            check_positive_int(self.burn_in, "burn_in", minimum=0)
+            if self.burn_in >= self.max_iter:
+                raise ValueError(
+                    f"burn_in={self.burn_in} must be < max_iter={self.max_iter}: "
+                    "some sweeps must be kept."
+                )
+        if isinstance(self.alpha, str) and self.alpha == "auto" and self.method == "gibbs":
+            raise ValueError(
+                "alpha='auto' (learned) is supported by method='batch' and 'online'; "
+                "give the Gibbs sampler a fixed alpha."
+            )
+
+    def _prior(self, value, name, size, device, choices):
+        K = int(self.n_topics)
+        if value is None or (isinstance(value, str) and value in ("symmetric", "auto")
+                             and "symmetric" in choices):
+            return torch.full((size,), 1.0 / K, dtype=torch.float64, device=device)
+        if isinstance(value, str):
+            if value == "asymmetric" and "asymmetric" in choices:
+                p = 1.0 / (torch.arange(size, dtype=torch.float64, device=device) + math.sqrt(K))
+                return p / p.sum()
+            raise ValueError(
+                f"{name}={value!r} is not supported: use a positive float, an array of shape "
+                f"({size},){', ' + ', '.join(map(repr, choices)) if choices else ''} or None."
+            )
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            v = check_nonneg_float(value, name, strict=True)
+            return torch.full((size,), v, dtype=torch.float64, device=device)
+        t = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+        t = t.to(device=device, dtype=torch.float64)
+        if tuple(t.shape) != (size,):
+            raise ValueError(f"{name} must be a float or an array of shape ({size},); "
+                             f"got shape {tuple(t.shape)}.")
+        if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+            raise ValueError(f"{name} must hold finite values > 0.")
+        return t
+
+    def _counts(self, X, name="X", reset=False) -> SparseCounts:
+        dtype = resolve_dtype(self.dtype)
+        if _is_text(X):
+            if reset or getattr(self, "vocabulary_", None) is None:
+                raise TypeError(
+                    f"{name} is raw text, but this model has no vocabulary: fit it on an "
+                    "elbokit.Corpus, or pass a count matrix."
+                )
+            X = vectorize([X] if isinstance(X, str) else X, self.vocabulary_,
+                          self.vectorizer_params_)
+        device = resolve_device(self.device, X if isinstance(X, torch.Tensor) else None)
+        n_features = None if reset else self.n_features_in_
+        if not reset:
+            check_is_fitted(self)
+        return as_counts(X, name=name, dtype=dtype, device=device, n_features=n_features,
+                         integer=self.method == "gibbs" and reset)
+
+    def _model(self) -> LDAModel:
+        return LDAModel(resolve_dtype(self.dtype), int(self.local_max_iter),
+                        float(self.local_tol), learn_alpha=self.alpha == "auto")
+
+    def _chunk_rows(self, counts: SparseCounts) -> int:
+        if self.batch_size is not None:
+            return int(self.batch_size)
+        nnz_per_doc = max(1.0, counts.indices.shape[0] / counts.n_docs)
+        return max(64, int(_CHUNK_ELEMENTS / (nnz_per_doc * int(self.n_topics))))
+
+    # ------------------------------------------------------------ state
+    def _params(self, device) -> LDAParams:
+        check_is_fitted(self)
+
+        def t(a):
+            return torch.as_tensor(a).to(device=device, dtype=torch.float64)
+
+        return LDAParams(t(self.components_), t(self.alpha_), t(self.eta_))
+
+    def _initial_params(self, counts: SparseCounts, gen) -> LDAParams:
+        K, V = int(self.n_topics), counts.n_features
+        device = counts.device
+        alpha = self._prior(self.alpha, "alpha", K, device, ("symmetric", "asymmetric", "auto"))
+        eta = self._prior(self.eta, "eta", V, device, ())
+        # lambda ~ Gamma(100, 1/100), as Hoffman et al., scikit-learn and gensim
+        lam = standard_gamma(torch.full((K, V), 100.0, dtype=torch.float64, device=device),
+                             gen) / 100.0
+        return LDAParams(lam, alpha, eta)
+
+    def _store(self, params, *, is_torch, vocabulary=None, vectorizer_params=None,
+               bounds=(), converged=False, n_iter=0, n_batch_iter=0, n_features=None):
+        out = (lambda t: t) if is_torch else (lambda t: t.detach().cpu().numpy())
+        self.components_ = out(params.concentration)
+        self.alpha_ = out(params.alpha)
+        self.eta_ = out(params.eta)
+        self.lower_bounds_ = np.asarray(bounds, dtype=np.float64)
+        self.lower_bound_ = float(bounds[-1]) if len(bounds) else float("nan")
+        self.converged_ = bool(converged)
+        self.n_iter_ = int(n_iter)
+        self.n_batch_iter_ = int(n_batch_iter)
+        self.n_features_in_ = int(n_features)
+        self.vocabulary_ = vocabulary
+        self.vectorizer_params_ = vectorizer_params
+
+    @property
+    def topic_word_(self):
+        """E[beta] under q: ``components_`` normalised per topic, shape (K, V)."""
+        check_is_fitted(self)
+        c = self.components_
+        return c / c.sum(1, keepdims=True) if not isinstance(c, torch.Tensor) \
+            else c / c.sum(1, keepdim=True)
+
+    # ------------------------------------------------------------ fitting
+    def fit(self, X, y=None):
+        """Fit the topics.
+
+        Parameters
+        ----------
+        X : scipy.sparse matrix, torch sparse tensor, array or Corpus, shape (n_docs, V)
+            Word counts. Empty documents are allowed (they do not move the
+            topics); a matrix without any word is an error.
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        self._check_hyperparameters()
+        vocabulary = vec_params = None
+        if isinstance(X, Corpus):
+            vocabulary, vec_params = list(X.vocabulary), dict(X.vectorizer_params)
+        counts = self._counts(X, reset=True)
+        if counts.n_words <= 0:
+            raise ValueError("X has no words (every count is 0): there is nothing to fit.")
+        gen = make_generator(self.random_state, counts.device)
+        params = self._initial_params(counts, gen)
+        model = self._model()
+        method = self.method
+        if method == "batch":
+            source = CountBatches(counts, self._chunk_rows(counts))
+            run = run_batch_vi(model, params, source, tol=float(self.tol),
+                               max_iter=int(self.max_iter), verbose=int(self.verbose),
+                               desc="LDA batch VI")
+            params, bounds = run.params, run.lower_bounds
+            converged, n_iter, n_updates = run.converged, run.n_iter, run.n_updates
+        elif method == "online":
+            source = CountBatches(counts, self.batch_size or 256, shuffle=True, generator=gen)
+            total = self.total_docs or counts.n_docs
+            table = GammaTable(counts.n_docs, int(self.n_topics), model.dtype, counts.device)
+            run = run_online_vi(model, params, source, total=total, tau0=float(self.tau0),
+                                kappa=float(self.kappa), max_iter=int(self.max_iter),
+                                tol=float(self.tol), verbose=int(self.verbose),
+                                desc="LDA online VI", local=table)
+            params, bounds = run.params, run.lower_bounds
+            converged, n_iter, n_updates = run.converged, run.n_iter, run.n_updates
+        else:
+            source = CountBatches(counts, self._chunk_rows(counts))
+            draw = LDADraw(params.concentration / params.concentration.sum(1, keepdim=True),
+                           params.alpha, params.eta)
+            burn_in = self.max_iter // 2 if self.burn_in is None else int(self.burn_in)
+            run = run_gibbs(model, draw, source, n_sweeps=int(self.max_iter), burn_in=burn_in,
+                            generator=gen, verbose=int(self.verbose), desc="LDA Gibbs")
+            lam = params.eta[None, :] + run.mean_stats["topic_word"]
+            params = LDAParams(lam, params.alpha, params.eta)
+            bounds, converged, n_iter, n_updates = run.log_likelihoods, True, run.n_iter, run.n_iter
+        self._store(params, is_torch=counts.is_torch, vocabulary=vocabulary,
+                    vectorizer_params=vec_params, bounds=bounds, converged=converged,
+                    n_iter=n_iter, n_batch_iter=n_updates, n_features=counts.n_features)
+        return self
+
+    def partial_fit(self, X, y=None):
+        """One online (stochastic VI) update per mini-batch of ``X``.
+
+        The first call initialises the topics from ``random_state``; later
+        calls continue the step counter ``n_batch_iter_``. ``total_docs``
+        (the corpus size D) must be set.
+
+        Returns
+        -------
+        self
+        """
+        self._check_hyperparameters()
+        if self.total_docs is None:
+            raise ValueError(
+                "partial_fit needs total_docs: set LDA(total_docs=D) to the number of "
+                "documents in the whole corpus, which scales each mini-batch's statistics."
+            )
+        first = not self.__sklearn_is_fitted__()
+        vocabulary = vec_params = None
+        if isinstance(X, Corpus):
+            if not first and self.vocabulary_ is not None and X.vocabulary != self.vocabulary_:
+                raise ValueError(
+                    "X is a Corpus with its own vocabulary, unlike the model's: build later "
+                    "mini-batches with Corpus(texts, vocabulary=lda.vocabulary_), or pass the "
+                    "raw texts."
+                )
+            vocabulary, vec_params = list(X.vocabulary), dict(X.vectorizer_params)
+            X = X.counts
+        counts = self._counts(X, reset=first)
+        gen = make_generator(self.random_state, counts.device)
+        if first:
+            params, t, bounds = self._initial_params(counts, gen), 0, []
+        else:
+            params, t, bounds = self._params(counts.device), self.n_batch_iter_, \
+                list(self.lower_bounds_)
+            vocabulary, vec_params = self.vocabulary_, self.vectorizer_params_
+        model = self._model()
+        local_bounds, units = [], []
+        for batch in CountBatches(counts, self.batch_size or counts.n_docs):
+            params, b, u = online_step(model, params, batch, total=float(self.total_docs), t=t,
+                                       tau0=float(self.tau0), kappa=float(self.kappa))
+            t += 1
+            local_bounds.append(b)
+            units.append(u)
+        bounds.append(online_bound(model, params, local_bounds, units))
+        self._store(params, is_torch=counts.is_torch, vocabulary=vocabulary,
+                    vectorizer_params=vec_params, bounds=bounds, converged=False,
+                    n_iter=getattr(self, "n_iter_", 0) + 1, n_batch_iter=t,
+                    n_features=counts.n_features)
+        return self
+
+    def fit_transform(self, X, y=None):
+        """Fit, then return the training documents' topic mixtures, shape (n_docs, K).
+
+        Equal to ``fit(X).transform(X)``: the mixtures are inferred afresh
+        under the fitted topics, as for any other documents.
+        """
+        return self.fit(X).transform(X if not isinstance(X, Corpus) else X.counts)
+
+    # ------------------------------------------------------------ inference
+    def _infer(self, counts: SparseCounts, max_iter=None, tol=None):
+        """gamma (n_docs, K) and per-document bounds (float64) for ``counts``."""
+        model = self._model()
+        params = self._params(counts.device)
+        gammas, bounds = [], []
+        for batch in CountBatches(counts, self._chunk_rows(counts)):
+            gamma, _, norm, _, _ = model.infer(params, batch, max_iter=max_iter, tol=tol)
+            gammas.append(gamma)
+            bounds.append(model.doc_bounds(params, batch, gamma, norm))
+        gamma, bound = torch.cat(gammas), torch.cat(bounds)
+        if not bool(torch.isfinite(bound).all()) or not bool(torch.isfinite(gamma).all()):
+            raise FloatingPointError(
+                "the local updates produced NaN or inf: use dtype='float64' or larger priors."
+            )
+        return gamma, bound
+
+    def _output(self, t, is_torch):
+        return t.to(torch.float64) if is_torch else t.detach().cpu().to(torch.float64).numpy()
+
+    def transform(self, X, *, max_iter=None, tol=None, normalize=True):
+        """Topic mixtures of documents under the fitted topics.
+
+        Parameters
+        ----------
+        X : count matrix, Corpus, or (when fitted on a Corpus) list of str
+        max_iter : int, optional
+            Local iterations (default ``local_max_iter``); with ``tol=0``
+            exactly this many are run.
+        tol : float, optional
+            Local tolerance (default ``local_tol``).
+        normalize : bool, default=True
+            Return E[theta] (rows sum to 1); False returns gamma, the
+            Dirichlet parameters of q(theta).
+
+        Returns
+        -------
+        array of shape (n_docs, K)
+            An empty document gets the prior mean alpha / sum(alpha).
+        """
+        if max_iter is not None:
+            check_positive_int(max_iter, "max_iter")
+        if tol is not None:
+            check_nonneg_float(tol, "tol")
+        counts = self._counts(X)
+        gamma, _ = self._infer(counts, max_iter, tol)
+        if normalize:
+            gamma = gamma / gamma.sum(1, keepdim=True)
+        return self._output(gamma, counts.is_torch)
+
+    def score_samples(self, X):
+        """Per-document ELBO: a lower bound on log p(w_d) under the fitted topics, shape (n,).
+
+        See the class Notes for the exact quantity.
+        """
+        counts = self._counts(X)
+        _, bound = self._infer(counts)
+        return self._output(bound, counts.is_torch)
+
+    def score(self, X, y=None):
+        """Mean over documents of :meth:`score_samples` (float)."""
+        counts = self._counts(X)
+        _, bound = self._infer(counts)
+        return float(bound.mean())
+
+    def perplexity(self, X, *, estimate="completion", X_heldout=None, fraction=0.5,
+                   random_state=0):
+        """Per-word perplexity exp(-log-likelihood per word), lower is better.
+
+        Parameters
+        ----------
+        X : count matrix, Corpus or list of str
+            Held-out documents.
+        estimate : {"completion", "bound"}, default="completion"
+            ``bound``: exp(-sum(score_samples(X)) / words in X), from the
+            ELBO (an upper bound on the true perplexity). ``completion``:
+            document completion -- theta is inferred from one part of each
+            document and the other part is scored with
+            log sum_k E[theta_dk] E[beta_kw]; computed the same way for every
+            method, so methods (and other libraries) compare.
+        X_heldout : same kind as X, optional
+            For ``completion``: the part to score, X being the part theta
+            is inferred from. By default X is split by binomial thinning,
+            each word copy going to the inference part with probability
+            ``fraction``, seeded by ``random_state``.
+
+        Returns
+        -------
+        float
+        """
+        counts = self._counts(X)
+        if estimate == "bound":
+            n = counts.n_words
+            if n <= 0:
+                raise ValueError("X has no words: perplexity is undefined.")
+            _, bound = self._infer(counts)
+            return float(math.exp(-float(bound.sum()) / n))
+        if estimate != "completion":
+            raise ValueError(f"estimate={estimate!r} is not supported: use 'completion' or "
+                             "'bound'.")
+        if X_heldout is None:
+            if not 0.0 < fraction < 1.0:
+                raise ValueError(f"fraction={fraction!r} must be in (0, 1).")
+            gen = make_generator(random_state, torch.device("cpu"))
+            observed, heldout = split_counts(counts, float(fraction), gen)
+        else:
+            observed, heldout = counts, self._counts(X_heldout, name="X_heldout")
+            if heldout.n_docs != observed.n_docs:
+                raise ValueError(
+                    f"X_heldout has {heldout.n_docs} documents but X has {observed.n_docs}: "
+                    "they must be two parts of the same documents."
+                )
+        n = heldout.n_words
+        if n <= 0:
+            raise ValueError("the held-out part has no words: perplexity is undefined.")
+        ll = self.completion_log_likelihood(observed, heldout)
+        return float(math.exp(-float(ll.sum()) / n))
+
+    def completion_log_likelihood(self, observed, heldout):
+        """log p(heldout words | theta from observed words) per document (float64 tensor)."""
+        observed = observed if isinstance(observed, SparseCounts) else self._counts(observed)
+        heldout = heldout if isinstance(heldout, SparseCounts) else \
+            self._counts(heldout, name="heldout")
+        gamma, _ = self._infer(observed)
+        theta = gamma / gamma.sum(1, keepdim=True)
+        beta = torch.as_tensor(self.topic_word_).to(device=theta.device, dtype=torch.float64)
+        return completion_log_likelihood(theta, beta, heldout)
+
+    # ------------------------------------------------------------ topics
+    def _top_indices(self, n):
+        c = np.asarray(torch.as_tensor(self.components_).cpu().numpy())
+        return np.argsort(-c, axis=1, kind="stable")[:, :n]
+
+    def top_words(self, n=10, vocabulary=None):
+        """Each topic's ``n`` most probable words, most probable first.
+
+        Parameters
+        ----------
+        n : int
+        vocabulary : list of str, optional
+            Words by column; default ``vocabulary_``. Without either, word
+            indices are returned.
+
+        Returns
+        -------
+        list of K lists of str (or of int)
+        """
+        check_is_fitted(self)
+        n = check_positive_int(n, "n")
+        vocabulary = self.vocabulary_ if vocabulary is None else list(vocabulary)
+        if vocabulary is not None and len(vocabulary) != self.n_features_in_:
+            raise ValueError(
+                f"vocabulary has {len(vocabulary)} words but the model has "
+                f"{self.n_features_in_}: pass the vocabulary the model was fitted with."
+            )
+        top = self._top_indices(n)
+        if vocabulary is None:
+            return [[int(i) for i in row] for row in top]
+        return [[vocabulary[i] for i in row] for row in top]
+
+    def coherence(self, X, measure="npmi", top_n=10):
+        """Topic coherence of each topic's ``top_n`` words, shape (K,).
+
+        Parameters
+        ----------
+        X : count matrix, Corpus or list of str
+            Reference documents; document co-occurrence is what counts.
+        measure : {"npmi", "umass"}
+            See :func:`elbokit.models.lda.topic_coherence`. Higher is better.
+        top_n : int, default=10
+        """
+        if measure not in ("npmi", "umass"):
+            raise ValueError(f"measure={measure!r} is not supported: use 'npmi' or 'umass'.")
+        top_n = check_positive_int(top_n, "top_n", minimum=2)
+        counts = self._counts(X)
+        return topic_coherence(self._top_indices(top_n), counts.to_scipy(), measure)

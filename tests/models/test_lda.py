@@ -1,0 +1,225 @@
+"""LDA math: local updates, bound, global updates, sampler, evaluation helpers."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from scipy.optimize import linear_sum_assignment, minimize
+from scipy.special import gammaln, psi
+from sklearn.decomposition import LatentDirichletAllocation
+from sklearn.decomposition._lda import _dirichlet_expectation_2d, _update_doc_distribution
+
+from elbokit.data.text import CountBatches, as_counts
+from elbokit.inference.vi import run_batch_vi
+from elbokit.models.lda import (
+    LDADraw,
+    LDAModel,
+    LDAParams,
+    dirichlet_expectation,
+    local_update,
+    split_counts,
+    topic_coherence,
+    update_alpha,
+)
+
+F64 = torch.float64
+
+
+def one_batch(X, dtype=F64):
+    return next(iter(CountBatches(as_counts(X, dtype=dtype))))
+
+
+def params_for(K, V, alpha, eta, seed=0):
+    lam = np.random.default_rng(seed).gamma(100.0, 0.01, (K, V))
+    return lam, LDAParams(torch.tensor(lam), torch.full((K,), alpha, dtype=F64),
+                          torch.full((V,), eta, dtype=F64))
+
+
+def test_dirichlet_expectation_matches_digamma_formula():
+    c = np.random.default_rng(0).gamma(2.0, 1.0, (3, 5))
+    ref = psi(c) - psi(c.sum(1, keepdims=True))
+    np.testing.assert_allclose(dirichlet_expectation(torch.tensor(c)).numpy(), ref, rtol=1e-12)
+
+
+def test_one_topic_local_update_is_exact(lda_data):
+    """K=1: theta = 1, so q(theta) = Dirichlet(alpha + N_d) and the bound is sum n E[log beta]."""
+    X = lda_data[0][:20]
+    V = X.shape[1]
+    _, params = params_for(1, V, alpha=0.7, eta=0.1)
+    model = LDAModel(F64)
+    batch = one_batch(X)
+    res = model.local_step(params, batch, None)
+    lengths = np.asarray(X.sum(1)).ravel()
+    np.testing.assert_allclose(res.local.numpy().ravel(), 0.7 + lengths, rtol=1e-12)
+    elog_beta = dirichlet_expectation(params.concentration)[0].numpy()
+    exact = (X.toarray() * elog_beta).sum()
+    assert float(res.bound) == pytest.approx(exact, rel=1e-10)
+
+
+def test_local_update_matches_scikit_learn_iteration_by_iteration(lda_data):
+    X = lda_data[0][:30].astype(np.float64)
+    K, V = 3, X.shape[1]
+    lam, params = params_for(K, V, alpha=0.2, eta=0.1)
+    exp_beta = np.exp(_dirichlet_expectation_2d(lam))
+    # scikit-learn starts gamma at 1 when random_state is None; tol 0 runs every iteration.
+    # (Agreement to ~1e-8: scikit-learn's Cython digamma is an approximation.)
+    ref_gamma, ref_stats = _update_doc_distribution(X, exp_beta, 0.2, 15, 0.0, True, None)
+    batch = one_batch(X)
+    B = params.exp_elog_beta_t(F64)[batch.word]
+    gamma, etheta, norm, n_iter = local_update(
+        batch.doc, batch.count, batch.n_docs, B, params.alpha,
+        torch.ones(30, K, dtype=F64), max_iter=15, tol=0.0)
+    assert n_iter == 15
+    np.testing.assert_allclose(gamma.numpy(), ref_gamma, rtol=1e-7)
+    sw = np.zeros((V, K))
+    np.add.at(sw, batch.word.numpy(),
+              (etheta[batch.doc] * (batch.count / norm)[:, None]).numpy())
+    np.testing.assert_allclose(sw.T, ref_stats, rtol=1e-7)
+
+
+def test_one_batch_vi_iteration_agrees_with_scikit_learn(lda_data):
+    """Same priors and initial lambda: lambda after one variational EM step agrees.
+
+    (To ~1e-8: scikit-learn's Cython digamma is an approximation.)"""
+    X = lda_data[0].astype(np.float64)
+    K, V = 4, X.shape[1]
+    lam, params = params_for(K, V, alpha=0.25, eta=0.1, seed=1)
+    skl = LatentDirichletAllocation(
+        n_components=K, doc_topic_prior=0.25, topic_word_prior=0.1, learning_method="batch",
+        max_doc_update_iter=60, mean_change_tol=0.0, random_state=0)
+    skl._init_latent_vars(V, dtype=np.float64)
+    skl.random_state_ = None  # scikit-learn then starts every gamma at 1, as we do below
+    skl.components_ = lam.copy()
+    skl.exp_dirichlet_component_ = np.exp(_dirichlet_expectation_2d(lam))
+    skl._em_step(X, total_samples=X.shape[0], batch_update=True)
+    model = LDAModel(F64, local_max_iter=60, local_tol=0.0)
+    res = model.local_step(params, one_batch(X), torch.ones(X.shape[0], K, dtype=F64))
+    new = model.maximize(res.stats, params)
+    np.testing.assert_allclose(new.concentration.numpy(), skl.components_, rtol=1e-7)
+    # and the bounds agree: ours (local + global terms) vs scikit-learn's _approx_bound
+    gamma = res.local.numpy()
+    skl.components_ = lam.copy()
+    ref = skl._approx_bound(X, gamma, sub_sampling=False)
+    ours = float(res.bound + model.global_bound(params))
+    assert ours == pytest.approx(ref, rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype, alpha_auto", [(F64, False), (torch.float32, False),
+                                               (F64, True)])
+def test_batch_vi_bound_never_decreases(lda_data, dtype, alpha_auto):
+    X = lda_data[0][:120]
+    K, V = 4, X.shape[1]
+    _, params = params_for(K, V, alpha=0.25, eta=0.1, seed=2)
+    model = LDAModel(dtype, local_max_iter=200, local_tol=1e-4, learn_alpha=alpha_auto)
+    source = CountBatches(as_counts(X, dtype=dtype), 50)  # several chunks
+    run = run_batch_vi(model, params, source, tol=0.0, max_iter=15, warn=False)
+    b = np.array(run.lower_bounds)
+    slack = 1e-10 if dtype == F64 else 2e-6
+    assert np.all(np.diff(b) >= -slack), np.diff(b).min()
+    assert b[-1] - b[0] > 0.1  # and it really climbs
+    if alpha_auto:
+        assert not torch.allclose(run.params.alpha, params.alpha)
+
+
+def test_alpha_update_solves_the_empirical_bayes_problem():
+    rng = np.random.default_rng(0)
+    theta = rng.dirichlet([0.3, 1.0, 2.0], 500)
+    m = np.log(theta).mean(0)
+
+    def neg(a):
+        return -(gammaln(a.sum()) - gammaln(a).sum() + ((a - 1) * m).sum())
+
+    ref = minimize(neg, np.ones(3), bounds=[(1e-6, None)] * 3, method="L-BFGS-B",
+                   options={"ftol": 1e-15, "gtol": 1e-12}).x
+    ours = update_alpha(torch.ones(3, dtype=F64), torch.tensor(m)).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-4)
+
+
+def test_empty_documents_keep_the_prior_and_no_nan():
+    X = sp.csr_matrix(np.array([[0, 0, 0], [2, 0, 1], [0, 0, 0]]))
+    _, params = params_for(2, 3, alpha=0.5, eta=0.1)
+    model = LDAModel(torch.float32)
+    res = model.local_step(params, one_batch(X, torch.float32), None)
+    np.testing.assert_allclose(res.local[[0, 2]].numpy(), 0.5)
+    assert torch.isfinite(res.bound) and torch.isfinite(res.stats["topic_word"]).all()
+    bounds = model.doc_bounds(params, one_batch(X, torch.float32), res.local,
+                              torch.ones(2))
+    assert float(bounds[0]) == 0.0 and float(bounds[2]) == 0.0
+
+
+def test_collapsed_step_samples_its_exact_conditional():
+    """4000 identical two-token documents, fixed beta: (z1, z2) follows
+    p(z1, z2 | w, beta) proportional to alpha_z1 (alpha_z2 + [z1 = z2]) beta_z1,w1 beta_z2,w2."""
+    n, K = 4000, 2
+    X = sp.csr_matrix(np.tile([[1, 1]], (n, 1)))
+    beta = torch.tensor([[0.7, 0.3], [0.2, 0.8]], dtype=F64)
+    alpha = torch.tensor([0.5, 1.5], dtype=F64)
+    draw = LDADraw(beta, alpha, torch.full((2,), 0.1, dtype=F64))
+    model = LDAModel(F64)
+    gen = torch.Generator().manual_seed(0)
+    batch = one_batch(X)
+    local = None
+    for _ in range(15):  # the chain on 4 states mixes in a few sweeps
+        stats, ll, units, local = model.sample_local(draw, batch, local, gen)
+    z = local[0].view(n, 2)  # tokens of doc d are 2d (word 0) and 2d+1 (word 1)
+    emp = np.zeros((K, K))
+    np.add.at(emp, (z[:, 0].numpy(), z[:, 1].numpy()), 1.0 / n)
+    a, b = alpha.numpy(), beta.numpy()
+    exact = np.array([[a[i] * (a[j] + (i == j)) * b[i, 0] * b[j, 1] for j in range(K)]
+                      for i in range(K)])
+    exact /= exact.sum()
+    se = np.sqrt(exact * (1 - exact) / n)
+    assert np.all(np.abs(emp - exact) < 4 * se), (emp, exact)
+    assert float(stats["topic_word"].sum()) == 2 * n == float(units)
+
+
+def test_split_counts_partitions_every_word():
+    X = sp.csr_matrix(np.random.default_rng(0).poisson(3.0, (20, 10)))
+    c = as_counts(X)
+    first, second = split_counts(c, 0.5, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(first.data + second.data, c.data)
+    assert (first.data >= 0).all() and (second.data >= 0).all()
+    assert 0.4 < first.n_words / c.n_words < 0.6
+
+
+def test_topic_coherence_by_hand():
+    # words 0,1 always together; word 2 alone; word 3 with 0 half the time
+    X = sp.csr_matrix(np.array([[1, 1, 0, 1], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0]]))
+    top = np.array([[0, 1], [0, 2], [0, 3]])
+    npmi = topic_coherence(top, X, "npmi")
+    pmi_03 = np.log((1 / 4) / ((2 / 4) * (1 / 4)))
+    np.testing.assert_allclose(npmi, [1.0, -1.0, pmi_03 / -np.log(1 / 4)])
+    umass = topic_coherence(top, X, "umass")
+    np.testing.assert_allclose(umass, [np.log(3 / 2), np.log(1 / 2), np.log(2 / 2)])
+
+
+def test_every_fit_engine_recovers_known_topics(lda_data):
+    """Batch VI from the model's own updates, matched by the Hungarian algorithm."""
+    X, beta, _ = lda_data
+    K, V = beta.shape
+    _, params = params_for(K, V, alpha=0.25, eta=0.05, seed=3)
+    run = run_batch_vi(LDAModel(F64), params, CountBatches(as_counts(X, dtype=F64)),
+                       tol=1e-6, max_iter=100, warn=False)
+    lam = run.params.concentration.numpy()
+    est = lam / lam.sum(1, keepdims=True)
+    cost = np.abs(est[:, None, :] - beta[None]).sum(2)
+    r, c = linear_sum_assignment(cost)
+    assert cost[r, c].max() < 0.15
+
+
+def test_gamma_table_warm_starts_seen_documents_only(lda_data):
+    from elbokit.models.lda import GammaTable
+
+    X = lda_data[0][:40]
+    _, params = params_for(3, X.shape[1], alpha=0.3, eta=0.1)
+    model = LDAModel(F64, local_tol=1e-8, local_max_iter=500)
+    table = GammaTable(40, 3, F64, torch.device("cpu"))
+    counts = as_counts(X, dtype=F64)
+    first = next(iter(CountBatches(counts.take(torch.arange(20)))))
+    first.rows = torch.arange(20)
+    res = model.local_step(params, first, table)
+    assert res.local is table and table.seen[:20].all() and not table.seen[20:].any()
+    torch.testing.assert_close(table.gamma[:20], model.local_step(params, first, None).local)
+    fresh = torch.full((20, 3), -1.0, dtype=F64)
+    torch.testing.assert_close(table.start(torch.arange(10, 30), fresh)[:10], table.gamma[10:20])
+    assert (table.start(torch.arange(10, 30), fresh)[10:] == -1).all()

@@ -1,0 +1,280 @@
+"""The LDA estimator: API, every method, repeatability, scores, errors, persistence."""
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.base import clone
+
+import elbokit
+from elbokit import LDA, Corpus, ConvergenceWarning
+
+from .conftest import make_lda_corpus
+
+SETTINGS = {
+    "batch": dict(method="batch", max_iter=25, tol=1e-5),
+    "online": dict(method="online", max_iter=30, batch_size=50, tau0=1.0, kappa=0.6, tol=0.0),
+    "gibbs": dict(method="gibbs", max_iter=60),
+}
+
+
+@pytest.fixture(scope="module")
+def fitted(lda_data):
+    X = lda_data[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return {m: LDA(4, random_state=0, eta=0.05, **kw).fit(X) for m, kw in SETTINGS.items()}
+
+
+@pytest.mark.parametrize("method", list(SETTINGS))
+def test_recovers_known_topics_by_every_method(fitted, lda_data, method):
+    beta = lda_data[1]
+    est = fitted[method].topic_word_
+    cost = np.abs(est[:, None, :] - beta[None]).sum(2)  # L1 between topics
+    r, c = linear_sum_assignment(cost)
+    assert cost[r, c].max() < 0.2, cost[r, c]
+    np.testing.assert_allclose(est.sum(1), 1.0)
+
+
+@pytest.mark.parametrize("method", list(SETTINGS))
+def test_same_random_state_same_topics(lda_data, method):
+    X = lda_data[0][:80]
+    kw = dict(SETTINGS[method], max_iter=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = LDA(3, random_state=7, **kw).fit(X)
+        b = LDA(3, random_state=7, **kw).fit(X)
+        c = LDA(3, random_state=8, **kw).fit(X)
+    np.testing.assert_array_equal(a.components_, b.components_)
+    np.testing.assert_array_equal(a.lower_bounds_, b.lower_bounds_)
+    assert not np.allclose(a.components_, c.components_)
+
+
+def test_transform_recovers_mixtures_and_handles_empty_documents(fitted, lda_data):
+    X, beta, theta = lda_data
+    lda = fitted["batch"]
+    cost = np.abs(lda.topic_word_[:, None, :] - beta[None]).sum(2)
+    r, c = linear_sum_assignment(cost)
+    mix = lda.transform(X)
+    assert mix.shape == (X.shape[0], 4)
+    np.testing.assert_allclose(mix.sum(1), 1.0, rtol=1e-6)
+    est = np.empty_like(mix)
+    est[:, c] = mix[:, r]
+    assert np.abs(est - theta).sum(1).mean() < 0.2
+    with_empty = sp.vstack([X[:2], sp.csr_matrix((1, X.shape[1]), dtype=np.int64)]).tocsr()
+    out = lda.transform(with_empty)
+    alpha = lda.alpha_ / lda.alpha_.sum()
+    np.testing.assert_allclose(out[2], alpha, rtol=1e-6)
+    gamma = lda.transform(X[:3], normalize=False, max_iter=3, tol=0.0)
+    assert np.all(gamma > 0) and not np.allclose(gamma.sum(1), 1.0)
+
+
+def test_fit_transform_matches_fit_then_transform(lda_data):
+    X = lda_data[0][:100]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        lda = LDA(4, random_state=0, max_iter=10, local_tol=1e-6)
+        a = lda.fit_transform(X)
+    np.testing.assert_array_equal(a, lda.transform(X))
+
+
+def test_scores_are_consistent(fitted, lda_data):
+    X = lda_data[0][:50]
+    lda = fitted["batch"]
+    per_doc = lda.score_samples(X)
+    assert per_doc.shape == (50,) and np.all(per_doc < 0)
+    assert lda.score(X) == pytest.approx(per_doc.mean(), rel=1e-12)
+    n_words = X.sum()
+    assert lda.perplexity(X, estimate="bound") == pytest.approx(
+        np.exp(-per_doc.sum() / n_words), rel=1e-10)
+    # completion: the bound is a bound, the point estimate scores the other half better
+    comp = lda.perplexity(X)
+    assert 1.0 < comp < lda.perplexity(X, estimate="bound")
+    assert comp == lda.perplexity(X)  # the split is seeded
+    # an explicit split gives the same figure as the internal one from the same halves
+    from elbokit.data.text import as_counts
+    from elbokit.models.lda import split_counts
+    first, second = split_counts(as_counts(X), 0.5, torch.Generator().manual_seed(0))
+    assert lda.perplexity(first.to_scipy(), X_heldout=second.to_scipy()) == pytest.approx(comp)
+
+
+def test_completion_perplexity_ranks_methods_above_chance(fitted, lda_data):
+    X = lda_data[0][150:]
+    uniform = X.shape[1]  # perplexity of a uniform word distribution
+    for lda in fitted.values():
+        assert lda.perplexity(X) < 0.75 * uniform
+
+
+def test_bound_history(fitted):
+    b = fitted["batch"].lower_bounds_
+    assert np.all(np.diff(b) >= -1e-5)
+    assert fitted["batch"].n_iter_ == len(b) - 1
+    assert len(fitted["online"].lower_bounds_) == fitted["online"].n_iter_ == 30
+    assert fitted["online"].n_batch_iter_ == 30 * 4
+    assert len(fitted["gibbs"].lower_bounds_) == 60
+
+
+def test_priors_options(lda_data):
+    X = lda_data[0][:100]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        asym = LDA(4, alpha="asymmetric", max_iter=3, random_state=0).fit(X)
+        assert np.all(np.diff(asym.alpha_) < 0) and asym.alpha_.sum() == pytest.approx(1.0)
+        auto = LDA(4, alpha="auto", max_iter=15, random_state=0).fit(X)
+        assert not np.allclose(auto.alpha_, 0.25)
+        given = LDA(4, alpha=[0.1, 0.2, 0.3, 0.4], eta=0.3, max_iter=2, random_state=0).fit(X)
+    np.testing.assert_allclose(given.alpha_, [0.1, 0.2, 0.3, 0.4])
+    np.testing.assert_allclose(given.eta_, 0.3)
+
+
+def test_partial_fit_streams_mini_batches(lda_data):
+    X = lda_data[0]
+    lda = LDA(4, total_docs=200, random_state=0, tau0=1.0, kappa=0.6)
+    for _ in range(3):
+        for start in range(0, 200, 50):
+            lda.partial_fit(X[start:start + 50])
+    assert lda.n_batch_iter_ == 12 and len(lda.lower_bounds_) == 12  # one per call
+    beta = lda_data[1]
+    cost = np.abs(lda.topic_word_[:, None, :] - beta[None]).sum(2)
+    r, c = linear_sum_assignment(cost)
+    assert cost[r, c].mean() < 0.5
+    with pytest.raises(ValueError, match="total_docs"):
+        LDA(4).partial_fit(X)
+
+
+def test_partial_fit_on_corpora_keeps_one_vocabulary():
+    first = Corpus(["cat dog cow", "star planet orbit"])
+    lda = LDA(2, total_docs=4, random_state=0).partial_fit(first)
+    lda.partial_fit(Corpus(["dog cow", "orbit star"], vocabulary=lda.vocabulary_))
+    lda.partial_fit(["cat cow", "planet"])  # raw text, through the kept vocabulary
+    assert lda.n_batch_iter_ == 3 and lda.vocabulary_ == first.vocabulary
+    with pytest.raises(ValueError, match="vocabulary=lda.vocabulary_"):
+        lda.partial_fit(Corpus(["zebra lion", "moon sun"]))
+
+
+def test_coherence_and_top_words(fitted, lda_data):
+    X = lda_data[0]
+    lda = fitted["batch"]
+    npmi = lda.coherence(X, top_n=5)
+    assert npmi.shape == (4,) and np.all((npmi >= -1) & (npmi <= 1))
+    assert np.all(lda.coherence(X, measure="umass", top_n=5) <= 0.0 + 1e-12)
+    top = lda.top_words(5)
+    assert len(top) == 4 and all(len(t) == 5 for t in top)
+    # the true topics live on disjoint blocks of 10 words: each top list stays in one block
+    assert all(len({w // 10 for w in t}) == 1 for t in top)
+    vocab = [f"w{i}" for i in range(40)]
+    assert lda.top_words(2, vocab)[0][0] == f"w{top[0][0]}"
+    with pytest.raises(ValueError, match="vocabulary has 3 words"):
+        lda.top_words(2, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="measure"):
+        lda.coherence(X, measure="cv")
+
+
+def test_corpus_text_in_text_out_and_save_load(tmp_path):
+    rng = np.random.default_rng(0)
+    animals = ["cat", "dog", "horse", "cow", "sheep", "goat"]
+    space = ["star", "planet", "comet", "galaxy", "orbit", "rocket"]
+    docs = [" ".join(rng.choice(animals if i % 2 else space, 12)) for i in range(60)]
+    corpus = Corpus(docs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        lda = LDA(2, random_state=0, max_iter=20).fit(corpus)
+    assert lda.vocabulary_ == corpus.vocabulary
+    top = lda.top_words(3)
+    assert {frozenset(set(t) <= set(animals) for t in top)} == {frozenset({True})} or \
+        sorted(set(t) <= set(animals) for t in top) == [False, True]
+    mix = lda.transform(["cat dog cow", "planet orbit comet"])
+    assert np.argmax(mix[0]) != np.argmax(mix[1])
+    lda.save(tmp_path / "m")
+    back = elbokit.load(tmp_path / "m")
+    assert type(back) is LDA and back.vocabulary_ == corpus.vocabulary
+    np.testing.assert_array_equal(back.components_, lda.components_)
+    np.testing.assert_array_equal(back.transform(["cat dog cow"]), lda.transform(["cat dog cow"]))
+    np.testing.assert_array_equal(back.lower_bounds_, lda.lower_bounds_)
+    assert back.get_params() == lda.get_params()
+
+
+def test_torch_sparse_input_gives_tensors_and_same_numbers(lda_data):
+    X = lda_data[0][:60]
+    Xt = torch.tensor(X.toarray()).to_sparse()
+    kw = dict(max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = LDA(3, **kw).fit(X)
+        b = LDA(3, **kw).fit(Xt)
+    assert isinstance(b.components_, torch.Tensor)
+    np.testing.assert_allclose(b.components_.numpy(), a.components_, rtol=1e-12)
+    out = b.transform(Xt)
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_allclose(out.numpy(), a.transform(X), rtol=1e-6)
+
+
+def test_clone_and_params():
+    lda = LDA(5, method="online", kappa=0.9)
+    c = clone(lda)
+    assert c.get_params() == lda.get_params()
+    assert c.set_params(n_topics=7).n_topics == 7
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="svi"), "method='svi'"),
+    (dict(n_topics=0), "n_topics"),
+    (dict(kappa=0.4), "kappa"),
+    (dict(alpha=-1.0), "alpha"),
+    (dict(alpha="flat"), "alpha='flat'"),
+    (dict(alpha=[1.0, 2.0]), r"alpha must be a float or an array of shape \(3,\)"),
+    (dict(eta=0.0), "eta"),
+    (dict(method="gibbs", alpha="auto"), "alpha='auto'"),
+    (dict(method="gibbs", max_iter=4, burn_in=4), "burn_in"),
+])
+def test_bad_hyperparameters_name_the_argument(kwargs, match):
+    X = make_lda_corpus(n_docs=10)[0]
+    with pytest.raises(ValueError, match=match):
+        LDA(**{"n_topics": 3, **kwargs}).fit(X)
+
+
+def test_bad_data_is_a_clear_error(fitted, lda_data):
+    X = lda_data[0]
+    lda = fitted["batch"]
+    with pytest.raises(ValueError, match="negative counts"):
+        LDA(2).fit(sp.csr_matrix(np.array([[1, -2], [0, 1]])))
+    with pytest.raises(ValueError, match="no words"):
+        LDA(2).fit(sp.csr_matrix((3, 4)))
+    with pytest.raises(ValueError, match="vocabulary of 40"):
+        lda.transform(X[:, :30])
+    with pytest.raises(ValueError, match="NaN"):
+        lda.transform(np.full((1, 40), np.nan))
+    with pytest.raises(TypeError, match="no vocabulary"):
+        lda.transform(["raw text"])
+    with pytest.raises(ValueError, match="non-integer"):
+        LDA(2, method="gibbs").fit(np.array([[0.5, 1.0]]))
+    with pytest.raises(ValueError, match="no words"):
+        lda.perplexity(sp.csr_matrix((2, 40)), estimate="bound")
+    with pytest.raises(ValueError, match="estimate="):
+        lda.perplexity(X, estimate="exact")
+    # real-valued (e.g. tf-idf-weighted) counts are fine for variational methods
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        LDA(2, max_iter=2).fit(X.astype(float) * 0.5)
+
+
+@pytest.mark.parametrize("method", list(SETTINGS))
+def test_verbose_reports_every_iteration(lda_data, method, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        LDA(3, method=method, max_iter=2, verbose=2, random_state=0).fit(lda_data[0][:40])
+    out = capsys.readouterr().out
+    assert out.count("  iteration ") == 2 and "bound" in out
+
+
+def test_float64_dense_tensor_input(lda_data):
+    X = torch.tensor(lda_data[0][:40].toarray(), dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        lda = LDA(3, max_iter=3, random_state=0, dtype="float64").fit(X)
+    assert isinstance(lda.components_, torch.Tensor) and lda.components_.dtype == torch.float64
+    out = lda.transform(X)
+    assert isinstance(out, torch.Tensor) and torch.isfinite(out).all()
