@@ -117,7 +117,8 @@ def test_tour_reports_bounds_clusters_and_agreement(tmp_path):
     ari = float(re.search(r"adjusted Rand index (\d\.\d+)", result.output).group(1))
     assert ari > 0.8  # the wine cultivars are recovered
     assert "importance-sampled log p(x)" in result.output
-    for name in ("gmm", "vae"):
+    assert "held-out perplexity" in result.output and "topic 7:" in result.output
+    for name in ("gmm", "lda", "vae"):
         assert (tmp_path / "tour" / name / "report.html").is_file()
     assert 'href="vae/report.html"' in (tmp_path / "tour" / "index.html").read_text()
 
@@ -194,3 +195,30 @@ def test_vae_fit_transform_score_sample_report(tmp_path):
     assert np.load(tmp_path / "x.npy").shape == (4, 64)
     assert invoke("report", tmp_path / "v").exit_code == 0
     assert (tmp_path / "v" / "report.html").read_text().count("data:image/png") == 6
+
+
+def test_lda_fit_topics_transform_report(tmp_path):
+    from elbokit.datasets import kjv_gospels
+
+    (tmp_path / "verses.txt").write_text("\n".join(kjv_gospels()[:800]) + "\n")
+    result = invoke("fit", "lda", tmp_path / "verses.txt", "--out", tmp_path / "l", "-k", "4",
+                    "--method", "gibbs", "--max-iter", "20")
+    assert result.exit_code == 0, result.output
+    lda = elbokit.load(tmp_path / "l")
+    result = invoke("topics", tmp_path / "l")
+    assert result.exit_code == 0 and result.output.count("topic") == 4
+    assert result.output.splitlines()[0].split(": ")[1].split() == lda.top_words(10)[0]
+    assert invoke("transform", tmp_path / "l", tmp_path / "verses.txt", "--out",
+                  tmp_path / "t.npy").exit_code == 0
+    theta = np.load(tmp_path / "t.npy")
+    assert theta.shape == (800, 4)
+    np.testing.assert_allclose(theta.sum(1), 1.0, rtol=1e-4)
+    assert invoke("report", tmp_path / "l").exit_code == 0
+    assert (tmp_path / "l" / "report.html").read_text().count("data:image/png") == 3
+
+
+def test_empty_corpus_is_a_clear_error(capsys, tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    code, err = run_main(["fit", "lda", tmp_path / "empty.txt", "--out", tmp_path / "m"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "m").exists()

@@ -244,14 +244,83 @@ def fit_vae(data, out, latent_dim, hidden, likelihood, binarize, epochs, batch_s
                f"saved to {out_dir}")
 
 
+def _read_corpus(data: str, **kwargs):
+    """A Corpus from one-document-per-line text, a folder of .txt files, or JSONL."""
+    from elbokit import Corpus
+
+    path = Path(data)
+    if not path.exists():
+        raise UserError(f"no corpus at {path}.")
+    if path.is_dir():
+        return Corpus.from_folder(path, **kwargs)
+    if path.suffix.lower() in (".jsonl", ".json"):
+        return Corpus.from_jsonl(path, **kwargs)
+    return Corpus.from_lines(path, **kwargs)
+
+
+def _read_documents(data: str) -> list[str]:
+    """Raw documents for a fitted topic model (it keeps its own vocabulary)."""
+    from elbokit.data.text import read_documents
+
+    return read_documents(data)
+
+
+@fit.command("lda")
+@click.argument("data")
+@click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
+@click.option("--topics", "-k", "n_topics", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--method", type=click.Choice(["batch", "online", "gibbs"]), default="batch",
+              show_default=True)
+@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--min-df", type=float, default=2, show_default=True)
+@click.option("--max-df", type=float, default=0.5, show_default=True)
+@click.option("--max-features", type=click.IntRange(min=1), default=None)
+@click.option("--stop-words", default="english", show_default=True,
+              help="'english', 'none', or a file with one word per line.")
+@click.option("--device", default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing model directory.")
+def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features, stop_words,
+            device, seed, force):
+    """Fit LDA to a text corpus: one document per line, a folder of .txt files, or JSONL."""
+    from elbokit import LDA
+
+    out_dir = Path(out)
+    _check_new(out_dir, force, "model directory")
+    if stop_words == "none":
+        stop_words = None
+    elif stop_words != "english":
+        stop_words = [w.strip() for w in Path(stop_words).read_text().split() if w.strip()]
+    min_df = int(min_df) if min_df >= 1 else min_df
+    corpus = _read_corpus(data, min_df=min_df, max_df=max_df, max_features=max_features,
+                          stop_words=stop_words)
+    lda = LDA(n_topics, method=method, max_iter=max_iter, device=device, random_state=seed,
+              verbose=1)
+    start = time.perf_counter()
+    lda.fit(corpus)
+    seconds = time.perf_counter() - start
+    n_docs = corpus.counts.shape[0]
+    metrics = {"model": "lda", "data": str(Path(data).resolve()), "n_documents": n_docs,
+               "vocabulary_size": len(lda.vocabulary_), "fit_seconds": seconds,
+               "lower_bounds": [float(b) for b in lda.lower_bounds_]}
+    lda.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    click.echo(f"fitted {n_topics} topics ({method}) on {n_docs} documents, "
+               f"{len(lda.vocabulary_)} words, in {seconds:.2f} s; saved to {out_dir}")
+
+
 # ------------------------------------------------------------------ use a model
 def _apply(model_dir, data, out, force, method: str, column: str):
     model = _model(model_dir)
-    data = _check_data_path(data)
     if not hasattr(model, method):
         raise UserError(f"a {type(model).__name__} has no {method}.")
-    streams = type(model).__name__ == "GaussianMixture" and not _is_idx(Path(data))
-    values = np.asarray(getattr(model, method)(data if streams else _in_memory(data)))
+    name = type(model).__name__
+    if name == "LDA":
+        inputs = _read_documents(data)
+    else:
+        data = _check_data_path(data)
+        streams = name == "GaussianMixture" and not _is_idx(Path(data))
+        inputs = data if streams else _in_memory(data)
+    values = np.asarray(getattr(model, method)(inputs))
     columns = [column] if values.ndim == 1 else [f"{column}_{j}" for j in range(values.shape[1])]
     write_array(Path(out), values, columns, force)
     click.echo(f"wrote {values.shape} to {out}")
@@ -419,8 +488,9 @@ def report(model_dir, data, out, labels, force):
               help="Also save the models, their HTML reports and an index page in this directory.")
 @click.option("--force", is_flag=True, help="Replace an existing --out directory.")
 def tour(dataset, components, covariance_type, n_init, seed, vae_epochs, out, force):
-    """The main job: a Gaussian mixture by EM (clusters against the known labels) and a
-    small VAE by amortised VI, on data bundled with scikit-learn; reports with --out."""
+    """The main job: a Gaussian mixture by EM (clusters against the known labels), LDA by
+    Gibbs sampling on the KJV gospels, and a small VAE by amortised VI on the digits,
+    all on data shipped with elbokit or scikit-learn; models and reports with --out."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     from elbokit import GaussianMixture
@@ -451,9 +521,35 @@ def tour(dataset, components, covariance_type, n_init, seed, vae_epochs, out, fo
     click.echo(f"\nAgreement with the known labels: adjusted Rand index "
                f"{adjusted_rand_score(y, labels):.3f}, normalised mutual information "
                f"{normalized_mutual_info_score(y, labels):.3f}")
+    lda, verses = _tour_lda(seed)
     vae, digits, digit_labels = _tour_vae(seed, epochs=vae_epochs)
     if out is not None:
-        _write_tour(Path(out), {"gmm": (gm, X, None), "vae": (vae, digits, digit_labels)}, dataset)
+        _write_tour(Path(out), {"gmm": (gm, X, None), "lda": (lda, verses, None),
+                                "vae": (vae, digits, digit_labels)}, dataset)
+
+
+def _tour_lda(seed: int):
+    """LDA by a collapsed Gibbs sampler on the KJV gospels shipped with elbokit."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    from elbokit import LDA, Corpus
+    from elbokit.datasets import ARCHAIC_STOP_WORDS, kjv_gospels
+
+    verses = kjv_gospels()
+    train, held_out = verses[:3400], verses[3400:]
+    corpus = Corpus(train, stop_words=sorted(ENGLISH_STOP_WORDS | set(ARCHAIC_STOP_WORDS)),
+                    min_df=4, max_df=0.05)
+    click.echo(f"\nLDA (Monte Carlo: Gibbs sampling) on the KJV gospels: {len(train)} verses, "
+               f"{len(corpus.vocabulary)} words, 8 topics")
+    start = time.perf_counter()
+    lda = LDA(8, method="gibbs", max_iter=200, random_state=seed).fit(corpus)
+    seconds = time.perf_counter() - start
+    for k, words in enumerate(lda.top_words(8)):
+        click.echo(f"  topic {k}: {' '.join(words)}")
+    click.echo(f"fitted in {seconds:.1f} s; held-out perplexity {lda.perplexity(held_out):.1f} "
+               f"(document completion on {len(held_out)} verses), NPMI "
+               f"{float(np.mean(lda.coherence(corpus))):.3f}")
+    return lda, verses
 
 
 def _tour_vae(seed: int, epochs: int):
@@ -488,16 +584,22 @@ def _write_tour(out_dir: Path, models: dict, dataset: str) -> None:
     out_dir.mkdir(parents=True)
     links = []
     for name, (model, X, labels) in models.items():
-        data_path = out_dir / f"{name}-data.npy"
-        np.save(data_path, X)
-        metrics = {"model": name, "data": str(data_path.resolve()), "n_samples": len(X)}
+        if isinstance(X, list):  # documents
+            data_path = out_dir / f"{name}-documents.txt"
+            data_path.write_text("\n".join(X) + "\n")
+        else:
+            data_path = out_dir / f"{name}-data.npy"
+            np.save(data_path, X)
+        metrics = {"model": name, "data": str(data_path.resolve()), "n_samples": len(X),
+                   "n_documents": len(X)}
         if labels is not None:
             np.save(out_dir / f"{name}-labels.npy", labels)
             metrics["labels"] = str((out_dir / f"{name}-labels.npy").resolve())
         model.save(out_dir / name, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
         write_report(out_dir / name)
         links.append(f'<li><a href="{name}/report.html">{html.escape(type(model).__name__)}</a> '
-                     f"on {html.escape(dataset if name == 'gmm' else 'digits')}</li>")
+                     f"on {html.escape({'gmm': dataset, 'lda': 'the KJV gospels'}.get(name, 'digits'))}"
+                     "</li>")
     (out_dir / "index.html").write_text(
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>elbokit tour</title>"
         "</head><body style='font-family:system-ui;max-width:40rem;margin:2rem auto'>"

@@ -445,3 +445,22 @@ class CountBatches:
                 word, count = part.indices, part.data
             doc = torch.repeat_interleave(torch.arange(stop - start, device=device), lengths)
             yield DocBatch(doc, word, count, stop - start, i, rows)
+
+
+def read_documents(path) -> list[str]:
+    """Raw documents: one per line of a text file (optionally .gz), the .txt files of a
+    folder, or the ``text`` field of a JSONL file."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no corpus at {path}.")
+    if path.is_dir():
+        return [p.read_text(encoding="utf-8") for p in sorted(path.glob("*.txt"))]
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        if path.suffix in (".jsonl", ".json") or path.name.endswith(".jsonl.gz"):
+            return [json.loads(line)["text"] for line in f if line.strip()]
+        return [line.strip() for line in f if line.strip()]

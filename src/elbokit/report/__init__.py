@@ -173,6 +173,40 @@ def vae_page(vae, X, metrics: dict, labels=None, anomaly_quantile: float = 0.01)
     return page
 
 
+def lda_page(lda, documents, metrics: dict) -> Page:
+    """Report of a fitted LDA on (raw or count) documents."""
+    from elbokit.report import plots
+
+    theta = np.asarray(lda.transform(documents[:60]))
+    weights = np.asarray(lda.topic_word_, dtype=np.float64)
+    top = np.argsort(-weights, 1)[:, :10]
+    vocab = list(lda.vocabulary_) if getattr(lda, "vocabulary_", None) is not None else None
+    words = [[vocab[i] if vocab else str(i) for i in row] for row in top]
+    page = Page(
+        f"LDA: {lda.n_topics} topics, method={lda.method!r}",
+        f"Fitted on {metrics.get('n_documents', '?')} documents; {len(lda.lower_bounds_)} recorded "
+        f"bound values; the last {lda.lower_bounds_[-1]:.4f}.",
+    )
+    exact = lda.method != "gibbs"
+    page.add(
+        "Training: the bound per iteration",
+        page.figure(plots.bound_history(lda.lower_bounds_, exact=False,
+                                        label="ELBO per word" if exact else "log-likelihood estimate"),
+                    "Mean-field VI climbs the ELBO, a lower bound on log p(x); its gap to log p(x) "
+                    "is KL(q || p(z, theta, beta | x)), not computable exactly here."
+                    if exact else "The sampler's per-word estimate, per sweep."),
+    )
+    page.add(
+        "Topics",
+        page.figure(plots.topic_word_bars(words, [weights[k, top[k]] for k in range(len(top))]),
+                    "Each topic's ten most probable words, p(word | topic)."),
+        page.figure(plots.doc_topic_heatmap(theta),
+                    "Topic mixtures of the first documents (E[theta | document])."),
+        grid=False,
+    )
+    return page
+
+
 def write_report(model_dir, data=None, out=None, labels=None) -> Path:
     """Write ``report.html`` for the model saved in ``model_dir``.
 
@@ -192,8 +226,16 @@ def write_report(model_dir, data=None, out=None, labels=None) -> Path:
     data = data if data is not None else metrics.get("data")
     if data is None:
         raise ValueError(f"{model_dir} records no data: pass the data to report on.")
-    X = load_rows(data, max_rows=200_000)
     name = type(model).__name__
+    if name == "LDA":
+        from elbokit.data.text import read_documents
+
+        docs = data if isinstance(data, list) else read_documents(data)
+        page = lda_page(model, docs, metrics)
+        out = Path(out) if out is not None else Path(model_dir) / "report.html"
+        out.write_text(page.render())
+        return out
+    X = load_rows(data, max_rows=200_000)
     if name == "GaussianMixture":
         page = gaussian_mixture_page(model, X, metrics)
     elif name == "VAE":

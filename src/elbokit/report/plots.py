@@ -128,3 +128,34 @@ def train_validation_history(train, validation):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def topic_word_bars(top_words, top_weights, n_cols: int = 4):
+    """Small multiples: each topic's top words and their probabilities."""
+    n = len(top_words)
+    n_rows = max(1, int(np.ceil(n / n_cols)))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * 2.6, n_rows * 2.3))
+    axes = np.atleast_1d(axes).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for k in range(n):
+        ax = axes[k]
+        ax.axis("on")
+        y = np.arange(len(top_words[k]))[::-1]
+        ax.barh(y, top_weights[k], color=COLOURS(k % 10))
+        ax.set_yticks(y)
+        ax.set_yticklabels(top_words[k], fontsize=7)
+        ax.set_title(f"topic {k}", fontsize=9)
+        ax.tick_params(axis="x", labelsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def doc_topic_heatmap(theta):
+    """Document-topic mixtures, one row per document."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    im = ax.imshow(theta, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xlabel("topic")
+    ax.set_ylabel("document")
+    fig.colorbar(im, ax=ax, label="E[theta]")
+    return fig
