@@ -373,6 +373,9 @@ def score(model_dir, data, out, force):
 def sample(model_dir, out, force, n_samples, seed):
     """Generate samples from the model (mixtures: with their component in the last column)."""
     model = _model(model_dir)
+    if not hasattr(model, "sample"):
+        raise UserError(f"a {type(model).__name__} does not generate samples here: "
+                        "use a Gaussian mixture or a VAE.")
     if seed is not None:
         model.set_params(random_state=seed)
     drawn = model.sample(n_samples)

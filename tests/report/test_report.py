@@ -50,3 +50,24 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     subprocess.run([CHROMIUM, *FLAGS, *profile, "--window-size=1200,2400",
                     f"--screenshot={shot}", url], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_every_tour_report_renders(tmp_path):
+    from click.testing import CliRunner
+
+    from elbokit.cli import cli
+
+    result = CliRunner().invoke(cli, ["tour", "--n-init", "1", "--vae-epochs", "2", "--out",
+                                      str(tmp_path / "tour")])
+    assert result.exit_code == 0, result.output
+    index = (tmp_path / "tour" / "index.html").read_text()
+    for name, images in (("gmm", 4), ("lda", 3), ("vae", 6)):
+        assert f'href="{name}/report.html"' in index
+        page = tmp_path / "tour" / name / "report.html"
+        dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / name}",
+                              "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()],
+                             capture_output=True, text=True, timeout=120).stdout
+        body = re.search(r"<body([^>]*)>", dom).group(1)
+        assert f'data-images-loaded="{images}/{images}"' in body, (name, body)
+        assert "data-errors" not in body
