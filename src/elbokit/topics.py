@@ -19,6 +19,7 @@ from elbokit._validation import (
 )
 from elbokit.base import ElbokitEstimator
 from elbokit.data.text import Corpus, CountBatches, SparseCounts, as_counts, vectorize
+from elbokit.inference import distributed
 from elbokit.inference.sampling import run_gibbs, standard_gamma
 from elbokit.inference.vi import online_bound, online_step, run_batch_vi, run_online_vi
 from elbokit.models.lda import (
@@ -108,6 +109,12 @@ class LDA(ElbokitEstimator):
         accumulate in float64, global parameters are float64.
     verbose : int, default=0
         0 silent, 1 a progress bar, 2 one line per iteration.
+    distributed : None, True or False, default=None
+        Fit across the ranks of a ``torch.distributed`` process group
+        (``method="batch"``), each rank passing its own documents (possibly
+        none; the same vocabulary everywhere): the statistics are summed with
+        one all_reduce per iteration and rank 0's initial topics are
+        broadcast. None detects an initialised group of several ranks.
 
     Attributes
     ----------
@@ -179,6 +186,7 @@ class LDA(ElbokitEstimator):
         device=None,
         dtype="float32",
         verbose=0,
+        distributed=None,
     ):
         self.n_topics = n_topics
         self.alpha = alpha
@@ -197,6 +205,7 @@ class LDA(ElbokitEstimator):
         self.device = device
         self.dtype = dtype
         self.verbose = verbose
+        self.distributed = distributed
 
     # ------------------------------------------------------------ validation
     def _check_hyperparameters(self):
@@ -259,7 +268,7 @@ class LDA(ElbokitEstimator):
             raise ValueError(f"{name} must hold finite values > 0.")
         return t
 
-    def _counts(self, X, name="X", reset=False) -> SparseCounts:
+    def _counts(self, X, name="X", reset=False, allow_empty=False) -> SparseCounts:
         dtype = resolve_dtype(self.dtype)
         if _is_text(X):
             if reset or getattr(self, "vocabulary_", None) is None:
@@ -274,7 +283,7 @@ class LDA(ElbokitEstimator):
         if not reset:
             check_is_fitted(self)
         return as_counts(X, name=name, dtype=dtype, device=device, n_features=n_features,
-                         integer=self.method == "gibbs" and reset)
+                         integer=self.method == "gibbs" and reset, allow_empty=allow_empty)
 
     def _model(self) -> LDAModel:
         return LDAModel(resolve_dtype(self.dtype), int(self.local_max_iter),
@@ -283,7 +292,7 @@ class LDA(ElbokitEstimator):
     def _chunk_rows(self, counts: SparseCounts) -> int:
         if self.batch_size is not None:
             return int(self.batch_size)
-        nnz_per_doc = max(1.0, counts.indices.shape[0] / counts.n_docs)
+        nnz_per_doc = max(1.0, counts.indices.shape[0] / max(1, counts.n_docs))
         return max(64, int(_CHUNK_ELEMENTS / (nnz_per_doc * int(self.n_topics))))
 
     # ------------------------------------------------------------ state
@@ -347,18 +356,34 @@ class LDA(ElbokitEstimator):
         vocabulary = vec_params = None
         if isinstance(X, Corpus):
             vocabulary, vec_params = list(X.vocabulary), dict(X.vectorizer_params)
-        counts = self._counts(X, reset=True)
-        if counts.n_words <= 0:
+        reducer = distributed.resolve(self.distributed)
+        if reducer is not None and self.method != "batch":
+            raise ValueError(
+                f"method={self.method!r} runs in one process; under torch.distributed use "
+                "method='batch' (or distributed=False to fit each rank on its own)."
+            )
+        try:
+            counts = self._counts(X, reset=True, allow_empty=reducer is not None)
+        except Exception as err:  # noqa: BLE001 - every rank learns of it, then it is raised
+            if reducer is None:
+                raise
+            reducer.check(err)
+        if reducer is not None:
+            reducer.check(None)
+        n_words = counts.n_words if reducer is None else reducer.sum(counts.n_words)
+        if n_words <= 0:
             raise ValueError("X has no words (every count is 0): there is nothing to fit.")
         gen = make_generator(self.random_state, counts.device)
         params = self._initial_params(counts, gen)
+        if reducer is not None:  # rank 0's initial topics for everyone
+            params = LDAParams(reducer.broadcast(params.concentration, 0), params.alpha, params.eta)
         model = self._model()
         method = self.method
         if method == "batch":
             source = CountBatches(counts, self._chunk_rows(counts))
             run = run_batch_vi(model, params, source, tol=float(self.tol),
                                max_iter=int(self.max_iter), verbose=int(self.verbose),
-                               desc="LDA batch VI")
+                               desc="LDA batch VI", reduce=reducer)
             params, bounds = run.params, run.lower_bounds
             converged, n_iter, n_updates = run.converged, run.n_iter, run.n_updates
         elif method == "online":

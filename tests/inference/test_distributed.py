@@ -150,3 +150,42 @@ def test_an_error_on_one_rank_is_raised_on_every_rank(tmp_path):
 def test_distributed_true_without_a_process_group_is_a_clear_error(data):
     with pytest.raises(ValueError, match="torchrun"):
         GaussianMixture(2, distributed=True).fit(data)
+
+
+# ------------------------------------------------------------------ LDA (batch VI)
+def _lda_fit(rank, parts, kw, out):
+    from elbokit import LDA
+
+    lda = LDA(**kw).fit(parts[rank])
+    np.savez(out / f"lda-{rank}.npz", components=lda.components_, alpha=lda.alpha_,
+             bounds=lda.lower_bounds_, n_iter=lda.n_iter_)
+
+
+@pytest.mark.parametrize("sizes", [[501, 500], [0, 1001]], ids=["uneven", "empty-rank"])
+def test_lda_batch_vi_across_processes_equals_one_process(sizes, tmp_path):
+    from elbokit import LDA
+
+    from ..conftest import make_lda_corpus
+
+    X, _, _ = make_lda_corpus(n_docs=1001, n_words=30, n_topics=3, doc_len=30, seed=3)
+    # a fixed number of local (per-document) iterations: how documents are grouped
+    # into batches then cannot change the result, only the order of the sums
+    kw = dict(n_topics=3, method="batch", dtype="float64", max_iter=8, tol=0, alpha="auto",
+              random_state=0, local_tol=0.0, local_max_iter=60)
+    spawn(_lda_fit, shards(X, sizes), kw, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        single = LDA(**kw).fit(X)
+    for rank in range(WORLD):
+        got = np.load(tmp_path / f"lda-{rank}.npz")
+        np.testing.assert_allclose(got["components"], single.components_, rtol=1e-9)
+        np.testing.assert_allclose(got["alpha"], single.alpha_, rtol=1e-9)
+        np.testing.assert_allclose(got["bounds"], single.lower_bounds_, rtol=1e-10)
+        assert int(got["n_iter"]) == single.n_iter_
+
+
+def test_lda_online_refuses_to_run_distributed_silently():
+    from elbokit import LDA
+
+    with pytest.raises(ValueError, match="torchrun"):
+        LDA(2, method="batch", distributed=True).fit(np.ones((3, 4)))

@@ -264,7 +264,7 @@ class SparseCounts:
 
 
 def as_counts(X, *, name="X", dtype=torch.float32, device=None, n_features=None,
-              integer=False) -> SparseCounts:
+              integer=False, allow_empty=False) -> SparseCounts:
     """Check a document-term count matrix and return it as :class:`SparseCounts`.
 
     Parameters
@@ -339,7 +339,7 @@ def as_counts(X, *, name="X", dtype=torch.float32, device=None, n_features=None,
         indptr = torch.from_numpy(m.indptr.astype(np.int64))
         indices = torch.from_numpy(m.indices.astype(np.int64))
         data = torch.from_numpy(np.asarray(m.data, dtype=np.float64))
-    if shape[0] < 1:
+    if shape[0] < 1 and not allow_empty:
         raise ValueError(f"{name} has 0 documents (shape={shape}): pass at least one.")
     if shape[1] < 1:
         raise ValueError(f"{name} has 0 words (shape={shape}): the vocabulary is empty.")

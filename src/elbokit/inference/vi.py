@@ -150,15 +150,27 @@ def accumulate(model: ConjugateVIModel, params, source, locals_: list | None = N
     """
     total: Statistics | None = None
     new_locals = []
-    for i, batch in enumerate(source):
-        local = None if locals_ is None or i >= len(locals_) else locals_[i]
-        res = model.local_step(params, batch, local)
-        new_locals.append(res.local)
-        stats = dict(res.stats, _bound=res.bound.to(torch.float64),
-                     _units=res.n_units.to(torch.float64))
-        total = _add(total, stats)
-    if total is None:
-        raise ValueError("the data source yielded no batch: it is empty.")
+    error = None
+    try:
+        for i, batch in enumerate(source):
+            local = None if locals_ is None or i >= len(locals_) else locals_[i]
+            res = model.local_step(params, batch, local)
+            new_locals.append(res.local)
+            stats = dict(res.stats, _bound=res.bound.to(torch.float64),
+                         _units=torch.as_tensor(res.n_units, dtype=torch.float64))
+            total = _add(total, stats)
+        if total is None:
+            if reduce is None or not hasattr(model, "zero_statistics"):
+                raise ValueError("the data source yielded no batch: it is empty.")
+            zeros = model.zero_statistics(params)  # an empty shard of a distributed fit
+            like = next(iter(zeros.values()))
+            total = dict(zeros, _bound=like.new_zeros(()), _units=like.new_zeros(()))
+    except Exception as err:  # noqa: BLE001 - handed to every rank, then re-raised
+        if not hasattr(reduce, "check"):
+            raise
+        error = err
+    if hasattr(reduce, "check"):
+        reduce.check(error)
     if reduce is not None:
         total = reduce(total)
     local_bound = total.pop("_bound")

@@ -320,6 +320,16 @@ class LDAModel:
                            gamma if table is None else table)
 
     # ------------------------------------------------------------ global
+    def zero_statistics(self, params: LDAParams) -> dict:
+        """The statistics of no document (an empty shard under torch.distributed)."""
+        K, V = params.concentration.shape
+        f64, device = torch.float64, params.concentration.device
+        stats = {"topic_word": torch.zeros(K, V, dtype=f64, device=device)}
+        if self.learn_alpha:
+            stats["elog_theta"] = torch.zeros(K, dtype=f64, device=device)
+            stats["n_docs"] = torch.zeros((), dtype=f64, device=device)
+        return stats
+
     def maximize(self, stats, params: LDAParams, scale: float = 1.0) -> LDAParams:
         """lambda = eta + scale * E[topic-word counts]; alpha by empirical Bayes if learned."""
         lam = params.eta[None, :] + scale * stats["topic_word"]
