@@ -21,6 +21,7 @@ from elbokit._validation import (
     to_output,
 )
 from elbokit.base import ElbokitEstimator
+from elbokit.inference import distributed
 from elbokit.inference.amortized import ELBOObjective, IWAEObjective, mean_elbo, train
 from elbokit.models.vae import (
     LIKELIHOODS,
@@ -90,6 +91,12 @@ class VAE(ElbokitEstimator):
         likelihood's parameters.
     random_state, device, dtype, verbose
         As for every elbokit estimator (verbose: 1 progress bar, 2 lines per epoch).
+    distributed : None, True or False, default=None
+        Train across the ranks of a ``torch.distributed`` process group, each
+        passing its own shard (uneven or empty shards are fine) to ``fit``:
+        DistributedDataParallel averages the gradients, the bounds are summed
+        over ranks, only rank 0 writes checkpoints; every rank ends with the
+        same weights. None detects an initialised group of several ranks.
 
     Attributes
     ----------
@@ -133,6 +140,7 @@ class VAE(ElbokitEstimator):
         device=None,
         dtype="float32",
         verbose=0,
+        distributed=None,
     ):
         self.latent_dim = latent_dim
         self.hidden_sizes = hidden_sizes
@@ -160,6 +168,7 @@ class VAE(ElbokitEstimator):
         self.device = device
         self.dtype = dtype
         self.verbose = verbose
+        self.distributed = distributed
 
     # ------------------------------------------------------------ checks
     def _check_hyperparameters(self):
@@ -293,6 +302,9 @@ class VAE(ElbokitEstimator):
         self
         """
         self._check_hyperparameters()
+        reducer = distributed.resolve(self.distributed)
+        if reducer is not None:
+            return self._fit_distributed(X, reducer, resume)
         Xt, _ = self._validate(X, reset=True)
         n = Xt.shape[0]
         n_val = int(math.floor(self.validation_fraction * n))
@@ -318,6 +330,45 @@ class VAE(ElbokitEstimator):
         self.lower_bounds_ = np.asarray(state.history["train"], dtype=np.float64)
         self.n_epochs_ = int(state.epoch)
         self.n_features_in_ = int(Xt.shape[1])
+        return self
+
+    def _fit_distributed(self, X, reducer, resume):
+        """``fit`` on this rank's shard, in step with the other ranks."""
+        dtype = resolve_dtype(self.dtype)
+        device = resolve_device(self.device, X)
+        try:
+            Xt, _ = as_2d_tensor(X, name="X", dtype=dtype, device=device, min_samples=0)
+            self._check_support(Xt)
+            error = None
+        except Exception as err:  # noqa: BLE001 - every rank learns of it, then it is raised
+            error = err
+        reducer.check(error)
+        n_features = int(Xt.shape[1])
+        seed = int(make_generator(self.random_state, torch.device("cpu")).initial_seed())
+        seed = int(reducer.broadcast(torch.tensor([float(seed)]), 0))  # one seed for the weights
+        devices = [Xt.device] if Xt.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed + reducer.rank)  # rank-specific shuffles and draws
+            n = Xt.shape[0]
+            n_val = int(math.floor(self.validation_fraction * n))
+            order = torch.randperm(n, device="cpu")
+            X_val, X_train = Xt[order[:n_val]], Xt[order[n_val:]]
+            torch.manual_seed(seed)
+            module = self._build(n_features, Xt.device, Xt.dtype)
+            torch.manual_seed(seed + reducer.rank)
+            state = train(
+                module, self._objective(), X_train, X_val if self.validation_fraction else None,
+                epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
+                prepare=self._prepare(), patience=self.patience,
+                checkpoint_dir=self.checkpoint_dir, resume=resume,
+                verbose=int(self.verbose) if reducer.rank == 0 else 0, reducer=reducer,
+            )
+        self.state_dict_ = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self._module = module
+        self.history_ = state.history
+        self.lower_bounds_ = np.asarray(state.history["train"], dtype=np.float64)
+        self.n_epochs_ = int(state.epoch)
+        self.n_features_in_ = n_features
         return self
 
     def _set_fitted_state(self, state: dict) -> None:

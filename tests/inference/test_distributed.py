@@ -189,3 +189,29 @@ def test_lda_online_refuses_to_run_distributed_silently():
 
     with pytest.raises(ValueError, match="torchrun"):
         LDA(2, method="batch", distributed=True).fit(np.ones((3, 4)))
+
+
+# ------------------------------------------------------------------ VAE (DistributedDataParallel)
+def _vae_fit(rank, parts, out):
+    from elbokit import VAE
+
+    vae = VAE(3, hidden_sizes=(32,), likelihood="continuous_bernoulli", epochs=3, batch_size=64,
+              random_state=0, checkpoint_dir=out / f"ckpt-{rank}").fit(parts[rank])
+    np.savez(out / f"vae-{rank}.npz", bounds=vae.lower_bounds_,
+             val=np.asarray(vae.history_["validation"]),
+             **{k.replace(".", "_"): v.numpy() for k, v in vae.state_dict_.items()})
+
+
+@pytest.mark.parametrize("sizes", [[600, 401], [0, 1001]], ids=["uneven", "empty-rank"])
+def test_vae_trains_as_one_model_across_processes(sizes, tmp_path):
+    from sklearn.datasets import load_digits
+
+    X = (load_digits().data[:1001] / 16.0).astype(np.float32)
+    spawn(_vae_fit, shards(X, sizes), tmp_path)
+    a, b = (np.load(tmp_path / f"vae-{r}.npz") for r in range(WORLD))
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:  # the same weights and the same (all-rank) bounds everywhere
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    assert a["bounds"][-1] > a["bounds"][0]
+    assert (tmp_path / "ckpt-0" / "checkpoint.json").is_file()  # rank 0 writes checkpoints,
+    assert not (tmp_path / "ckpt-1").exists()  # the others do not

@@ -18,6 +18,7 @@ resumes from one with the same result as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -56,9 +57,9 @@ class ELBOObjective:
         return self.beta * min(1.0, epoch / self.kl_warmup)
 
     def __call__(self, module, x, epoch: float = math.inf):
-        reconstruction, kl, q = module.elbo_terms(x)
+        reconstruction, kl, q = module(x)
         if self.free_bits > 0:
-            per_dim = module.kl_per_dimension(q).mean(0)
+            per_dim = _inner(module).kl_per_dimension(q).mean(0)
             penalty = per_dim.clamp_min(self.free_bits).sum()
         else:
             penalty = kl.mean()
@@ -73,7 +74,7 @@ class IWAEObjective:
     k: int = 5
 
     def __call__(self, module, x, epoch: float = math.inf):
-        bound = module.iwae(x, self.k)
+        bound = module(x, "iwae", self.k)
         return -bound.mean(), bound.detach()
 
 
@@ -94,16 +95,24 @@ def _batches(n: int, batch_size: int, device):
         yield order[start:start + batch_size]
 
 
+def _inner(module):
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(module, "module", module)
+
+
 @torch.no_grad()
-def mean_elbo(module, X, batch_size: int = 1024, prepare=None) -> float:
-    """Mean one-sample ELBO over X (float64 accumulation)."""
-    total = 0.0
+def mean_elbo(module, X, batch_size: int = 1024, prepare=None, reduce=None) -> float:
+    """Mean one-sample ELBO over X (float64 accumulation; summed over ranks with ``reduce``)."""
+    total = torch.zeros((), dtype=torch.float64, device=X.device)
     for start in range(0, X.shape[0], batch_size):
         x = X[start:start + batch_size]
         x = prepare(x) if prepare is not None else x
-        reconstruction, kl, _ = module.elbo_terms(x)
-        total += float((reconstruction - kl).double().sum())
-    return total / X.shape[0]
+        reconstruction, kl, _ = _inner(module).elbo_terms(x)
+        total += (reconstruction - kl).sum(dtype=torch.float64)
+    sums = {"total": total, "n": torch.tensor(float(X.shape[0]), dtype=torch.float64, device=X.device)}
+    if reduce is not None:
+        sums = reduce(sums)
+    return float(sums["total"]) / max(float(sums["n"]), 1.0)
 
 
 def _flatten_optimizer(optimizer) -> tuple[dict, dict]:
@@ -182,6 +191,7 @@ def train(
     checkpoint_dir=None,
     resume=None,
     verbose: int = 0,
+    reducer=None,
 ) -> TrainState:
     """Fit ``module`` by stochastic gradient ascent on ``objective``.
 
@@ -204,6 +214,11 @@ def train(
         Write a checkpoint there after every epoch.
     resume : path, optional
         A checkpoint directory to continue from.
+    reducer : Reducer, optional
+        Under ``torch.distributed``: the module is wrapped in
+        DistributedDataParallel (gradients averaged across ranks; uneven or
+        empty shards handled with its ``join``), the epoch and validation
+        bounds are summed over ranks, and only rank 0 writes checkpoints.
 
     Returns
     -------
@@ -214,6 +229,12 @@ def train(
     state = TrainState()
     if resume is not None:
         state = load_checkpoint(resume, module, optimizer)
+    model, join = module, contextlib.nullcontext
+    if reducer is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(module)  # also broadcasts rank 0's weights
+        join = model.join
     n = X_train.shape[0]
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     bar = tqdm(total=epochs, initial=state.epoch, desc="VAE", leave=False, file=sys.stderr,
@@ -222,16 +243,20 @@ def train(
         module.train()
         # summed on the device, read once per epoch: no host sync per step
         total = torch.zeros((), dtype=torch.float64, device=X_train.device)
-        for step, idx in enumerate(_batches(n, batch_size, X_train.device)):
-            x = X_train[idx]
-            if prepare is not None:
-                x = prepare(x)
-            loss, bound = objective(module, x, state.epoch + step / steps_per_epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += bound.sum(dtype=torch.float64)
-        mean = float(total) / n
+        with join():
+            for step, idx in enumerate(_batches(n, batch_size, X_train.device)):
+                x = X_train[idx]
+                if prepare is not None:
+                    x = prepare(x)
+                loss, bound = objective(model, x, state.epoch + step / steps_per_epoch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += bound.sum(dtype=torch.float64)
+        sums = {"total": total, "n": torch.tensor(float(n), dtype=torch.float64, device=total.device)}
+        if reducer is not None:
+            sums = reducer(sums)
+        mean = float(sums["total"]) / max(float(sums["n"]), 1.0)
         if not math.isfinite(mean):
             raise FloatingPointError(
                 f"the training bound became {mean} in epoch {state.epoch + 1}: lower lr, check the "
@@ -240,8 +265,8 @@ def train(
         state.epoch += 1
         state.history["train"].append(mean)
         module.eval()
-        if X_val is not None and X_val.shape[0] > 0:
-            val = mean_elbo(module, X_val, prepare=prepare)
+        if X_val is not None and (X_val.shape[0] > 0 or reducer is not None):
+            val = mean_elbo(module, X_val, prepare=prepare, reduce=reducer)
             state.history["validation"].append(val)
             if val > state.best:
                 state.best, state.best_epoch, state.stale = val, state.epoch, 0
@@ -254,7 +279,7 @@ def train(
                         if state.history["validation"] else "")
             print(f"  epoch {state.epoch:4d}  train bound {state.history['train'][-1]:.4f}{val_text}",
                   flush=True)
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and (reducer is None or reducer.rank == 0):
             save_checkpoint(checkpoint_dir, module, optimizer, state)
         if patience is not None and state.stale >= patience:
             break

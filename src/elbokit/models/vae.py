@@ -192,6 +192,13 @@ class VAEModule(nn.Module):
         self.decoder = decoder
         self.prior = prior
 
+    def forward(self, x, bound: str = "elbo", k: int = 1):
+        """The training quantities, through ``forward`` so that DistributedDataParallel
+        sees the call: ``elbo_terms(x)`` for "elbo", ``iwae(x, k)`` for "iwae"."""
+        if bound == "iwae":
+            return self.iwae(x, k)
+        return self.elbo_terms(x)
+
     def log_joint(self, x, z):
         """log p(x | z) + log p(z); z of shape (..., n, latent)."""
         return self.decoder(z).log_prob(x) + self.prior().log_prob(z)
