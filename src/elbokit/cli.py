@@ -131,9 +131,9 @@ def fit():
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--distributed", is_flag=True,
-              help="Under torchrun: each process fits its block of rows, statistics are summed "
-                   "across processes, rank 0 saves the model.")
+@click.option("--distributed/--no-distributed", default=None,
+              help="Under torchrun (the default there): each process fits its block of rows, "
+                   "statistics are summed across processes, rank 0 saves the model.")
 @click.option("--force", is_flag=True, help="Replace an existing model directory.")
 def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_covar, algorithm,
             batch_size, dtype, device, seed, distributed, force):
@@ -143,6 +143,7 @@ def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_c
     data = _check_data_path(data)
     out_dir = Path(out)
     _check_new(out_dir, force, "model directory")
+    distributed = _under_torchrun() if distributed is None else distributed
     rank = _init_distributed(device) if distributed else 0
     gm = GaussianMixture(components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
                          n_init=n_init, reg_covar=reg_covar, algorithm=algorithm,
@@ -167,6 +168,20 @@ def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_c
                f"{'converged' if gm.converged_ else 'NOT converged'}; saved to {out_dir}")
 
 
+def _under_torchrun() -> bool:
+    """True when torchrun (or another launcher) started several processes."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _distributed_option(f):
+    return click.option(
+        "--distributed/--no-distributed", default=None,
+        help="Under torchrun (the default there): each process trains on its block of the "
+             "data, in step with the others; rank 0 saves the model.")(f)
+
+
 def _init_distributed(device) -> int:
     """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA); the rank."""
     import os
@@ -186,19 +201,22 @@ def _init_distributed(device) -> int:
     return dist.get_rank()
 
 
-def _shard(data: str) -> np.ndarray:
+def _shard(data) -> np.ndarray:
     """This rank's contiguous block of rows (a .npy file is read for that block only)."""
     import torch.distributed as dist
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    if data.lower().endswith(".npy"):
+    if isinstance(data, str) and data.lower().endswith(".npy"):
         rows = np.load(data, mmap_mode="r")
-    else:
+    elif isinstance(data, str):
         from elbokit.report import load_rows
 
         rows = load_rows(data)
-    bounds = np.linspace(0, len(rows), world + 1).astype(int)
-    return np.array(rows[bounds[rank]:bounds[rank + 1]])
+    else:
+        rows = data
+    bounds = np.linspace(0, rows.shape[0], world + 1).astype(int)
+    block = rows[bounds[rank]:bounds[rank + 1]]
+    return block if hasattr(block, "tocsr") else np.array(block)
 
 
 @fit.command("vae")
@@ -215,9 +233,10 @@ def _shard(data: str) -> np.ndarray:
 @click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Use the first N rows.")
 @click.option("--device", default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
+@_distributed_option
 @click.option("--force", is_flag=True, help="Replace an existing model directory.")
 def fit_vae(data, out, latent_dim, hidden, likelihood, binarize, epochs, batch_size, lr, max_rows,
-            device, seed, force):
+            device, seed, distributed, force):
     """Train a variational autoencoder on DATA (IDX images, .npy, .csv or .parquet)."""
     from elbokit import VAE
 
@@ -229,12 +248,17 @@ def fit_vae(data, out, latent_dim, hidden, likelihood, binarize, epochs, batch_s
     except ValueError:
         raise UserError(f"--hidden {hidden!r}: give sizes like 512,256.") from None
     X = _in_memory(data)[:max_rows]
+    distributed = _under_torchrun() if distributed is None else distributed
+    rank = _init_distributed(device) if distributed else 0
     vae = VAE(latent_dim, hidden_sizes=hidden_sizes, likelihood=likelihood,
               binarize=None if binarize == "none" else binarize, epochs=epochs,
-              batch_size=batch_size, lr=lr, device=device, random_state=seed, verbose=1)
+              batch_size=batch_size, lr=lr, device=device, random_state=seed,
+              verbose=1 if rank == 0 else 0, distributed=distributed or None)
     start = time.perf_counter()
-    vae.fit(X)
+    vae.fit(_shard(X) if distributed else X)
     seconds = time.perf_counter() - start
+    if rank != 0:
+        return
     metrics = {"model": "vae", "data": str(Path(data).resolve()), "n_samples": len(X),
                "n_features": int(X.shape[1]), "fit_seconds": seconds,
                "train_bounds": vae.history_["train"], "validation_elbo": vae.history_["validation"]}
@@ -279,9 +303,10 @@ def _read_documents(data: str) -> list[str]:
               help="'english', 'none', or a file with one word per line.")
 @click.option("--device", default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
+@_distributed_option
 @click.option("--force", is_flag=True, help="Replace an existing model directory.")
 def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features, stop_words,
-            device, seed, force):
+            device, seed, distributed, force):
     """Fit LDA to a text corpus: one document per line, a folder of .txt files, or JSONL."""
     from elbokit import LDA
 
@@ -294,11 +319,19 @@ def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features,
     min_df = int(min_df) if min_df >= 1 else min_df
     corpus = _read_corpus(data, min_df=min_df, max_df=max_df, max_features=max_features,
                           stop_words=stop_words)
+    distributed = _under_torchrun() if distributed is None else distributed
+    rank = _init_distributed(device) if distributed else 0
     lda = LDA(n_topics, method=method, max_iter=max_iter, device=device, random_state=seed,
-              verbose=1)
+              verbose=1 if rank == 0 else 0, distributed=distributed or None)
     start = time.perf_counter()
-    lda.fit(corpus)
+    if distributed:  # the same vocabulary everywhere, each rank its block of documents
+        lda.fit(_shard(corpus.counts))
+        lda.vocabulary_, lda.vectorizer_params_ = list(corpus.vocabulary), dict(corpus.vectorizer_params)
+    else:
+        lda.fit(corpus)
     seconds = time.perf_counter() - start
+    if rank != 0:
+        return
     n_docs = corpus.counts.shape[0]
     metrics = {"model": "lda", "data": str(Path(data).resolve()), "n_documents": n_docs,
                "vocabulary_size": len(lda.vocabulary_), "fit_seconds": seconds,
