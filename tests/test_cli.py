@@ -222,3 +222,29 @@ def test_empty_corpus_is_a_clear_error(capsys, tmp_path):
     code, err = run_main(["fit", "lda", tmp_path / "empty.txt", "--out", tmp_path / "m"], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "m").exists()
+
+
+def test_fit_under_torchrun_shards_and_saves_once(iris_csv, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(__import__("pathlib").Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed beside this Python")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path, X = iris_csv
+    proc = subprocess.run(
+        [torchrun, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
+         "-m", "elbokit.cli", "fit", "gmm", str(path), "--out", str(tmp_path / "m"), "-k", "3",
+         "--dtype", "float64"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("saved to") == 1  # rank 0 alone writes
+    gm = elbokit.load(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text())["n_samples"] == 150
+    assert gm.score(X) == pytest.approx(gm.lower_bound_, rel=1e-6)  # the bound is global
