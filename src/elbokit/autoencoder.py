@@ -336,13 +336,12 @@ class VAE(ElbokitEstimator):
         """``fit`` on this rank's shard, in step with the other ranks."""
         dtype = resolve_dtype(self.dtype)
         device = resolve_device(self.device, X)
-        try:
+        def validate():
             Xt, _ = as_2d_tensor(X, name="X", dtype=dtype, device=device, min_samples=0)
             self._check_support(Xt)
-            error = None
-        except Exception as err:  # noqa: BLE001 - every rank learns of it, then it is raised
-            error = err
-        reducer.check(error)
+            return Xt
+
+        Xt = distributed.checked(reducer, validate)
         n_features = int(Xt.shape[1])
         seed = int(make_generator(self.random_state, torch.device("cpu")).initial_seed())
         seed = int(reducer.broadcast(torch.tensor([float(seed)]), 0))  # one seed for the weights

@@ -421,15 +421,8 @@ class GaussianMixture(ElbokitEstimator):
                 "algorithm='stepwise' runs in one process; under torch.distributed use "
                 "algorithm='em' (or pass distributed=False to fit each rank on its own)."
             )
-        try:
-            source, kind, n_features = self._data(X, sample_weight, reset=True, stepwise=stepwise,
-                                                   allow_empty=reducer is not None)
-        except Exception as err:  # noqa: BLE001 - every rank learns of it, then it is raised
-            if reducer is None:
-                raise
-            reducer.check(err)
-        if reducer is not None:
-            reducer.check(None)
+        source, kind, n_features = distributed.checked(reducer, lambda: self._data(
+            X, sample_weight, reset=True, stepwise=stepwise, allow_empty=reducer is not None))
         device = resolve_device(self.device, X if isinstance(X, torch.Tensor) else None)
         gen = make_generator(self.random_state, device)
         # the sample draws from its own stream, so that every kind of source

@@ -362,14 +362,8 @@ class LDA(ElbokitEstimator):
                 f"method={self.method!r} runs in one process; under torch.distributed use "
                 "method='batch' (or distributed=False to fit each rank on its own)."
             )
-        try:
-            counts = self._counts(X, reset=True, allow_empty=reducer is not None)
-        except Exception as err:  # noqa: BLE001 - every rank learns of it, then it is raised
-            if reducer is None:
-                raise
-            reducer.check(err)
-        if reducer is not None:
-            reducer.check(None)
+        counts = distributed.checked(
+            reducer, lambda: self._counts(X, reset=True, allow_empty=reducer is not None))
         n_words = counts.n_words if reducer is None else reducer.sum(counts.n_words)
         if n_words <= 0:
             raise ValueError("X has no words (every count is 0): there is nothing to fit.")

@@ -46,6 +46,18 @@ def resolve(setting) -> "Reducer | None":
     raise ValueError(f"distributed={setting!r}: use None/'auto', True or False.")
 
 
+def checked(reducer: "Reducer | None", fn):
+    """``fn()``; with a reducer, every rank raises if any rank's call raised."""
+    if reducer is None:
+        return fn()
+    try:
+        result = fn()
+    except Exception as err:  # noqa: BLE001 - every rank learns of it, then it is raised
+        reducer.check(err)
+    reducer.check(None)
+    return result
+
+
 class Reducer:
     """Sums statistics across the ranks of the default process group."""
 
