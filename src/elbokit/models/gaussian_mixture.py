@@ -325,7 +325,7 @@ class GaussianMixtureModel:
         if ct == "full":
             if Y is None:
                 Y = self._mahalanobis(prep, Xc)[1]
-            weighted = Y * rw.T.unsqueeze(1)  # (K, D, n)
+            weighted = Y * rw.T.contiguous().unsqueeze(1)  # (K, D, n); a contiguous factor vectorises
             stats["s1"] = weighted.sum(2).to(f64)
             stats["s2"] = torch.bmm(weighted, Y.transpose(1, 2)).to(f64)
             return stats
