@@ -101,3 +101,25 @@ def test_parameter_count_matches_sklearn():
     for ct in COVARIANCE_TYPES:
         sk = SK(4, covariance_type=ct, random_state=0).fit(X)
         assert n_parameters(4, 3, ct) == sk._n_parameters()
+
+
+def test_scatter_over_active_rows_equals_the_dense_scatter():
+    """float32 skips rows whose responsibility is negligible; the sums do not change."""
+    g = torch.Generator().manual_seed(0)
+    K, D, n = 6, 4, 300
+    Y = torch.randn(K, D, n, generator=g)
+    owner = torch.randint(0, K, (n,), generator=g)
+    rwt = torch.zeros(K, n)
+    rwt[owner, torch.arange(n)] = torch.rand(n, generator=g) * 0.5 + 0.5
+    rwt[(owner + 1) % K, torch.arange(n)] = 1e-12  # negligible: dropped
+    model = GaussianMixtureModel("full", 0.0, torch.float32)
+    Yk, kept = model._active_rows(Y, rwt)
+    assert Yk.shape[2] < n // 2  # the sparse path was taken
+    dense = torch.bmm(Y * rwt.unsqueeze(1), Y.transpose(1, 2))
+    sparse = torch.bmm(Yk * kept.unsqueeze(1), Yk.transpose(1, 2))
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close((Yk * kept.unsqueeze(1)).sum(2), (Y * rwt.unsqueeze(1)).sum(2),
+                               rtol=1e-5, atol=1e-6)
+    # float64 keeps every row
+    Y64, kept64 = GaussianMixtureModel("full", 0.0, torch.float64)._active_rows(Y.double(), rwt.double())
+    assert Y64.shape[2] == n

@@ -325,7 +325,9 @@ class GaussianMixtureModel:
         if ct == "full":
             if Y is None:
                 Y = self._mahalanobis(prep, Xc)[1]
-            weighted = Y * rw.T.contiguous().unsqueeze(1)  # (K, D, n); a contiguous factor vectorises
+            rwt = rw.T.contiguous()  # (K, n); a contiguous factor vectorises
+            Y, rwt = self._active_rows(Y, rwt)
+            weighted = Y * rwt.unsqueeze(1)  # (K, D, n')
             stats["s1"] = weighted.sum(2).to(f64)
             stats["s2"] = torch.bmm(weighted, Y.transpose(1, 2)).to(f64)
             return stats
@@ -336,6 +338,41 @@ class GaussianMixtureModel:
         else:
             stats["s2"] = (rw.mT @ Xc.square()).to(f64)
         return stats
+
+    def _active_rows(self, Y: torch.Tensor, rwt: torch.Tensor):
+        """Per component, only the rows whose responsibility is not negligible.
+
+        In float32, a row with r_nk < 1e-10 changes component k's sums by less
+        than float32 rounding, yet costs a full D x D rank-one update.  When
+        clusters are well separated most rows matter to one component, so the
+        scatter GEMM runs over (K, D, c) with c = the largest number of active
+        rows of any component (padded with zero weights), instead of (K, D, n).
+        float64 keeps every row.
+
+        Parameters
+        ----------
+        Y : Tensor, shape (K, D, n)
+        rwt : Tensor, shape (K, n)
+            Weighted responsibilities.
+        """
+        n = rwt.shape[1]
+        if self.dtype != torch.float32 or n < 64:
+            return Y, rwt
+        active = rwt > 1e-10
+        counts = active.sum(1)
+        width = int(counts.max())
+        if width > n // 2:
+            return Y, rwt
+        # each active row's slot among its component's active rows (no sort):
+        # inactive rows go to a spare column that is dropped
+        slot = torch.where(active, active.cumsum(1) - 1, width)
+        rows = torch.arange(n, device=rwt.device).expand_as(slot)
+        order = torch.zeros(rwt.shape[0], width + 1, dtype=torch.int64, device=rwt.device)
+        order = order.scatter_(1, slot, rows)[:, :width]
+        kept = torch.gather(rwt, 1, order)
+        kept = kept * (torch.arange(width, device=rwt.device) < counts[:, None])
+        Yk = torch.gather(Y, 2, order.unsqueeze(1).expand(-1, Y.shape[1], -1))
+        return Yk, kept
 
     def expected_statistics(self, params: GaussianMixtureParams, X, weight):
         """E-step on one batch: responsibilities by log-sum-exp, then statistics.
