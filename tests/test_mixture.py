@@ -7,11 +7,10 @@ import pytest
 import torch
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
-import elbokit
 from elbokit import ConvergenceWarning, GaussianMixture
 from elbokit.bounds import decompose_discrete
 
-from .conftest import COVARIANCE_TYPES, make_blobs_data
+from .conftest import COVARIANCE_TYPES
 
 
 def same_start(reference, **kw):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from elbokit._validation import (
 )
 from elbokit.base import ElbokitEstimator
 from elbokit.inference import distributed
-from elbokit.inference.amortized import ELBOObjective, IWAEObjective, mean_elbo, train
+from elbokit.inference.amortized import ELBOObjective, IWAEObjective, train
 from elbokit.models.vae import (
     LIKELIHOODS,
     PRIORS,

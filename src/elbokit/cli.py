@@ -100,79 +100,17 @@ def _echo_table(header: list[str], rows: list[list]) -> None:
         click.echo("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
 
 
-# ------------------------------------------------------------------ the group
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="elbokit")
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-@click.pass_context
-def cli(ctx, debug):
-    """elbokit: latent variable models fitted by EM, variational inference and Monte Carlo."""
-    ctx.obj = {"debug": debug}
-
-
-# ------------------------------------------------------------------ fit
-@cli.group()
-def fit():
-    """Fit a model to DATA and save it in a model directory."""
-
-
-@fit.command("gmm")
-@click.argument("data")
-@click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
-@click.option("--components", "-k", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--covariance-type", type=click.Choice(["full", "tied", "diag", "spherical"]),
-              default="full", show_default=True)
-@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True)
-@click.option("--n-init", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--reg-covar", type=click.FloatRange(min=0), default=1e-6, show_default=True)
-@click.option("--algorithm", type=click.Choice(["em", "stepwise"]), default="em", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None)
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
-@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--distributed/--no-distributed", default=None,
-              help="Under torchrun (the default there): each process fits its block of rows, "
-                   "statistics are summed across processes, rank 0 saves the model.")
-@click.option("--force", is_flag=True, help="Replace an existing model directory.")
-def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_covar, algorithm,
-            batch_size, dtype, device, seed, distributed, force):
-    """Fit a Gaussian mixture by EM to DATA (.csv, .npy or .parquet, streamed in chunks)."""
-    from elbokit import GaussianMixture
-
-    data = _check_data_path(data)
-    out_dir = Path(out)
-    _check_new(out_dir, force, "model directory")
-    distributed = _under_torchrun() if distributed is None else distributed
-    rank = _init_distributed(device) if distributed else 0
-    gm = GaussianMixture(components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
-                         n_init=n_init, reg_covar=reg_covar, algorithm=algorithm,
-                         batch_size=batch_size, dtype=dtype, device=device, random_state=seed,
-                         verbose=1 if rank == 0 else 0, distributed=distributed or None)
-    start = time.perf_counter()
-    gm.fit(_shard(data) if distributed else data)
-    seconds = time.perf_counter() - start
-    if rank != 0:
-        return
-    n = int(np.asarray(gm.predict(data)).shape[0])
-    metrics = {
-        "model": "gmm", "data": str(Path(data).resolve()), "n_samples": n,
-        "n_features": gm.n_features_in_, "fit_seconds": seconds,
-        "lower_bounds": [float(b) for b in gm.lower_bounds_],
-        "log_likelihood_per_sample": gm.lower_bound_, "converged": gm.converged_,
-        "n_iter": gm.n_iter_, "bic": gm.bic(data), "aic": gm.aic(data),
-    }
-    gm.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
-    click.echo(f"fitted K={components} {covariance_type} on {n} x {gm.n_features_in_} in "
-               f"{seconds:.2f} s: mean log p(x) {gm.lower_bound_:.4f}, {gm.n_iter_} iterations, "
-               f"{'converged' if gm.converged_ else 'NOT converged'}; saved to {out_dir}")
-
-
 def _under_torchrun() -> bool:
     """True when torchrun (or another launcher) started several processes."""
     import os
 
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _launch(distributed, device) -> tuple[bool, int]:
+    """Whether this fit runs across processes (by default: under torchrun), and this rank."""
+    distributed = _under_torchrun() if distributed is None else distributed
+    return distributed, (_init_distributed(device) if distributed else 0)
 
 
 def _distributed_option(f):
@@ -219,53 +157,69 @@ def _shard(data) -> np.ndarray:
     return block if hasattr(block, "tocsr") else np.array(block)
 
 
-@fit.command("vae")
+# ------------------------------------------------------------------ the group
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="elbokit")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx, debug):
+    """elbokit: latent variable models fitted by EM, variational inference and Monte Carlo."""
+    ctx.obj = {"debug": debug}
+
+
+# ------------------------------------------------------------------ fit
+@cli.group()
+def fit():
+    """Fit a model to DATA and save it in a model directory."""
+
+
+@fit.command("gmm")
 @click.argument("data")
 @click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
-@click.option("--latent-dim", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--hidden", default="512,256", show_default=True, help="Hidden layer sizes.")
-@click.option("--likelihood", type=click.Choice(["bernoulli", "continuous_bernoulli", "gaussian"]),
-              default="continuous_bernoulli", show_default=True)
-@click.option("--binarize", type=click.Choice(["none", "dynamic"]), default="none", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Use the first N rows.")
-@click.option("--device", default=None)
+@click.option("--components", "-k", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--covariance-type", type=click.Choice(["full", "tied", "diag", "spherical"]),
+              default="full", show_default=True)
+@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True)
+@click.option("--n-init", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--reg-covar", type=click.FloatRange(min=0), default=1e-6, show_default=True)
+@click.option("--algorithm", type=click.Choice(["em", "stepwise"]), default="em", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @_distributed_option
 @click.option("--force", is_flag=True, help="Replace an existing model directory.")
-def fit_vae(data, out, latent_dim, hidden, likelihood, binarize, epochs, batch_size, lr, max_rows,
-            device, seed, distributed, force):
-    """Train a variational autoencoder on DATA (IDX images, .npy, .csv or .parquet)."""
-    from elbokit import VAE
+def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_covar, algorithm,
+            batch_size, dtype, device, seed, distributed, force):
+    """Fit a Gaussian mixture by EM to DATA (.csv, .npy or .parquet, streamed in chunks)."""
+    from elbokit import GaussianMixture
 
     data = _check_data_path(data)
     out_dir = Path(out)
     _check_new(out_dir, force, "model directory")
-    try:
-        hidden_sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
-    except ValueError:
-        raise UserError(f"--hidden {hidden!r}: give sizes like 512,256.") from None
-    X = _in_memory(data)[:max_rows]
-    distributed = _under_torchrun() if distributed is None else distributed
-    rank = _init_distributed(device) if distributed else 0
-    vae = VAE(latent_dim, hidden_sizes=hidden_sizes, likelihood=likelihood,
-              binarize=None if binarize == "none" else binarize, epochs=epochs,
-              batch_size=batch_size, lr=lr, device=device, random_state=seed,
-              verbose=1 if rank == 0 else 0, distributed=distributed or None)
+    distributed, rank = _launch(distributed, device)
+    gm = GaussianMixture(components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
+                         n_init=n_init, reg_covar=reg_covar, algorithm=algorithm,
+                         batch_size=batch_size, dtype=dtype, device=device, random_state=seed,
+                         verbose=1 if rank == 0 else 0, distributed=distributed or None)
     start = time.perf_counter()
-    vae.fit(_shard(X) if distributed else X)
+    gm.fit(_shard(data) if distributed else data)
     seconds = time.perf_counter() - start
     if rank != 0:
         return
-    metrics = {"model": "vae", "data": str(Path(data).resolve()), "n_samples": len(X),
-               "n_features": int(X.shape[1]), "fit_seconds": seconds,
-               "train_bounds": vae.history_["train"], "validation_elbo": vae.history_["validation"]}
-    vae.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
-    click.echo(f"trained a VAE (latent {latent_dim}) on {X.shape[0]} x {X.shape[1]} for {epochs} "
-               f"epochs in {seconds:.1f} s: training bound {vae.history_['train'][-1]:.4f}; "
-               f"saved to {out_dir}")
+    n = int(np.asarray(gm.predict(data)).shape[0])
+    metrics = {
+        "model": "gmm", "data": str(Path(data).resolve()), "n_samples": n,
+        "n_features": gm.n_features_in_, "fit_seconds": seconds,
+        "lower_bounds": [float(b) for b in gm.lower_bounds_],
+        "log_likelihood_per_sample": gm.lower_bound_, "converged": gm.converged_,
+        "n_iter": gm.n_iter_, "bic": gm.bic(data), "aic": gm.aic(data),
+    }
+    gm.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    click.echo(f"fitted K={components} {covariance_type} on {n} x {gm.n_features_in_} in "
+               f"{seconds:.2f} s: mean log p(x) {gm.lower_bound_:.4f}, {gm.n_iter_} iterations, "
+               f"{'converged' if gm.converged_ else 'NOT converged'}; saved to {out_dir}")
 
 
 def _read_corpus(data: str, **kwargs):
@@ -319,8 +273,7 @@ def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features,
     min_df = int(min_df) if min_df >= 1 else min_df
     corpus = _read_corpus(data, min_df=min_df, max_df=max_df, max_features=max_features,
                           stop_words=stop_words)
-    distributed = _under_torchrun() if distributed is None else distributed
-    rank = _init_distributed(device) if distributed else 0
+    distributed, rank = _launch(distributed, device)
     lda = LDA(n_topics, method=method, max_iter=max_iter, device=device, random_state=seed,
               verbose=1 if rank == 0 else 0, distributed=distributed or None)
     start = time.perf_counter()
@@ -339,6 +292,54 @@ def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features,
     lda.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
     click.echo(f"fitted {n_topics} topics ({method}) on {n_docs} documents, "
                f"{len(lda.vocabulary_)} words, in {seconds:.2f} s; saved to {out_dir}")
+
+
+@fit.command("vae")
+@click.argument("data")
+@click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
+@click.option("--latent-dim", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--hidden", default="512,256", show_default=True, help="Hidden layer sizes.")
+@click.option("--likelihood", type=click.Choice(["bernoulli", "continuous_bernoulli", "gaussian"]),
+              default="continuous_bernoulli", show_default=True)
+@click.option("--binarize", type=click.Choice(["none", "dynamic"]), default="none", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Use the first N rows.")
+@click.option("--device", default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_distributed_option
+@click.option("--force", is_flag=True, help="Replace an existing model directory.")
+def fit_vae(data, out, latent_dim, hidden, likelihood, binarize, epochs, batch_size, lr, max_rows,
+            device, seed, distributed, force):
+    """Train a variational autoencoder on DATA (IDX images, .npy, .csv or .parquet)."""
+    from elbokit import VAE
+
+    data = _check_data_path(data)
+    out_dir = Path(out)
+    _check_new(out_dir, force, "model directory")
+    try:
+        hidden_sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
+    except ValueError:
+        raise UserError(f"--hidden {hidden!r}: give sizes like 512,256.") from None
+    X = _in_memory(data)[:max_rows]
+    distributed, rank = _launch(distributed, device)
+    vae = VAE(latent_dim, hidden_sizes=hidden_sizes, likelihood=likelihood,
+              binarize=None if binarize == "none" else binarize, epochs=epochs,
+              batch_size=batch_size, lr=lr, device=device, random_state=seed,
+              verbose=1 if rank == 0 else 0, distributed=distributed or None)
+    start = time.perf_counter()
+    vae.fit(_shard(X) if distributed else X)
+    seconds = time.perf_counter() - start
+    if rank != 0:
+        return
+    metrics = {"model": "vae", "data": str(Path(data).resolve()), "n_samples": len(X),
+               "n_features": int(X.shape[1]), "fit_seconds": seconds,
+               "train_bounds": vae.history_["train"], "validation_elbo": vae.history_["validation"]}
+    vae.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    click.echo(f"trained a VAE (latent {latent_dim}) on {X.shape[0]} x {X.shape[1]} for {epochs} "
+               f"epochs in {seconds:.1f} s: training bound {vae.history_['train'][-1]:.4f}; "
+               f"saved to {out_dir}")
 
 
 # ------------------------------------------------------------------ use a model

@@ -38,7 +38,6 @@ from elbokit.models.gaussian_mixture import (
     GaussianMixtureModel,
     GaussianMixtureParams,
     n_parameters,
-    precisions_cholesky_from_covariances,
     precisions_from_cholesky,
 )
 from elbokit.models.kmeans import kmeans_plusplus, lloyd, squared_distances

@@ -1,8 +1,5 @@
 """The amortised-VI objectives and training loop."""
 
-import math
-
-import pytest
 import torch
 
 from elbokit.inference.amortized import ELBOObjective, IWAEObjective

@@ -46,6 +46,11 @@ def resolve(setting) -> "Reducer | None":
     raise ValueError(f"distributed={setting!r}: use None/'auto', True or False.")
 
 
+def checker(reduce) -> "Reducer | None":
+    """``reduce`` when it can exchange error flags across ranks, else None."""
+    return reduce if hasattr(reduce, "check") else None
+
+
 def checked(reducer: "Reducer | None", fn):
     """``fn()``; with a reducer, every rank raises if any rank's call raised."""
     if reducer is None:

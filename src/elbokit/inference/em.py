@@ -31,6 +31,8 @@ import torch
 from sklearn.exceptions import ConvergenceWarning as _SklearnConvergenceWarning
 from tqdm.auto import tqdm
 
+from elbokit.inference.distributed import checked, checker
+
 Statistics = dict[str, torch.Tensor]
 
 
@@ -90,11 +92,25 @@ class EMRun:
         return self.lower_bounds[-1]
 
 
-def _add(total: Statistics | None, stats: Statistics) -> Statistics:
+def add_statistics(total: Statistics | None, stats: Statistics) -> Statistics:
+    """``total + stats`` key by key, in float64 (``stats`` itself when ``total`` is None)."""
     if total is None:
         return {k: v.to(torch.float64).clone() for k, v in stats.items()}
     for k, v in stats.items():
         total[k] += v
+    return total
+
+
+def _local_sums(model: EMModel, params, source) -> Statistics:
+    """This process's E-step: the statistics summed over its batches."""
+    total: Statistics | None = None
+    for X, weight in source:
+        stats, log_lik = model.expected_statistics(params, X, weight)
+        n = X.new_tensor(X.shape[0], dtype=torch.float64) if weight is None else weight.sum()
+        stats = dict(stats, _log_likelihood=log_lik, _weight=n.to(torch.float64))
+        total = add_statistics(total, stats)
+    if total is None:
+        raise ValueError("the data source yielded no batch: it is empty.")
     return total
 
 
@@ -116,22 +132,7 @@ def accumulate(model: EMModel, params, source, reduce: Callable | None = None):
     mean_log_likelihood : float
         Weighted per-sample mean of log p(x | params).
     """
-    total: Statistics | None = None
-    error = None
-    try:
-        for X, weight in source:
-            stats, log_lik = model.expected_statistics(params, X, weight)
-            n = X.new_tensor(X.shape[0], dtype=torch.float64) if weight is None else weight.sum()
-            stats = dict(stats, _log_likelihood=log_lik, _weight=n.to(torch.float64))
-            total = _add(total, stats)
-        if total is None:
-            raise ValueError("the data source yielded no batch: it is empty.")
-    except Exception as err:  # noqa: BLE001 - handed to every rank, then re-raised
-        if not hasattr(reduce, "check"):
-            raise
-        error = err
-    if hasattr(reduce, "check"):
-        reduce.check(error)
+    total = checked(checker(reduce), lambda: _local_sums(model, params, source))
     if reduce is not None:
         total = reduce(total)
     mean = float(total.pop("_log_likelihood") / total.pop("_weight"))

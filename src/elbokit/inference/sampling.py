@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
-from elbokit.inference.em import Statistics, _Progress
+from elbokit.inference.em import Statistics, _Progress, add_statistics
 
 
 class GibbsModel(Protocol):
@@ -95,11 +95,7 @@ def run_gibbs(model: GibbsModel, params, source, *, n_sweeps: int, burn_in: int,
             stats, log_lik, units, local = model.sample_local(run.params, batch, local, generator)
             new_locals.append(local)
             stats = dict(stats, _ll=log_lik.to(torch.float64), _units=units.to(torch.float64))
-            if total is None:
-                total = {k: v.to(torch.float64).clone() for k, v in stats.items()}
-            else:
-                for k, v in stats.items():
-                    total[k] += v
+            total = add_statistics(total, stats)
         if total is None:
             raise ValueError("the data source yielded no batch: it is empty.")
         if reduce is not None:

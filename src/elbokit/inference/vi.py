@@ -36,7 +36,8 @@ from typing import Any, Protocol
 
 import torch
 
-from elbokit.inference.em import ConvergenceWarning, Statistics, _Progress
+from elbokit.inference.distributed import checked, checker
+from elbokit.inference.em import ConvergenceWarning, Statistics, _Progress, add_statistics
 
 
 @dataclass
@@ -118,14 +119,6 @@ class VIRun:
         return self.lower_bounds[-1]
 
 
-def _add(total: Statistics | None, stats: Statistics) -> Statistics:
-    if total is None:
-        return {k: v.to(torch.float64).clone() for k, v in stats.items()}
-    for k, v in stats.items():
-        total[k] += v
-    return total
-
-
 def _check_finite(value: float, what: str) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise FloatingPointError(
@@ -148,29 +141,25 @@ def accumulate(model: ConjugateVIModel, params, source, locals_: list | None = N
     locals_ : list
         The updated local state per batch.
     """
-    total: Statistics | None = None
-    new_locals = []
-    error = None
-    try:
+    def local_pass():
+        total: Statistics | None = None
+        new_locals = []
         for i, batch in enumerate(source):
             local = None if locals_ is None or i >= len(locals_) else locals_[i]
             res = model.local_step(params, batch, local)
             new_locals.append(res.local)
             stats = dict(res.stats, _bound=res.bound.to(torch.float64),
                          _units=torch.as_tensor(res.n_units, dtype=torch.float64))
-            total = _add(total, stats)
+            total = add_statistics(total, stats)
         if total is None:
             if reduce is None or not hasattr(model, "zero_statistics"):
                 raise ValueError("the data source yielded no batch: it is empty.")
             zeros = model.zero_statistics(params)  # an empty shard of a distributed fit
             like = next(iter(zeros.values()))
             total = dict(zeros, _bound=like.new_zeros(()), _units=like.new_zeros(()))
-    except Exception as err:  # noqa: BLE001 - handed to every rank, then re-raised
-        if not hasattr(reduce, "check"):
-            raise
-        error = err
-    if hasattr(reduce, "check"):
-        reduce.check(error)
+        return total, new_locals
+
+    total, new_locals = checked(checker(reduce), local_pass)
     if reduce is not None:
         total = reduce(total)
     local_bound = total.pop("_bound")

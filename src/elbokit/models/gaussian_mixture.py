@@ -53,13 +53,6 @@ class GaussianMixtureParams:
     covariances: torch.Tensor
     precisions_cholesky: torch.Tensor
 
-    def to(self, dtype=None, device=None) -> "GaussianMixtureParams":
-        """The same parameters cast to ``dtype`` / moved to ``device``."""
-        return GaussianMixtureParams(
-            *(t.to(device=device, dtype=dtype) for t in
-              (self.weights, self.means, self.covariances, self.precisions_cholesky))
-        )
-
 
 class DegenerateComponentWarning(UserWarning):
     """A component lost all its samples and was re-seeded."""

@@ -27,8 +27,6 @@ Likelihoods p(x | z):
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.distributions import (
@@ -40,6 +38,7 @@ from torch.distributions import (
     Normal,
 )
 
+from elbokit.bounds import iwae_bound
 from elbokit.kl import kl_divergence
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian", "categorical")
@@ -231,7 +230,4 @@ class VAEModule(nn.Module):
 
         All k draws for all n points are one batched computation.
         """
-        q = self.encoder(x)
-        z = q.rsample((k,))  # (k, n, latent)
-        log_w = self.log_joint(x, z) - q.log_prob(z)
-        return torch.logsumexp(log_w, 0) - math.log(k)
+        return iwae_bound(lambda z: self.log_joint(x, z), self.encoder(x), k)
