@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from elbokit._validation import (
 )
 from elbokit.base import ElbokitEstimator
 from elbokit.inference import distributed
-from elbokit.inference.amortized import ELBOObjective, IWAEObjective, train
+from elbokit.inference.amortized import ELBOObjective, IWAEObjective, RowIndex, binarize, train
 from elbokit.models.vae import (
     LIKELIHOODS,
     PRIORS,
@@ -92,10 +93,14 @@ class VAE(ElbokitEstimator):
         As for every elbokit estimator (verbose: 1 progress bar, 2 lines per epoch).
     distributed : None, True or False, default=None
         Train across the ranks of a ``torch.distributed`` process group, each
-        passing its own shard (uneven or empty shards are fine) to ``fit``:
-        DistributedDataParallel averages the gradients, the bounds are summed
-        over ranks, only rank 0 writes checkpoints; every rank ends with the
-        same weights. None detects an initialised group of several ranks.
+        passing its own shard (uneven or empty shards are fine; rank r's rows
+        come after rank r-1's) to ``fit``. Every rank makes the shuffles and
+        random draws of whole mini-batches from rank 0's seed and computes
+        its rows' part of the loss; DistributedDataParallel averages the
+        gradients into the whole batch's. ``batch_size`` is the global batch
+        and the result equals the single-process fit on all rows up to
+        rounding. The bounds are summed over ranks, only rank 0 writes
+        checkpoints. None detects an initialised group of several ranks.
 
     Attributes
     ----------
@@ -267,9 +272,7 @@ class VAE(ElbokitEstimator):
         return ELBOObjective(float(self.beta), int(self.kl_warmup), float(self.free_bits))
 
     def _prepare(self):
-        if self.binarize == "dynamic":
-            return lambda x: torch.bernoulli(x)
-        return None
+        return binarize if self.binarize == "dynamic" else None
 
     @property
     def module_(self) -> VAEModule:
@@ -302,64 +305,47 @@ class VAE(ElbokitEstimator):
         """
         self._check_hyperparameters()
         reducer = distributed.resolve(self.distributed)
-        if reducer is not None:
-            return self._fit_distributed(X, reducer, resume)
-        Xt, _ = self._validate(X, reset=True)
-        n = Xt.shape[0]
+        if reducer is None:
+            Xt, _ = self._validate(X, reset=True)
+            n_features = int(Xt.shape[1])
+            sizes, rank = [Xt.shape[0]], 0
+        else:
+            def validate():
+                Xt, _ = as_2d_tensor(X, name="X", dtype=resolve_dtype(self.dtype),
+                                     device=resolve_device(self.device, X), min_samples=0)
+                self._check_support(Xt)
+                return Xt
+
+            Xt = distributed.checked(reducer, validate)
+            n_features = int(reducer.broadcast(torch.tensor([Xt.shape[1]]),
+                                               reducer.largest(Xt.shape[0])))
+            if Xt.shape[0] == 0:
+                Xt = Xt.reshape(0, n_features)
+            distributed.checked(reducer, lambda: self._check_width(Xt, n_features))
+            sizes, rank = reducer.sizes(Xt.shape[0]), reducer.rank
+        n = sum(sizes)
         n_val = int(math.floor(self.validation_fraction * n))
         if n - n_val < 1:
             raise ValueError(f"X has {n} samples: too few to train with validation_fraction="
                              f"{self.validation_fraction}.")
         seed = int(make_generator(self.random_state, torch.device("cpu")).initial_seed())
+        if reducer is not None:  # one seed: the same shuffles and draws on every rank
+            seed = reducer.same_seed(seed)
         devices = [Xt.device] if Xt.is_cuda else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             order = torch.randperm(n, device="cpu")
-            X_val, X_train = Xt[order[:n_val]], Xt[order[n_val:]]
-            module = self._build(Xt.shape[1], Xt.device, Xt.dtype)
+            offset = sum(sizes[:rank])
+            split = _split(order, n_val, offset, Xt.shape[0], sharded=reducer is not None)
+            X_val, X_train = Xt[split.val_rows], Xt[split.train_rows]
+            module = self._build(n_features, Xt.device, Xt.dtype)
             state = train(
                 module, self._objective(), X_train, X_val if n_val else None,
                 epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
                 prepare=self._prepare(), patience=self.patience,
-                checkpoint_dir=self.checkpoint_dir, resume=resume, verbose=int(self.verbose),
-            )
-        self.state_dict_ = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        self._module = module
-        self.history_ = state.history
-        self.lower_bounds_ = np.asarray(state.history["train"], dtype=np.float64)
-        self.n_epochs_ = int(state.epoch)
-        self.n_features_in_ = int(Xt.shape[1])
-        return self
-
-    def _fit_distributed(self, X, reducer, resume):
-        """``fit`` on this rank's shard, in step with the other ranks."""
-        dtype = resolve_dtype(self.dtype)
-        device = resolve_device(self.device, X)
-        def validate():
-            Xt, _ = as_2d_tensor(X, name="X", dtype=dtype, device=device, min_samples=0)
-            self._check_support(Xt)
-            return Xt
-
-        Xt = distributed.checked(reducer, validate)
-        n_features = int(Xt.shape[1])
-        seed = int(make_generator(self.random_state, torch.device("cpu")).initial_seed())
-        seed = int(reducer.broadcast(torch.tensor([float(seed)]), 0))  # one seed for the weights
-        devices = [Xt.device] if Xt.is_cuda else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed + reducer.rank)  # rank-specific shuffles and draws
-            n = Xt.shape[0]
-            n_val = int(math.floor(self.validation_fraction * n))
-            order = torch.randperm(n, device="cpu")
-            X_val, X_train = Xt[order[:n_val]], Xt[order[n_val:]]
-            torch.manual_seed(seed)
-            module = self._build(n_features, Xt.device, Xt.dtype)
-            torch.manual_seed(seed + reducer.rank)
-            state = train(
-                module, self._objective(), X_train, X_val if self.validation_fraction else None,
-                epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
-                prepare=self._prepare(), patience=self.patience,
                 checkpoint_dir=self.checkpoint_dir, resume=resume,
-                verbose=int(self.verbose) if reducer.rank == 0 else 0, reducer=reducer,
+                verbose=int(self.verbose) if rank == 0 else 0, reducer=reducer,
+                train_index=split.train_index, val_index=split.val_index,
             )
         self.state_dict_ = {k: v.detach().clone() for k, v in module.state_dict().items()}
         self._module = module
@@ -368,6 +354,12 @@ class VAE(ElbokitEstimator):
         self.n_epochs_ = int(state.epoch)
         self.n_features_in_ = n_features
         return self
+
+    @staticmethod
+    def _check_width(Xt, n_features):
+        if Xt.shape[0] and Xt.shape[1] != n_features:
+            raise ValueError(f"X has {Xt.shape[1]} features on this rank, but {n_features} on "
+                             "the others: every rank's shard needs the same columns.")
 
     def _set_fitted_state(self, state: dict) -> None:
         super()._set_fitted_state(state)
@@ -498,3 +490,33 @@ class VAE(ElbokitEstimator):
     def score(self, X, y=None, n_samples: int = 100):
         """Mean importance-sampled log p(x) per sample."""
         return float(np.mean(np.asarray(torch.as_tensor(self.score_samples(X, n_samples)).cpu())))
+
+
+@dataclass
+class _Split:
+    """This rank's training and validation rows, and where they sit globally."""
+
+    train_rows: torch.Tensor
+    val_rows: torch.Tensor
+    train_index: RowIndex | None
+    val_index: RowIndex | None
+
+
+def _split(order: torch.Tensor, n_val: int, offset: int, n_local: int, sharded: bool) -> _Split:
+    """Validation = the first ``n_val`` of the global shuffle ``order``; training = the rest.
+
+    In one process the splits are ``order``'s slices. A rank holding global
+    rows [offset, offset + n_local) keeps its rows of each split, sorted by
+    their position in that split, with a :class:`RowIndex` of those positions.
+    """
+    if not sharded:
+        return _Split(order[n_val:], order[:n_val], None, None)
+    where = torch.empty_like(order)
+    where[order] = torch.arange(order.numel())  # position of each global row in the shuffle
+    pos = where[offset:offset + n_local]
+    n = order.numel()
+    val = torch.nonzero(pos < n_val).flatten()
+    train = torch.nonzero(pos >= n_val).flatten()
+    val = val[torch.argsort(pos[val])]
+    train = train[torch.argsort(pos[train])]
+    return _Split(train, val, RowIndex(n - n_val, pos[train] - n_val), RowIndex(n_val, pos[val]))

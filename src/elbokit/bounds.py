@@ -105,9 +105,11 @@ def decompose_discrete(log_joint: torch.Tensor, q=None) -> BoundDecomposition:
     )
 
 
-def _log_weights(log_joint_fn: Callable, q: Distribution, n_samples: int) -> torch.Tensor:
-    """log p(x, z_s) - log q(z_s) for z_s ~ q, shape (n_samples, *batch)."""
-    z = q.rsample((n_samples,)) if q.has_rsample else q.sample((n_samples,))
+def _log_weights(log_joint_fn: Callable, q: Distribution, n_samples: int,
+                 z: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(x, z_s) - log q(z_s) for z_s ~ q (or the given z), shape (n_samples, *batch)."""
+    if z is None:
+        z = q.rsample((n_samples,)) if q.has_rsample else q.sample((n_samples,))
     return log_joint_fn(z) - q.log_prob(z)
 
 
@@ -133,16 +135,20 @@ def elbo_monte_carlo(log_joint_fn: Callable, q: Distribution, n_samples: int = 1
     return _log_weights(log_joint_fn, q, n_samples).mean(0)
 
 
-def iwae_bound(log_joint_fn: Callable, q: Distribution, n_samples: int) -> torch.Tensor:
+def iwae_bound(log_joint_fn: Callable, q: Distribution, n_samples: int,
+               z: torch.Tensor | None = None) -> torch.Tensor:
     """Importance-weighted bound log (1/k) sum_i p(x, z_i) / q(z_i), z_i ~ q.
 
     With k = 1 it is the ELBO estimate; it never falls below the ELBO in
     expectation and tends to log p(x) as k grows, so with a large k it is
     the importance-sampled estimate of log p(x) (a stochastic lower bound).
 
+    ``z``, optional, shape (n_samples, *batch, *event): draws from q made by
+    the caller (e.g. reparameterised from given noise); drawn here if None.
+
     Returns
     -------
     Tensor of q's batch shape
     """
-    log_w = _log_weights(log_joint_fn, q, n_samples)
+    log_w = _log_weights(log_joint_fn, q, n_samples, z)
     return torch.logsumexp(log_w, 0) - math.log(n_samples)

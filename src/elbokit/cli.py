@@ -136,7 +136,26 @@ def _init_distributed(device) -> int:
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=10))
+        _OWN_GROUP.append(True)
     return dist.get_rank()
+
+
+_OWN_GROUP: list = []  # non-empty once this command has opened the process group
+
+
+def _close_distributed(ok: bool) -> None:
+    """Close the process group this command opened (its threads must not outlive the
+    interpreter: that aborts the process). After a success the ranks first meet, so
+    that none exits while rank 0 still saves."""
+    if not _OWN_GROUP:
+        return
+    import torch.distributed as dist
+
+    _OWN_GROUP.clear()
+    if dist.is_initialized():
+        if ok:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def _shard(data) -> np.ndarray:
@@ -652,8 +671,10 @@ _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TypeError, KeyEr
 def main(argv=None) -> int:
     """Run the command; map errors to one line and an exit code (1 or 2)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    ok = False
     try:
         cli.main(args=argv, prog_name="elbokit", standalone_mode=False)
+        ok = True
         return 0
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -673,8 +694,8 @@ def main(argv=None) -> int:
             raise
         click.echo(f"error: {type(err).__name__}: {err}", err=True)
         return 1
-
-
+    finally:
+        _close_distributed(ok)
 
 
 def run() -> None:  # the console script

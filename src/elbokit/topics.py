@@ -110,11 +110,20 @@ class LDA(ElbokitEstimator):
     verbose : int, default=0
         0 silent, 1 a progress bar, 2 one line per iteration.
     distributed : None, True or False, default=None
-        Fit across the ranks of a ``torch.distributed`` process group
-        (``method="batch"``), each rank passing its own documents (possibly
-        none; the same vocabulary everywhere): the statistics are summed with
-        one all_reduce per iteration and rank 0's initial topics are
-        broadcast. None detects an initialised group of several ranks.
+        Fit across the ranks of a ``torch.distributed`` process group, each
+        rank passing its own documents (possibly none; the same vocabulary
+        everywhere; rank r's documents come after rank r-1's in the global
+        order). Every method: rank 0's seed is used everywhere, so the
+        initial topics are the same. ``batch``: the statistics are summed
+        with one all_reduce per iteration; ``online``: the mini-batches are
+        cut from one global shuffle and each rank works on its documents of
+        each (``batch_size`` is the global mini-batch), so batch and online
+        fits equal the single-process fit of all documents up to rounding;
+        ``gibbs``: each rank samples its documents' assignments, the counts
+        are summed and the topics drawn alike on every rank (the same
+        blocked Gibbs chain; its draws differ from one process's).
+        ``partial_fit``: each call is one step on the union of the ranks'
+        ``X``. None detects an initialised group of several ranks.
 
     Attributes
     ----------
@@ -357,20 +366,18 @@ class LDA(ElbokitEstimator):
         if isinstance(X, Corpus):
             vocabulary, vec_params = list(X.vocabulary), dict(X.vectorizer_params)
         reducer = distributed.resolve(self.distributed)
-        if reducer is not None and self.method != "batch":
-            raise ValueError(
-                f"method={self.method!r} runs in one process; under torch.distributed use "
-                "method='batch' (or distributed=False to fit each rank on its own)."
-            )
         counts = distributed.checked(
             reducer, lambda: self._counts(X, reset=True, allow_empty=reducer is not None))
         n_words = counts.n_words if reducer is None else reducer.sum(counts.n_words)
         if n_words <= 0:
             raise ValueError("X has no words (every count is 0): there is nothing to fit.")
         gen = make_generator(self.random_state, counts.device)
+        shard = None
+        if reducer is not None:  # one seed: the same initial topics and global draws everywhere
+            gen.manual_seed(reducer.same_seed(gen.initial_seed()))
+            sizes = reducer.sizes(counts.n_docs)
+            shard = (sum(sizes[:reducer.rank]), sum(sizes))
         params = self._initial_params(counts, gen)
-        if reducer is not None:  # rank 0's initial topics for everyone
-            params = LDAParams(reducer.broadcast(params.concentration, 0), params.alpha, params.eta)
         model = self._model()
         method = self.method
         if method == "batch":
@@ -381,13 +388,14 @@ class LDA(ElbokitEstimator):
             params, bounds = run.params, run.lower_bounds
             converged, n_iter, n_updates = run.converged, run.n_iter, run.n_updates
         elif method == "online":
-            source = CountBatches(counts, self.batch_size or 256, shuffle=True, generator=gen)
-            total = self.total_docs or counts.n_docs
+            source = CountBatches(counts, self.batch_size or 256, shuffle=True, generator=gen,
+                                  shard=shard)
+            total = self.total_docs or (counts.n_docs if shard is None else shard[1])
             table = GammaTable(counts.n_docs, int(self.n_topics), model.dtype, counts.device)
             run = run_online_vi(model, params, source, total=total, tau0=float(self.tau0),
                                 kappa=float(self.kappa), max_iter=int(self.max_iter),
                                 tol=float(self.tol), verbose=int(self.verbose),
-                                desc="LDA online VI", local=table)
+                                desc="LDA online VI", local=table, reduce=reducer)
             params, bounds = run.params, run.lower_bounds
             converged, n_iter, n_updates = run.converged, run.n_iter, run.n_updates
         else:
@@ -395,8 +403,14 @@ class LDA(ElbokitEstimator):
             draw = LDADraw(params.concentration / params.concentration.sum(1, keepdim=True),
                            params.alpha, params.eta)
             burn_in = self.max_iter // 2 if self.burn_in is None else int(self.burn_in)
+            # the globals' draws from gen (alike on every rank); each rank's locals from its own
+            local_seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
+            rank = 0 if reducer is None else reducer.rank
+            local_gen = torch.Generator(device=counts.device).manual_seed(
+                (local_seed + 7919 * rank) % 2**63)
             run = run_gibbs(model, draw, source, n_sweeps=int(self.max_iter), burn_in=burn_in,
-                            generator=gen, verbose=int(self.verbose), desc="LDA Gibbs")
+                            generator=gen, local_generator=local_gen, verbose=int(self.verbose),
+                            desc="LDA Gibbs", reduce=reducer)
             lam = params.eta[None, :] + run.mean_stats["topic_word"]
             params = LDAParams(lam, params.alpha, params.eta)
             bounds, converged, n_iter, n_updates = run.log_likelihoods, True, run.n_iter, run.n_iter
@@ -433,8 +447,12 @@ class LDA(ElbokitEstimator):
                 )
             vocabulary, vec_params = list(X.vocabulary), dict(X.vectorizer_params)
             X = X.counts
-        counts = self._counts(X, reset=first)
+        reducer = distributed.resolve(self.distributed)
+        counts = distributed.checked(
+            reducer, lambda: self._counts(X, reset=first, allow_empty=reducer is not None))
         gen = make_generator(self.random_state, counts.device)
+        if reducer is not None:  # rank 0's seed: the same initial topics everywhere
+            gen.manual_seed(reducer.same_seed(gen.initial_seed()))
         if first:
             params, t, bounds = self._initial_params(counts, gen), 0, []
         else:
@@ -443,9 +461,14 @@ class LDA(ElbokitEstimator):
             vocabulary, vec_params = self.vocabulary_, self.vectorizer_params_
         model = self._model()
         local_bounds, units = [], []
-        for batch in CountBatches(counts, self.batch_size or counts.n_docs):
+        if reducer is None:
+            batches = CountBatches(counts, self.batch_size or counts.n_docs)
+        else:  # one step per call, every rank's X (possibly empty) part of one mini-batch
+            batches = CountBatches(counts, shard=(0, max(1, counts.n_docs)))
+        for batch in batches:
             params, b, u = online_step(model, params, batch, total=float(self.total_docs), t=t,
-                                       tau0=float(self.tau0), kappa=float(self.kappa))
+                                       tau0=float(self.tau0), kappa=float(self.kappa),
+                                       reduce=reducer)
             t += 1
             local_bounds.append(b)
             units.append(u)

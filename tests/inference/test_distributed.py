@@ -184,34 +184,135 @@ def test_lda_batch_vi_across_processes_equals_one_process(sizes, tmp_path):
         assert int(got["n_iter"]) == single.n_iter_
 
 
-def test_lda_online_refuses_to_run_distributed_silently():
+@pytest.mark.parametrize("sizes", [[501, 500], [0, 1001]], ids=["uneven", "empty-rank"])
+def test_lda_online_vi_across_processes_equals_one_process(sizes, tmp_path):
+    """The mini-batches are cut from one global shuffle: each step sees the documents
+    one process's step sees."""
     from elbokit import LDA
 
-    with pytest.raises(ValueError, match="torchrun"):
-        LDA(2, method="batch", distributed=True).fit(np.ones((3, 4)))
+    from ..conftest import make_lda_corpus
+
+    X, _, _ = make_lda_corpus(n_docs=1001, n_words=30, n_topics=3, doc_len=30, seed=3)
+    kw = dict(n_topics=3, method="online", dtype="float64", max_iter=3, tol=0, batch_size=100,
+              random_state=5, local_tol=0.0, local_max_iter=40, alpha="auto")
+    spawn(_lda_fit, shards(X, sizes), kw, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        single = LDA(**kw).fit(X)
+    for rank in range(WORLD):
+        got = np.load(tmp_path / f"lda-{rank}.npz")
+        np.testing.assert_allclose(got["components"], single.components_, rtol=1e-9)
+        np.testing.assert_allclose(got["alpha"], single.alpha_, rtol=1e-9)
+        np.testing.assert_allclose(got["bounds"], single.lower_bounds_, rtol=1e-10)
+
+
+def _lda_partial_fit(rank, parts, kw, out):
+    from elbokit import LDA
+
+    lda = LDA(**kw)
+    for part in parts[rank]:
+        lda.partial_fit(part)
+    np.savez(out / f"lda-{rank}.npz", components=lda.components_)
+
+
+def test_lda_partial_fit_across_processes_steps_on_the_union(tmp_path):
+    from elbokit import LDA
+
+    from ..conftest import make_lda_corpus
+
+    X, _, _ = make_lda_corpus(n_docs=300, n_words=30, n_topics=3, doc_len=30, seed=4)
+    kw = dict(n_topics=3, dtype="float64", total_docs=300, random_state=1, local_tol=0.0,
+              local_max_iter=40)
+    batches = [X[0:100], X[100:200], X[200:300]]
+    # rank 0 holds 60, 0 and 100 documents of the three mini-batches
+    parts = [[b[:n] for b, n in zip(batches, (60, 0, 100))],
+             [b[n:] for b, n in zip(batches, (60, 0, 100))]]
+    spawn(_lda_partial_fit, parts, kw, tmp_path)
+    single = LDA(**kw, batch_size=100)
+    for b in batches:
+        single.partial_fit(b)
+    for rank in range(WORLD):
+        got = np.load(tmp_path / f"lda-{rank}.npz")
+        np.testing.assert_allclose(got["components"], single.components_, rtol=1e-9)
+
+
+def _lda_gibbs(rank, parts, kw, out):
+    from elbokit import LDA
+
+    lda = LDA(**kw).fit(parts[rank])
+    np.savez(out / f"gibbs-{rank}.npz", components=lda.components_, ll=lda.lower_bounds_)
+
+
+def test_lda_gibbs_across_processes(tmp_path):
+    """One chain: with rank 1 empty it is exactly the one-process chain; with the
+    documents split, every rank holds the same topics, which recover the true ones."""
+    from scipy.optimize import linear_sum_assignment
+
+    from elbokit import LDA
+
+    from ..conftest import make_lda_corpus
+
+    X, beta, _ = make_lda_corpus(n_docs=400, n_words=40, n_topics=4, doc_len=60, seed=0)
+    kw = dict(n_topics=4, method="gibbs", max_iter=40, random_state=2, eta=0.05)
+    single = LDA(**kw).fit(X)
+    spawn(_lda_gibbs, shards(X, [400, 0]), kw, tmp_path)
+    for rank in range(WORLD):
+        got = np.load(tmp_path / f"gibbs-{rank}.npz")
+        np.testing.assert_allclose(got["components"], single.components_, rtol=1e-12)
+        np.testing.assert_allclose(got["ll"], single.lower_bounds_, rtol=1e-12)
+    spawn(_lda_gibbs, shards(X, [150, 250]), kw, tmp_path)
+    a, b = (np.load(tmp_path / f"gibbs-{r}.npz") for r in range(WORLD))
+    np.testing.assert_array_equal(a["components"], b["components"])
+    assert not np.allclose(a["components"], single.components_)  # a different draw ...
+    topics = a["components"] / a["components"].sum(1, keepdims=True)
+    cost = np.abs(topics[:, None, :] - beta[None]).sum(2)
+    r, c = linear_sum_assignment(cost)
+    assert cost[r, c].max() < 0.2, cost[r, c]  # ... of the same posterior
+    assert abs(a["ll"][-10:].mean() - single.lower_bounds_[-10:].mean()) < 0.01
 
 
 # ------------------------------------------------------------------ VAE (DistributedDataParallel)
-def _vae_fit(rank, parts, out):
+VAE_CASES = {
+    "uneven": ([600, 401], dict(likelihood="continuous_bernoulli")),
+    "empty-rank-binarised-free-bits": ([0, 1001], dict(likelihood="bernoulli", binarize="dynamic",
+                                                       free_bits=0.05, kl_warmup=2)),
+    "uneven-iwae": ([1, 1000], dict(likelihood="bernoulli", binarize="dynamic", objective="iwae",
+                                    k=3)),
+}
+
+
+def _vae(**kw):
     from elbokit import VAE
 
-    vae = VAE(3, hidden_sizes=(32,), likelihood="continuous_bernoulli", epochs=3, batch_size=64,
-              random_state=0, checkpoint_dir=out / f"ckpt-{rank}").fit(parts[rank])
+    return VAE(3, hidden_sizes=(32,), epochs=3, batch_size=64, random_state=0, dtype="float64",
+               validation_fraction=0.1, **kw)
+
+
+def _vae_fit(rank, parts, kw, out):
+    vae = _vae(checkpoint_dir=out / f"ckpt-{rank}", **kw).fit(parts[rank])
     np.savez(out / f"vae-{rank}.npz", bounds=vae.lower_bounds_,
              val=np.asarray(vae.history_["validation"]),
              **{k.replace(".", "_"): v.numpy() for k, v in vae.state_dict_.items()})
 
 
-@pytest.mark.parametrize("sizes", [[600, 401], [0, 1001]], ids=["uneven", "empty-rank"])
-def test_vae_trains_as_one_model_across_processes(sizes, tmp_path):
+@pytest.mark.parametrize("case", list(VAE_CASES))
+def test_vae_across_processes_equals_one_process(case, tmp_path):
+    """Every rank makes the whole batch's shuffles and draws and keeps its rows, so the
+    weights and bounds are the single-process ones up to rounding."""
     from sklearn.datasets import load_digits
 
-    X = (load_digits().data[:1001] / 16.0).astype(np.float32)
-    spawn(_vae_fit, shards(X, sizes), tmp_path)
-    a, b = (np.load(tmp_path / f"vae-{r}.npz") for r in range(WORLD))
-    assert sorted(a.files) == sorted(b.files)
-    for key in a.files:  # the same weights and the same (all-rank) bounds everywhere
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
-    assert a["bounds"][-1] > a["bounds"][0]
+    sizes, kw = VAE_CASES[case]
+    X = load_digits().data[:1001] / 16.0
+    spawn(_vae_fit, shards(X, sizes), kw, tmp_path)
+    single = _vae(**kw).fit(X)
+    expected = dict(bounds=single.lower_bounds_, val=np.asarray(single.history_["validation"]),
+                    **{k.replace(".", "_"): v.numpy() for k, v in single.state_dict_.items()})
+    for rank in range(WORLD):
+        got = np.load(tmp_path / f"vae-{rank}.npz")
+        assert sorted(got.files) == sorted(expected)
+        for key in got.files:
+            np.testing.assert_allclose(got[key], expected[key], rtol=1e-9, atol=1e-11,
+                                       err_msg=f"rank {rank}: {key}")
+    assert single.lower_bounds_[-1] > single.lower_bounds_[0]
     assert (tmp_path / "ckpt-0" / "checkpoint.json").is_file()  # rank 0 writes checkpoints,
     assert not (tmp_path / "ckpt-1").exists()  # the others do not

@@ -409,13 +409,21 @@ class CountBatches:
         Visit documents in a new random order on each pass (online learning).
     generator : torch.Generator, optional
         Random source of the shuffling.
+    shard : (offset, n_global), optional
+        Under torch.distributed: ``counts`` are the global documents
+        [offset, offset + n_docs) of ``n_global``. Batches are then cut from
+        the global order (the same shuffle on every rank, with the same
+        generator state) and each yields this rank's documents of the global
+        batch, possibly none: every rank yields the same number of batches.
     """
 
-    def __init__(self, counts: SparseCounts, batch_size=None, shuffle=False, generator=None):
+    def __init__(self, counts: SparseCounts, batch_size=None, shuffle=False, generator=None,
+                 shard=None):
         self.counts = counts
-        self.n_samples = counts.n_docs
+        self.offset, self.n_samples = (0, counts.n_docs) if shard is None else map(int, shard)
+        self.sharded = shard is not None
         self.n_features = counts.n_features
-        self.batch_size = batch_size or counts.n_docs
+        self.batch_size = batch_size or self.n_samples or 1
         self.shuffle = shuffle
         self.generator = generator
 
@@ -429,6 +437,8 @@ class CountBatches:
             order = torch.randperm(n, generator=self.generator,
                                    device=self.generator.device if self.generator else "cpu")
             order = order.to(device)
+        elif self.sharded:
+            order = torch.arange(n, device=device)
         else:
             order = None
         for i, start in enumerate(range(0, n, self.batch_size)):
@@ -440,11 +450,15 @@ class CountBatches:
                 word, count = self.counts.indices[lo:hi], self.counts.data[lo:hi]
             else:
                 rows = order[start:stop]
+                if self.sharded:  # this rank's documents of the global batch
+                    local = rows - self.offset
+                    rows = local[(local >= 0) & (local < self.counts.n_docs)]
                 part = self.counts.take(rows)
                 lengths = part.indptr[1:] - part.indptr[:-1]
                 word, count = part.indices, part.data
-            doc = torch.repeat_interleave(torch.arange(stop - start, device=device), lengths)
-            yield DocBatch(doc, word, count, stop - start, i, rows)
+            n_docs = rows.shape[0]
+            doc = torch.repeat_interleave(torch.arange(n_docs, device=device), lengths)
+            yield DocBatch(doc, word, count, n_docs, i, rows)
 
 
 def read_documents(path) -> list[str]:

@@ -18,7 +18,6 @@ resumes from one with the same result as an uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -49,6 +48,7 @@ class ELBOObjective:
     beta: float = 1.0
     kl_warmup: int = 0
     free_bits: float = 0.0
+    k = 1  # draws per sample
 
     def kl_weight(self, epoch: float) -> float:
         """beta_t at (fractional) epoch t: beta * min(1, t / kl_warmup)."""
@@ -56,26 +56,86 @@ class ELBOObjective:
             return self.beta
         return self.beta * min(1.0, epoch / self.kl_warmup)
 
-    def __call__(self, module, x, epoch: float = math.inf):
-        reconstruction, kl, q = module(x)
+    def __call__(self, module, x, epoch: float = math.inf, *, noise=None, batch: Batch | None = None):
+        """(loss, per-sample bound) for the rows ``x`` of a (possibly split) batch.
+
+        Parameters
+        ----------
+        module : VAEModule or DistributedDataParallel
+        x : Tensor (n, D)
+            This process's rows of the batch.
+        epoch : float
+            Fractional epoch (for the KL warm-up).
+        noise : Tensor (n, 1, L), optional
+            The reparameterisation draws of these rows.
+        batch : Batch, optional
+            The whole batch's size and the ranks it is split over (default:
+            ``x`` is the whole batch). The loss is scaled so that the gradients
+            averaged over ranks equal the gradient of the whole batch's mean.
+        """
+        batch = batch or Batch(x.shape[0])
+        reconstruction, kl, q = module(x, "elbo", 1, noise)
         if self.free_bits > 0:
-            per_dim = _inner(module).kl_per_dimension(q).mean(0)
-            penalty = per_dim.clamp_min(self.free_bits).sum()
+            # sum_j max(lambda, mean_batch KL_j): its gradient flows through the
+            # dimensions whose mean over the *whole* batch exceeds lambda
+            per_dim = _inner(module).kl_per_dimension(q).sum(0) * batch.live
+            mean = batch.sum(per_dim.detach()) / batch.size
+            active = mean > self.free_bits
+            penalty = ((per_dim * active).sum() / batch.size
+                       + self.free_bits * (~active).sum())
         else:
-            penalty = kl.mean()
-        loss = -reconstruction.mean() + self.kl_weight(epoch) * penalty
-        return loss, (reconstruction - kl).detach()
+            penalty = kl.sum() * batch.live / batch.size
+        loss = -reconstruction.sum() * batch.live / batch.size + self.kl_weight(epoch) * penalty
+        return loss * batch.world, batch.rows((reconstruction - kl).detach())
 
 
 @dataclass
 class IWAEObjective:
-    """Negative importance-weighted bound with ``k`` samples."""
+    """Negative importance-weighted bound with ``k`` samples (see :class:`ELBOObjective`)."""
 
     k: int = 5
 
-    def __call__(self, module, x, epoch: float = math.inf):
-        bound = module(x, "iwae", self.k)
-        return -bound.mean(), bound.detach()
+    def __call__(self, module, x, epoch: float = math.inf, *, noise=None, batch: Batch | None = None):
+        batch = batch or Batch(x.shape[0])
+        bound = module(x, "iwae", self.k, noise)
+        return -bound.sum() * batch.live / batch.size * batch.world, batch.rows(bound.detach())
+
+
+@dataclass
+class Batch:
+    """A mini-batch as the loss sees it: its size over all ranks, and how to sum over them.
+
+    Attributes
+    ----------
+    size : int
+        Rows in the whole batch (all ranks).
+    world : int
+        Ranks whose gradients DistributedDataParallel averages (1 in one process).
+    reducer : Reducer, optional
+        Sums a tensor over the ranks.
+    placeholder : bool
+        This rank has no row of the batch and runs one placeholder row
+        instead (DistributedDataParallel needs every rank's backward pass);
+        it counts for nothing.
+    """
+
+    size: int
+    world: int = 1
+    reducer: object = None
+    placeholder: bool = False
+
+    @property
+    def live(self) -> float:
+        """Weight of this rank's rows in the sums: 0 for a placeholder row."""
+        return 0.0 if self.placeholder else 1.0
+
+    def rows(self, per_row: torch.Tensor) -> torch.Tensor:
+        """Per-row values of this rank's real rows (none for a placeholder)."""
+        return per_row[:0] if self.placeholder else per_row
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` summed over ranks."""
+        return value if self.reducer is None else self.reducer({"v": value})["v"]
 
 
 @dataclass
@@ -89,10 +149,68 @@ class TrainState:
     stale: int = 0
 
 
-def _batches(n: int, batch_size: int, device):
-    order = torch.randperm(n, device=device)
-    for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
+class RowIndex:
+    """Where this process's rows sit among the rows of all processes.
+
+    Training is defined on the *global* rows (all ranks' data, in one
+    order): the shuffles, the mini-batches and every random draw are made
+    identically on every rank for the whole batch, and each rank keeps the
+    part that is its own.  A fit over several processes therefore sees
+    exactly the batches and draws of a fit in one process.
+
+    Parameters
+    ----------
+    n_global : int
+        Rows over all ranks.
+    positions : LongTensor (n_local,), ascending, optional
+        Global positions of this rank's rows, in the order they are stored;
+        None when this process holds every row (positions 0..n_global-1).
+    """
+
+    def __init__(self, n_global: int, positions: torch.Tensor | None = None):
+        self.n_global = int(n_global)
+        self.positions = positions
+
+    def take(self, idx: torch.Tensor):
+        """This rank's part of the global rows ``idx``.
+
+        Returns
+        -------
+        keep : BoolTensor (len(idx),) or None
+            Which entries of ``idx`` are here (None: all of them).
+        rows : LongTensor
+            Their local row numbers, in the order of ``idx``.
+        """
+        if self.positions is None:
+            return None, idx
+        pos = self.positions.to(idx.device)
+        if pos.numel() == 0:
+            keep = torch.zeros_like(idx, dtype=torch.bool)
+            return keep, idx[keep]
+        loc = torch.searchsorted(pos, idx)
+        keep = (loc < pos.numel()) & (pos[loc.clamp(max=pos.numel() - 1)] == idx)
+        return keep, loc[keep]
+
+    def span(self, start: int, stop: int):
+        """Local rows whose global positions lie in [start, stop), and their offsets there."""
+        if self.positions is None:
+            return slice(start, stop), None
+        lo = int(torch.searchsorted(self.positions, torch.tensor(start)))
+        hi = int(torch.searchsorted(self.positions, torch.tensor(stop)))
+        return slice(lo, hi), self.positions[lo:hi] - start
+
+
+def _draws(index: RowIndex, idx_or_span, n: int, n_features: int, k: int, latent: int,
+           prepare, like: torch.Tensor):
+    """Random draws for ``n`` global rows (binarisation uniforms, reparameterisation noise),
+    made identically on every rank, restricted to this rank's rows by ``idx_or_span``."""
+    opts = dict(device=like.device, dtype=like.dtype)
+    u = torch.rand(n, n_features, **opts) if prepare is not None else None
+    noise = torch.randn(n, k, latent, **opts)
+    if idx_or_span is None:
+        return u, noise
+    u = u[idx_or_span] if u is not None else None
+    return u, noise[idx_or_span]
 
 
 def _inner(module):
@@ -100,19 +218,37 @@ def _inner(module):
     return getattr(module, "module", module)
 
 
+def binarize(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """A Bernoulli(x) draw from uniforms u (dynamic binarisation)."""
+    return (u < x).to(x.dtype)
+
+
 @torch.no_grad()
-def mean_elbo(module, X, batch_size: int = 1024, prepare=None, reduce=None) -> float:
-    """Mean one-sample ELBO over X (float64 accumulation; summed over ranks with ``reduce``)."""
+def mean_elbo(module, X, batch_size: int = 1024, prepare=None, reduce=None,
+              index: RowIndex | None = None) -> float:
+    """Mean one-sample ELBO over X (float64 accumulation; summed over ranks with ``reduce``).
+
+    ``prepare(x, u)``, optional, transforms a chunk with uniforms u of its
+    shape (dynamic binarisation). With ``index`` (several processes), X is
+    this rank's part of the global rows and the draws are the global ones.
+    """
+    index = index or RowIndex(X.shape[0])
+    inner = _inner(module)
     total = torch.zeros((), dtype=torch.float64, device=X.device)
-    for start in range(0, X.shape[0], batch_size):
-        x = X[start:start + batch_size]
-        x = prepare(x) if prepare is not None else x
-        reconstruction, kl, _ = _inner(module).elbo_terms(x)
+    for start in range(0, index.n_global, batch_size):
+        stop = min(index.n_global, start + batch_size)
+        rows, offsets = index.span(start, stop)
+        u, noise = _draws(index, offsets, stop - start, X.shape[1], 1, inner.latent_dim,
+                          prepare, X)
+        x = X[rows]
+        if x.shape[0] == 0:
+            continue
+        x = prepare(x, u) if prepare is not None else x
+        reconstruction, kl, _ = inner.elbo_terms(x, noise=noise)
         total += (reconstruction - kl).sum(dtype=torch.float64)
-    sums = {"total": total, "n": torch.tensor(float(X.shape[0]), dtype=torch.float64, device=X.device)}
     if reduce is not None:
-        sums = reduce(sums)
-    return float(sums["total"]) / max(float(sums["n"]), 1.0)
+        total = reduce({"total": total})["total"]
+    return float(total) / max(index.n_global, 1)
 
 
 def _flatten_optimizer(optimizer) -> tuple[dict, dict]:
@@ -192,6 +328,8 @@ def train(
     resume=None,
     verbose: int = 0,
     reducer=None,
+    train_index: RowIndex | None = None,
+    val_index: RowIndex | None = None,
 ) -> TrainState:
     """Fit ``module`` by stochastic gradient ascent on ``objective``.
 
@@ -199,11 +337,13 @@ def train(
     ----------
     module : VAEModule
     objective : callable
-        ``objective(module, x, epoch) -> (loss, per-sample bound)``.
+        ``objective(module, x, epoch, noise=..., batch=...) -> (loss, per-sample bound)``
+        with an attribute ``k`` (draws per sample).
     X_train, X_val : Tensor
         Training data and an optional validation split (on the module's device).
     prepare : callable, optional
-        Applied to every mini-batch before use (dynamic binarisation).
+        ``prepare(x, u)`` with uniforms u of x's shape, applied to every
+        mini-batch before use (dynamic binarisation).
 
     All randomness (shuffling, reparameterised draws, binarisation) comes from
     torch's global generators, which the checkpoints save and restore: run it
@@ -215,10 +355,16 @@ def train(
     resume : path, optional
         A checkpoint directory to continue from.
     reducer : Reducer, optional
-        Under ``torch.distributed``: the module is wrapped in
-        DistributedDataParallel (gradients averaged across ranks; uneven or
-        empty shards handled with its ``join``), the epoch and validation
-        bounds are summed over ranks, and only rank 0 writes checkpoints.
+        Under ``torch.distributed`` (with the same seed on every rank): the
+        module is wrapped in DistributedDataParallel; ``train_index`` and
+        ``val_index`` say which global rows ``X_train`` and ``X_val`` hold.
+        Every rank makes the same shuffles and draws for whole mini-batches
+        and computes its own rows' part of the loss, scaled so that
+        DistributedDataParallel's average of the gradients is the whole
+        batch's gradient: ``batch_size`` is the global batch, every rank takes
+        the same number of steps (uneven and empty shards need no special
+        case), and the result equals one process's up to rounding.  The
+        bounds are summed over ranks; only rank 0 writes checkpoints.
 
     Returns
     -------
@@ -229,13 +375,17 @@ def train(
     state = TrainState()
     if resume is not None:
         state = load_checkpoint(resume, module, optimizer)
-    model, join = module, contextlib.nullcontext
+    model, world = module, 1
     if reducer is not None:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(module)  # also broadcasts rank 0's weights
-        join = model.join
-    n = X_train.shape[0]
+        world = reducer.world_size
+    train_index = train_index or RowIndex(X_train.shape[0])
+    if X_val is not None:
+        val_index = val_index or RowIndex(X_val.shape[0])
+    n = train_index.n_global
+    latent, n_features, k = module.latent_dim, X_train.shape[1], int(objective.k)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     bar = tqdm(total=epochs, initial=state.epoch, desc="VAE", leave=False, file=sys.stderr,
                disable=verbose != 1)
@@ -243,20 +393,27 @@ def train(
         module.train()
         # summed on the device, read once per epoch: no host sync per step
         total = torch.zeros((), dtype=torch.float64, device=X_train.device)
-        with join():
-            for step, idx in enumerate(_batches(n, batch_size, X_train.device)):
-                x = X_train[idx]
-                if prepare is not None:
-                    x = prepare(x)
-                loss, bound = objective(model, x, state.epoch + step / steps_per_epoch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += bound.sum(dtype=torch.float64)
-        sums = {"total": total, "n": torch.tensor(float(n), dtype=torch.float64, device=total.device)}
+        order = torch.randperm(n, device=X_train.device)
+        for step, start in enumerate(range(0, n, batch_size)):
+            idx = order[start:start + batch_size]
+            keep, rows = train_index.take(idx)
+            u, noise = _draws(train_index, keep, idx.shape[0], n_features, k, latent, prepare,
+                              X_train)
+            x = X_train[rows]
+            if prepare is not None:
+                x = prepare(x, u)
+            placeholder = reducer is not None and x.shape[0] == 0
+            if placeholder:  # nothing of this batch here: one row that counts for nothing
+                x, noise = x.new_zeros(1, n_features), noise.new_zeros(1, k, latent)
+            loss, bound = objective(model, x, state.epoch + step / steps_per_epoch, noise=noise,
+                                    batch=Batch(idx.shape[0], world, reducer, placeholder))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += bound.sum(dtype=torch.float64)
         if reducer is not None:
-            sums = reducer(sums)
-        mean = float(sums["total"]) / max(float(sums["n"]), 1.0)
+            total = reducer({"total": total})["total"]
+        mean = float(total) / max(n, 1)
         if not math.isfinite(mean):
             raise FloatingPointError(
                 f"the training bound became {mean} in epoch {state.epoch + 1}: lower lr, check the "
@@ -265,8 +422,8 @@ def train(
         state.epoch += 1
         state.history["train"].append(mean)
         module.eval()
-        if X_val is not None and (X_val.shape[0] > 0 or reducer is not None):
-            val = mean_elbo(module, X_val, prepare=prepare, reduce=reducer)
+        if X_val is not None and val_index.n_global > 0:
+            val = mean_elbo(module, X_val, prepare=prepare, reduce=reducer, index=val_index)
             state.history["validation"].append(val)
             if val > state.best:
                 state.best, state.best_epoch, state.stale = val, state.epoch, 0

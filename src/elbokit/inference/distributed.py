@@ -111,12 +111,23 @@ class Reducer:
         dist.all_reduce(t)
         return float(t)
 
-    def largest(self, value: int) -> int:
-        """The rank holding the largest ``value`` (the lowest such rank on ties)."""
+    def same_seed(self, seed: int) -> int:
+        """Rank 0's ``seed`` on every rank (below 2**53: exact through float64)."""
+        t = torch.tensor([float(int(seed) % 2**53)], dtype=torch.float64, device=self._device())
+        dist.broadcast(t, 0)
+        return int(t)
+
+    def sizes(self, value: int) -> list[int]:
+        """Every rank's ``value`` (an integer such as its number of rows), in rank order."""
         values = torch.zeros(self.world_size, dtype=torch.float64, device=self._device())
         values[self.rank] = float(value)
         dist.all_reduce(values)
-        return int(torch.argmax(values))
+        return [int(v) for v in values.tolist()]
+
+    def largest(self, value: int) -> int:
+        """The rank holding the largest ``value`` (the lowest such rank on ties)."""
+        values = self.sizes(value)
+        return values.index(max(values))
 
     def broadcast(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
         """``tensor`` of rank ``src`` on every rank (same shape everywhere)."""

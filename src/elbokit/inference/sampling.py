@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
+from elbokit.inference.distributed import checked, checker
 from elbokit.inference.em import Statistics, _Progress, add_statistics
 
 
@@ -79,25 +80,47 @@ class GibbsRun:
 
 def run_gibbs(model: GibbsModel, params, source, *, n_sweeps: int, burn_in: int,
               generator: torch.Generator, verbose: int = 0,
-              reduce: Callable | None = None, desc: str = "Gibbs") -> GibbsRun:
-    """Run ``n_sweeps`` blocked Gibbs sweeps; average statistics after ``burn_in``."""
+              reduce: Callable | None = None, desc: str = "Gibbs",
+              local_generator: torch.Generator | None = None) -> GibbsRun:
+    """Run ``n_sweeps`` blocked Gibbs sweeps; average statistics after ``burn_in``.
+
+    ``generator`` draws the globals, ``local_generator`` (default: the same)
+    the locals. Under torch.distributed (``reduce`` given) each rank sweeps
+    its own items with its own ``local_generator``, the statistics are summed
+    over ranks, and every rank draws the same globals from ``generator``
+    (seeded alike everywhere): the locals of different items are independent
+    given the globals, so this is the same blocked Gibbs chain as in one
+    process, not an approximation. A rank with no item takes part with zero
+    statistics.
+    """
     if not 0 <= burn_in < n_sweeps:
         raise ValueError(f"burn_in={burn_in} must be in [0, n_sweeps={n_sweeps}).")
+    local_generator = local_generator or generator
     run = GibbsRun(params=params)
     progress = _Progress(verbose, n_sweeps, desc)
     kept = 0
     previous = -float("inf")
-    for sweep in range(1, n_sweeps + 1):
+
+    def local_sweep():
         total: Statistics | None = None
         new_locals = []
         for i, batch in enumerate(source):
             local = run.locals[i] if i < len(run.locals) else None
-            stats, log_lik, units, local = model.sample_local(run.params, batch, local, generator)
+            stats, log_lik, units, local = model.sample_local(run.params, batch, local,
+                                                              local_generator)
             new_locals.append(local)
             stats = dict(stats, _ll=log_lik.to(torch.float64), _units=units.to(torch.float64))
             total = add_statistics(total, stats)
         if total is None:
-            raise ValueError("the data source yielded no batch: it is empty.")
+            if reduce is None or not hasattr(model, "zero_statistics"):
+                raise ValueError("the data source yielded no batch: it is empty.")
+            zeros = model.zero_statistics(run.params)  # an empty shard of a distributed fit
+            like = next(iter(zeros.values()))
+            total = dict(zeros, _ll=like.new_zeros(()), _units=like.new_zeros(()))
+        return total, new_locals
+
+    for sweep in range(1, n_sweeps + 1):
+        total, new_locals = checked(checker(reduce), local_sweep)
         if reduce is not None:
             total = reduce(total)
         run.locals = new_locals

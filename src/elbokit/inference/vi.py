@@ -220,13 +220,23 @@ def step_size(t: int, tau0: float, kappa: float) -> float:
     return float((tau0 + t) ** (-kappa))
 
 
+def _empty_result(model: ConjugateVIModel, params) -> LocalResult:
+    """The local result of no item (a rank with nothing of a mini-batch)."""
+    stats = model.zero_statistics(params)
+    like = next(iter(stats.values()))
+    return LocalResult(stats, like.new_zeros(()), 0, like.new_zeros(()))
+
+
 def online_step(model: ConjugateVIModel, params, batch, *, total: float, t: int,
-                tau0: float, kappa: float, local=None):
+                tau0: float, kappa: float, local=None, reduce: Callable | None = None):
     """One stochastic natural-gradient step on a mini-batch.
 
     ``t`` is the number of updates made before this one; the step is
     rho = (tau0 + t + 1)^-kappa. ``local`` is handed to the model's local
     step as is (None: a fresh start; or a model-defined warm-start store).
+    With ``reduce`` (several processes), ``batch`` is this rank's part of
+    the mini-batch (possibly no item): statistics, item and unit counts and
+    bound terms are summed over ranks before the identical global step.
 
     Returns
     -------
@@ -237,11 +247,26 @@ def online_step(model: ConjugateVIModel, params, batch, *, total: float, t: int,
     units : float64 tensor
         The mini-batch's units, scaled alike.
     """
-    res = model.local_step(params, batch, local)
-    scale = float(total) / res.n_items
-    target = model.maximize(res.stats, params, scale)
+    def local_step():
+        if reduce is not None and getattr(batch, "n_docs", 1) == 0:
+            return _empty_result(model, params)
+        return model.local_step(params, batch, local)
+
+    res = checked(checker(reduce), local_step)
+    stats, bound, units = res.stats, res.bound.to(torch.float64), res.n_units
+    n_items = float(res.n_items)
+    if reduce is not None:
+        f64 = dict(dtype=torch.float64, device=bound.device)
+        summed = reduce(dict(stats, _bound=bound, _units=torch.as_tensor(units, **f64),
+                             _items=torch.tensor(n_items, **f64)))
+        bound, units, n_items = summed.pop("_bound"), summed.pop("_units"), float(summed.pop("_items"))
+        stats = summed
+    if n_items <= 0:
+        raise ValueError("a mini-batch held no item: the data source yielded an empty batch.")
+    scale = float(total) / n_items
+    target = model.maximize(stats, params, scale)
     new = model.blend(params, target, step_size(t + 1, tau0, kappa))
-    return new, res.bound.to(torch.float64) * scale, res.n_units.to(torch.float64) * scale
+    return new, bound * scale, torch.as_tensor(units).to(torch.float64) * scale
 
 
 def online_bound(model: ConjugateVIModel, params, local_bounds, units) -> float:
@@ -258,14 +283,16 @@ def online_bound(model: ConjugateVIModel, params, local_bounds, units) -> float:
 
 def run_online_vi(model: ConjugateVIModel, params, source, *, total: float, tau0: float,
                   kappa: float, max_iter: int, tol: float, verbose: int = 0, t0: int = 0,
-                  desc: str = "online VI", local=None) -> VIRun:
+                  desc: str = "online VI", local=None, reduce: Callable | None = None) -> VIRun:
     """Stochastic VI: ``max_iter`` passes over ``source`` (mini-batches).
 
     The per-pass bound is :func:`online_bound` over the pass's mini-batches,
     with the global term at the end of the pass; the run stops early when it
     changes by less than ``tol`` between passes. ``local``, if given, is a
     model-defined store handed to every local step (e.g. to warm-start the
-    local updates of items seen at an earlier pass).
+    local updates of items seen at an earlier pass). With ``reduce``, every
+    rank's ``source`` yields its part of the same sequence of mini-batches
+    (see :func:`online_step`).
     """
     run = VIRun(params=params, n_updates=t0)
     progress = _Progress(verbose, max_iter, desc)
@@ -275,7 +302,7 @@ def run_online_vi(model: ConjugateVIModel, params, source, *, total: float, tau0
         for batch in source:
             run.params, b, u = online_step(model, run.params, batch, total=total,
                                            t=run.n_updates, tau0=tau0, kappa=kappa,
-                                           local=local)
+                                           local=local, reduce=reduce)
             run.n_updates += 1
             local_bounds.append(b)
             units.append(u)

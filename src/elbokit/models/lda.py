@@ -321,11 +321,16 @@ class LDAModel:
 
     # ------------------------------------------------------------ global
     def zero_statistics(self, params: LDAParams) -> dict:
-        """The statistics of no document (an empty shard under torch.distributed)."""
-        K, V = params.concentration.shape
-        f64, device = torch.float64, params.concentration.device
+        """The statistics of no document (an empty shard under torch.distributed).
+
+        ``params``: LDAParams (variational; expected statistics) or LDADraw
+        (Gibbs; sampled topic-word counts only).
+        """
+        table = params.topic_word if isinstance(params, LDADraw) else params.concentration
+        K, V = table.shape
+        f64, device = torch.float64, table.device
         stats = {"topic_word": torch.zeros(K, V, dtype=f64, device=device)}
-        if self.learn_alpha:
+        if self.learn_alpha and not isinstance(params, LDADraw):
             stats["elog_theta"] = torch.zeros(K, dtype=f64, device=device)
             stats["n_docs"] = torch.zeros((), dtype=f64, device=device)
         return stats

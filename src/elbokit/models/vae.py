@@ -191,33 +191,53 @@ class VAEModule(nn.Module):
         self.decoder = decoder
         self.prior = prior
 
-    def forward(self, x, bound: str = "elbo", k: int = 1):
+    @property
+    def latent_dim(self) -> int:
+        """Number of latent dimensions L."""
+        return int(self.prior.loc.shape[-1])
+
+    def forward(self, x, bound: str = "elbo", k: int = 1, noise=None):
         """The training quantities, through ``forward`` so that DistributedDataParallel
-        sees the call: ``elbo_terms(x)`` for "elbo", ``iwae(x, k)`` for "iwae"."""
+        sees the call: ``elbo_terms(x, noise)`` for "elbo", ``iwae(x, k, noise)`` for "iwae"."""
         if bound == "iwae":
-            return self.iwae(x, k)
-        return self.elbo_terms(x)
+            return self.iwae(x, k, noise=noise)
+        return self.elbo_terms(x, noise=noise)
 
     def log_joint(self, x, z):
         """log p(x | z) + log p(z); z of shape (..., n, latent)."""
         return self.decoder(z).log_prob(x) + self.prior().log_prob(z)
 
-    def elbo_terms(self, x, *, kl_samples: int = 1):
+    def elbo_terms(self, x, *, noise=None):
         """One-sample reconstruction term and the KL term, per sample.
+
+        Parameters
+        ----------
+        x : Tensor (n, D)
+        noise : Tensor (n, L) or (n, 1, L), optional
+            Standard normal draws for the reparameterisation
+            z = loc(x) + scale(x) * noise; drawn here when not given (the
+            training loop passes them, so that every sample's draw is the
+            same however the batch is split across processes).
 
         Returns
         -------
         reconstruction : Tensor (n,)
             log p(x | z) with z ~ q(z | x) reparameterised.
         kl : Tensor (n,)
-            KL(q(z | x) || p(z)), analytic when registered, else Monte Carlo.
+            KL(q(z | x) || p(z)): analytic for the N(0, I) prior; for the
+            learned mixture prior the one-sample estimate log q(z|x) - log p(z)
+            at the same z (unbiased, so reconstruction - kl is an unbiased ELBO).
         q : Independent
             The posterior approximation.
         """
         q = self.encoder(x)
-        z = q.rsample()
+        z = q.rsample() if noise is None else _reparameterise(q, noise.reshape(q.base_dist.loc.shape))
         reconstruction = self.decoder(z).log_prob(x)
-        kl = kl_divergence(q, self.prior(), n_samples=max(2, kl_samples))
+        prior = self.prior()
+        if isinstance(self.prior, StandardNormalPrior):
+            kl = kl_divergence(q, prior)
+        else:
+            kl = q.log_prob(z) - prior.log_prob(z)
         return reconstruction, kl, q
 
     def kl_per_dimension(self, q):
@@ -225,9 +245,18 @@ class VAEModule(nn.Module):
         base = q.base_dist
         return kl_divergence(base, Normal(torch.zeros_like(base.loc), torch.ones_like(base.scale)))
 
-    def iwae(self, x, k: int):
+    def iwae(self, x, k: int, noise=None):
         """Importance-weighted bound with k samples per data point, shape (n,).
 
-        All k draws for all n points are one batched computation.
+        All k draws for all n points are one batched computation. ``noise``,
+        optional, shape (n, k, L): the standard normal draws (see :meth:`elbo_terms`).
         """
-        return iwae_bound(lambda z: self.log_joint(x, z), self.encoder(x), k)
+        q = self.encoder(x)
+        z = None if noise is None else _reparameterise(q, noise.transpose(0, 1))
+        return iwae_bound(lambda z: self.log_joint(x, z), q, k, z=z)
+
+
+def _reparameterise(q: Independent, noise: torch.Tensor) -> torch.Tensor:
+    """z = loc + scale * noise for q = N(loc, diag scale^2); noise (..., n, L)."""
+    base = q.base_dist
+    return base.loc + base.scale * noise
