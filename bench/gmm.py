@@ -300,6 +300,8 @@ def main():
     parser.add_argument("--device", default="cpu", help="device for elbokit (cpu or cuda)")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--types", default="full,tied,diag,spherical",
+                        help="covariance types of the 100k x 32 x 32 cases (diag also runs 1M x 16 x 16)")
     parser.add_argument("--skip-stream", action="store_true")
     parser.add_argument("--stream-rows", type=int, default=10_000_000)
     parser.add_argument("--workdir", default=tempfile.gettempdir())
@@ -314,8 +316,10 @@ def main():
     if args.quick:
         cases = [(20_000, 16, 8, ct) for ct in ("full", "tied", "diag", "spherical")]
     else:
-        cases = [(100_000, 32, 32, ct) for ct in ("full", "tied", "diag", "spherical")]
-        cases.append((1_000_000, 16, 16, "diag"))
+        types = [t for t in args.types.split(",") if t]
+        cases = [(100_000, 32, 32, ct) for ct in ("full", "tied", "diag", "spherical") if ct in types]
+        if "diag" in types:
+            cases.append((1_000_000, 16, 16, "diag"))
     for case in cases:
         print_case(case, args.iters, bench_case(case, args.iters, args.device, systems),
                    args.device, matmul)

@@ -45,9 +45,9 @@ from elbokit.models.kmeans import kmeans_plusplus, lloyd, squared_distances
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 ALGORITHMS = ("em", "stepwise")
 _INIT_SAMPLE = 100_000  # rows k-means initialisation sees at most
-# elements of one (K, D, chunk) work tensor: on a CPU small enough to stay in
+# elements of one (chunk, K, D) work tensor: on a CPU small enough to stay in
 # cache; on a GPU large enough that kernel launches do not dominate
-_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
+_CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 26}
 
 
 @io.register

@@ -107,19 +107,20 @@ def test_scatter_over_active_rows_equals_the_dense_scatter():
     """float32 skips rows whose responsibility is negligible; the sums do not change."""
     g = torch.Generator().manual_seed(0)
     K, D, n = 6, 4, 300
-    Y = torch.randn(K, D, n, generator=g)
+    Y = torch.randn(n, K, D, generator=g)
     owner = torch.randint(0, K, (n,), generator=g)
-    rwt = torch.zeros(K, n)
-    rwt[owner, torch.arange(n)] = torch.rand(n, generator=g) * 0.5 + 0.5
-    rwt[(owner + 1) % K, torch.arange(n)] = 1e-12  # negligible: dropped
+    rw = torch.zeros(n, K)
+    rw[torch.arange(n), owner] = torch.rand(n, generator=g) * 0.5 + 0.5
+    rw[torch.arange(n), (owner + 1) % K] = 1e-12  # negligible: dropped
     model = GaussianMixtureModel("full", 0.0, torch.float32)
-    Yk, kept = model._active_rows(Y, rwt)
-    assert Yk.shape[2] < n // 2  # the sparse path was taken
-    dense = torch.bmm(Y * rwt.unsqueeze(1), Y.transpose(1, 2))
-    sparse = torch.bmm(Yk * kept.unsqueeze(1), Yk.transpose(1, 2))
+    Yk, kept = model._active_rows(Y, rw)
+    assert Yk.shape[:2] == kept.shape and Yk.shape[1] < n // 2  # the sparse path was taken
+    Yt, rwt = Y.transpose(0, 1), rw.T  # (K, n, D), (K, n)
+    dense = torch.bmm((Yt * rwt.unsqueeze(2)).mT, Yt)
+    sparse = torch.bmm((Yk * kept.unsqueeze(2)).mT, Yk)
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close((Yk * kept.unsqueeze(1)).sum(2), (Y * rwt.unsqueeze(1)).sum(2),
+    torch.testing.assert_close((Yk * kept.unsqueeze(2)).sum(1), (Yt * rwt.unsqueeze(2)).sum(1),
                                rtol=1e-5, atol=1e-6)
     # float64 keeps every row
-    Y64, kept64 = GaussianMixtureModel("full", 0.0, torch.float64)._active_rows(Y.double(), rwt.double())
-    assert Y64.shape[2] == n
+    Y64, kept64 = GaussianMixtureModel("full", 0.0, torch.float64)._active_rows(Y.double(), rw.double())
+    assert Y64.shape[1] == n
