@@ -12,7 +12,9 @@ log-likelihoods compare like with like.
 
 Cases: N=100000, D=32, K=32 for each covariance type; N=1000000, D=16,
 K=16 diag; and a streamed fit of a 10^7 x 32 float32 .npy file from disk
-(elbokit alone).  Printed: seconds per iteration, the ratio of each anchor's
+(elbokit alone).  Each fit runs ``--repeats`` times (default 3) and the
+fastest counts (the machine's neighbours make single runs vary by up to
+30%).  Printed: seconds per iteration, the ratio of each anchor's
 time to elbokit's, mean log-likelihood per sample, peak RSS, and for the
 full-covariance case the achieved GFLOP/s next to torch.matmul's.
 """
@@ -151,7 +153,7 @@ def fit_pomegranate(X, ct, init, iters, device):
 FITTERS = {"elbokit": fit_elbokit, "sklearn": fit_sklearn, "pomegranate": fit_pomegranate}
 
 
-def child(system, case, init_path, iters, device, queue):
+def child(system, case, init_path, iters, device, repeats, queue):
     """Run one fit in this (fresh) process and report time, score and peak RSS."""
     warnings.simplefilter("ignore")  # ConvergenceWarning at tol=0 is expected
     try:
@@ -163,7 +165,11 @@ def child(system, case, init_path, iters, device, queue):
         init = dict(np.load(init_path))
         FITTERS[system](X[:5000], ct, init, 1, device)  # warm-up: first-call costs
         base = rss_mb()
-        seconds, params = FITTERS[system](X, ct, init, iters, device)
+        times = []
+        for _ in range(repeats):  # the fastest of a few: this machine's neighbours are noisy
+            seconds, params = FITTERS[system](X, ct, init, iters, device)
+            times.append(seconds)
+        seconds = min(times)
         peak = rss_mb()
         score = score_with_elbokit(X, ct, **params)
         queue.put({"seconds": seconds, "score": score, "rss": peak, "base": base})
@@ -201,11 +207,11 @@ def matmul_gflops(device="cpu", n=2048, reps=5):
 
 
 def full_flops_per_iteration(n, d, k):
-    """E-step GEMM (n x (D+1) x KD) plus M-step scatter (K x D x n x D)."""
-    return 2 * n * k * d * (d + 1) + 2 * n * k * d * d
+    """E-step GEMM (n x D x KD) plus the dense M-step scatter (K x D x n x D)."""
+    return 2 * n * k * d * d + 2 * n * k * d * d
 
 
-def bench_case(case, iters, device, systems):
+def bench_case(case, iters, device, systems, repeats=3):
     n, d, k, ct = case
     X = make_data(n, d, k)
     init = initial_params(X, k, ct)
@@ -219,13 +225,14 @@ def bench_case(case, iters, device, systems):
                 results[system] = {"error": f"pomegranate has no {ct!r} covariance"}
                 continue
             results[system] = run_child(system, case, str(init_path), iters,
-                                        device if system == "elbokit" else "cpu")
+                                        device if system == "elbokit" else "cpu", repeats)
     return results
 
 
 def print_case(case, iters, results, device, matmul):
     n, d, k, ct = case
-    print(f"\nN={n:,} D={d} K={k} covariance_type={ct!r}, {iters} EM iterations from the same start")
+    print(f"\nN={n:,} D={d} K={k} covariance_type={ct!r}, {iters} EM iterations from the same start"
+          " (fastest of the repeats)")
     ours = results.get("elbokit", {})
     print(f"  {'system':<12} {'s/iter':>9} {'anchor/elbokit':>15} {'mean log p(x)':>14} "
           f"{'peak RSS MB':>12} {'(data+libs MB)':>15}")
@@ -299,6 +306,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--device", default="cpu", help="device for elbokit (cpu or cuda)")
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="fits per system and case; the fastest is reported")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--types", default="full,tied,diag,spherical",
                         help="covariance types of the 100k x 32 x 32 cases (diag also runs 1M x 16 x 16)")
@@ -321,7 +330,7 @@ def main():
         if "diag" in types:
             cases.append((1_000_000, 16, 16, "diag"))
     for case in cases:
-        print_case(case, args.iters, bench_case(case, args.iters, args.device, systems),
+        print_case(case, args.iters, bench_case(case, args.iters, args.device, systems, args.repeats),
                    args.device, matmul)
         sys.stdout.flush()
     if not args.skip_stream:

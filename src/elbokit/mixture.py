@@ -45,9 +45,11 @@ from elbokit.models.kmeans import kmeans_plusplus, lloyd, squared_distances
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 ALGORITHMS = ("em", "stepwise")
 _INIT_SAMPLE = 100_000  # rows k-means initialisation sees at most
-# elements of one (chunk, K, D) work tensor: on a CPU small enough to stay in
-# cache; on a GPU large enough that kernel launches do not dominate
-_CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 26}
+# elements of one chunk's work tensor, (chunk, K + D) or for full covariances
+# the (chunk, K, D) residuals: on a CPU small enough to stay in cache (the
+# full type's fewer, larger GEMMs pay off up to twice that); on a GPU large
+# enough that kernel launches do not dominate
+_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 
 
 @io.register
@@ -241,7 +243,10 @@ class GaussianMixture(ElbokitEstimator):
         if stepwise:
             return 1024
         per_row = self._model().work_per_row(self.n_components, n_features)
-        budget = _CHUNK_ELEMENTS.get(torch.device(device).type, _CHUNK_ELEMENTS["cpu"])
+        kind = torch.device(device).type
+        budget = _CHUNK_ELEMENTS.get(kind, _CHUNK_ELEMENTS["cpu"])
+        if kind != "cuda" and self.covariance_type == "full":
+            budget *= 2
         return max(256, budget // per_row)
 
     def _source(self, X, weight=None) -> InMemorySource:
