@@ -205,7 +205,6 @@ class GaussianMixtureModel:
         self.dtype = dtype
         self._cache: tuple | None = None
         self._buffer: torch.Tensor | None = None
-        self._ids: torch.Tensor | None = None
         self.n_reseeded = 0
 
     def work_per_row(self, n_components: int, n_features: int) -> int:
@@ -373,31 +372,23 @@ class GaussianMixtureModel:
         rwk : Tensor, shape (K, c)
         """
         n, K, D = Y.shape
-        rwt = rw.T.contiguous()  # (K, n)
         if self.dtype == torch.float32 and n >= 64:
-            active = rwt > 1e-10
-            counts = active.sum(1)
-            width = int(counts.max())
+            # the active (component, row) pairs, grouped by component, rows ascending
+            k, i = torch.nonzero(rw.T > 1e-10).unbind(1)
+            counts = torch.bincount(k, minlength=K)
+            width = int(counts.max()) if k.numel() else 0
             if width <= n // 2:
-                # each active row's slot among its component's active rows (no sort):
-                # inactive rows go to a spare column that is dropped; unused slots
+                # pair j goes to slot j - start[k] of its component; unused slots
                 # keep weight 0 and point at row 0
-                slot = torch.where(active, active.cumsum(1) - 1, width)
-                flat = torch.zeros(K, width + 1, dtype=torch.int64, device=rw.device)
-                flat = flat.scatter_(1, slot, self._row_ids(n, K, rw.device))[:, :width]
-                kept = torch.zeros(K, width + 1, dtype=rwt.dtype, device=rw.device)
-                kept = kept.scatter_(1, slot, rwt)[:, :width]
-                Yk = Y.reshape(n * K, D).index_select(0, flat.reshape(-1)).view(K, width, D)
-                return Yk, kept
-        return Y.transpose(0, 1), rwt
-
-    def _row_ids(self, n: int, K: int, device) -> torch.Tensor:
-        """ids[k, i] = i * K + k: the row of y_ik in Y viewed as (n * K, D) (cached)."""
-        ids = self._ids
-        if ids is None or ids.shape != (K, n) or ids.device != torch.device(device):
-            ids = (torch.arange(n, device=device) * K + torch.arange(K, device=device)[:, None])
-            self._ids = ids
-        return ids
+                slot = torch.arange(k.numel(), device=rw.device) - (torch.cumsum(counts, 0) - counts)[k]
+                dest = k * width + slot
+                flat = torch.zeros(K * width, dtype=torch.int64, device=rw.device)
+                flat[dest] = i * K + k  # row (i, k) of Y viewed as (n * K, D)
+                kept = torch.zeros(K * width, dtype=rw.dtype, device=rw.device)
+                kept[dest] = rw[i, k]
+                Yk = Y.reshape(n * K, D).index_select(0, flat).view(K, width, D)
+                return Yk, kept.view(K, width)
+        return Y.transpose(0, 1), rw.T
 
     def expected_statistics(self, params: GaussianMixtureParams, X, weight):
         """E-step on one batch: responsibilities by log-sum-exp, then statistics.
