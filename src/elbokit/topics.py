@@ -118,7 +118,9 @@ class LDA(ElbokitEstimator):
         with one all_reduce per iteration; ``online``: the mini-batches are
         cut from one global shuffle and each rank works on its documents of
         each (``batch_size`` is the global mini-batch), so batch and online
-        fits equal the single-process fit of all documents up to rounding;
+        fits do the single-process arithmetic in another order (equal to
+        rounding with float64 and ``local_tol=0``; a per-document stopping
+        test can flip on a rounding difference);
         ``gibbs``: each rank samples its documents' assignments, the counts
         are summed and the topics drawn alike on every rank (the same
         blocked Gibbs chain; its draws differ from one process's).
