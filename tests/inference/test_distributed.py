@@ -161,17 +161,26 @@ def _lda_fit(rank, parts, kw, out):
              bounds=lda.lower_bounds_, n_iter=lda.n_iter_)
 
 
+# a fixed number of local (per-document) iterations: how documents are grouped
+# into batches then cannot change the result, only the order of the sums.
+# Online: the mini-batches are cut from one global shuffle, so each step sees
+# the documents one process's step sees.
+LDA_METHODS = {
+    "batch": dict(method="batch", max_iter=8, random_state=0, local_max_iter=60),
+    "online": dict(method="online", max_iter=3, batch_size=100, random_state=5, local_max_iter=40),
+}
+
+
 @pytest.mark.parametrize("sizes", [[501, 500], [0, 1001]], ids=["uneven", "empty-rank"])
-def test_lda_batch_vi_across_processes_equals_one_process(sizes, tmp_path):
+@pytest.mark.parametrize("method", list(LDA_METHODS))
+def test_lda_vi_across_processes_equals_one_process(method, sizes, tmp_path):
     from elbokit import LDA
 
     from ..conftest import make_lda_corpus
 
     X, _, _ = make_lda_corpus(n_docs=1001, n_words=30, n_topics=3, doc_len=30, seed=3)
-    # a fixed number of local (per-document) iterations: how documents are grouped
-    # into batches then cannot change the result, only the order of the sums
-    kw = dict(n_topics=3, method="batch", dtype="float64", max_iter=8, tol=0, alpha="auto",
-              random_state=0, local_tol=0.0, local_max_iter=60)
+    kw = dict(n_topics=3, dtype="float64", tol=0, alpha="auto", local_tol=0.0,
+              **LDA_METHODS[method])
     spawn(_lda_fit, shards(X, sizes), kw, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -182,28 +191,6 @@ def test_lda_batch_vi_across_processes_equals_one_process(sizes, tmp_path):
         np.testing.assert_allclose(got["alpha"], single.alpha_, rtol=1e-9)
         np.testing.assert_allclose(got["bounds"], single.lower_bounds_, rtol=1e-10)
         assert int(got["n_iter"]) == single.n_iter_
-
-
-@pytest.mark.parametrize("sizes", [[501, 500], [0, 1001]], ids=["uneven", "empty-rank"])
-def test_lda_online_vi_across_processes_equals_one_process(sizes, tmp_path):
-    """The mini-batches are cut from one global shuffle: each step sees the documents
-    one process's step sees."""
-    from elbokit import LDA
-
-    from ..conftest import make_lda_corpus
-
-    X, _, _ = make_lda_corpus(n_docs=1001, n_words=30, n_topics=3, doc_len=30, seed=3)
-    kw = dict(n_topics=3, method="online", dtype="float64", max_iter=3, tol=0, batch_size=100,
-              random_state=5, local_tol=0.0, local_max_iter=40, alpha="auto")
-    spawn(_lda_fit, shards(X, sizes), kw, tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        single = LDA(**kw).fit(X)
-    for rank in range(WORLD):
-        got = np.load(tmp_path / f"lda-{rank}.npz")
-        np.testing.assert_allclose(got["components"], single.components_, rtol=1e-9)
-        np.testing.assert_allclose(got["alpha"], single.alpha_, rtol=1e-9)
-        np.testing.assert_allclose(got["bounds"], single.lower_bounds_, rtol=1e-10)
 
 
 def _lda_partial_fit(rank, parts, kw, out):
