@@ -18,6 +18,7 @@ resumes from one with the same result as an uninterrupted run.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -389,6 +390,7 @@ def train(
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     bar = tqdm(total=epochs, initial=state.epoch, desc="VAE", leave=False, file=sys.stderr,
                disable=verbose != 1)
+    loss = bound = None
     while state.epoch < epochs:
         module.train()
         # summed on the device, read once per epoch: no host sync per step
@@ -442,4 +444,10 @@ def train(
             break
     bar.close()
     module.eval()
+    if model is not module:
+        # free DistributedDataParallel's reducer (and the threads it holds on the process
+        # group) now: left to the interpreter's exit, after the group is destroyed, it
+        # can abort the process ("terminate called without an active exception")
+        del model, loss, bound
+        gc.collect()
     return state
