@@ -261,6 +261,8 @@ def test_lda_gibbs_across_processes(tmp_path):
 # ------------------------------------------------------------------ VAE (DistributedDataParallel)
 VAE_CASES = {
     "uneven": ([600, 401], dict(likelihood="continuous_bernoulli")),
+    "uneven-mixture-prior": ([700, 301], dict(likelihood="continuous_bernoulli", prior="mog",
+                                              prior_components=3)),
     "empty-rank-binarised-free-bits": ([0, 1001], dict(likelihood="bernoulli", binarize="dynamic",
                                                        free_bits=0.05, kl_warmup=2)),
     "uneven-iwae": ([1, 1000], dict(likelihood="bernoulli", binarize="dynamic", objective="iwae",
