@@ -158,6 +158,13 @@ def _close_distributed(ok: bool) -> None:
         dist.destroy_process_group()
 
 
+def _fit_timed(estimator, data, distributed: bool) -> float:
+    """Fit on ``data`` (under torchrun: on this rank's block of its rows); seconds taken."""
+    start = time.perf_counter()
+    estimator.fit(_shard(data) if distributed else data)
+    return time.perf_counter() - start
+
+
 def _shard(data) -> np.ndarray:
     """This rank's contiguous block of rows (a .npy file is read for that block only)."""
     import torch.distributed as dist
@@ -222,9 +229,7 @@ def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_c
                          n_init=n_init, reg_covar=reg_covar, algorithm=algorithm,
                          batch_size=batch_size, dtype=dtype, device=device, random_state=seed,
                          verbose=1 if rank == 0 else 0, distributed=distributed or None)
-    start = time.perf_counter()
-    gm.fit(_shard(data) if distributed else data)
-    seconds = time.perf_counter() - start
+    seconds = _fit_timed(gm, data, distributed)
     if rank != 0:
         return
     n = int(np.asarray(gm.predict(data)).shape[0])
@@ -295,13 +300,10 @@ def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features,
     distributed, rank = _launch(distributed, device)
     lda = LDA(n_topics, method=method, max_iter=max_iter, device=device, random_state=seed,
               verbose=1 if rank == 0 else 0, distributed=distributed or None)
-    start = time.perf_counter()
-    if distributed:  # the same vocabulary everywhere, each rank its block of documents
-        lda.fit(_shard(corpus.counts))
+    # under torchrun: the same vocabulary everywhere, each rank its block of documents
+    seconds = _fit_timed(lda, corpus.counts if distributed else corpus, distributed)
+    if distributed:
         lda.vocabulary_, lda.vectorizer_params_ = list(corpus.vocabulary), dict(corpus.vectorizer_params)
-    else:
-        lda.fit(corpus)
-    seconds = time.perf_counter() - start
     if rank != 0:
         return
     n_docs = corpus.counts.shape[0]
@@ -347,9 +349,7 @@ def fit_vae(data, out, latent_dim, hidden, likelihood, binarize, epochs, batch_s
               binarize=None if binarize == "none" else binarize, epochs=epochs,
               batch_size=batch_size, lr=lr, device=device, random_state=seed,
               verbose=1 if rank == 0 else 0, distributed=distributed or None)
-    start = time.perf_counter()
-    vae.fit(_shard(X) if distributed else X)
-    seconds = time.perf_counter() - start
+    seconds = _fit_timed(vae, X, distributed)
     if rank != 0:
         return
     metrics = {"model": "vae", "data": str(Path(data).resolve()), "n_samples": len(X),

@@ -201,17 +201,17 @@ class RowIndex:
         return slice(lo, hi), self.positions[lo:hi] - start
 
 
-def _draws(index: RowIndex, idx_or_span, n: int, n_features: int, k: int, latent: int,
-           prepare, like: torch.Tensor):
+def _draws(mine, n: int, n_features: int, k: int, latent: int, prepare, like: torch.Tensor):
     """Random draws for ``n`` global rows (binarisation uniforms, reparameterisation noise),
-    made identically on every rank, restricted to this rank's rows by ``idx_or_span``."""
+    made identically on every rank, restricted to this rank's rows by ``mine`` (a mask or
+    offsets; None: all rows are here)."""
     opts = dict(device=like.device, dtype=like.dtype)
     u = torch.rand(n, n_features, **opts) if prepare is not None else None
     noise = torch.randn(n, k, latent, **opts)
-    if idx_or_span is None:
+    if mine is None:
         return u, noise
-    u = u[idx_or_span] if u is not None else None
-    return u, noise[idx_or_span]
+    u = u[mine] if u is not None else None
+    return u, noise[mine]
 
 
 def _inner(module):
@@ -239,7 +239,7 @@ def mean_elbo(module, X, batch_size: int = 1024, prepare=None, reduce=None,
     for start in range(0, index.n_global, batch_size):
         stop = min(index.n_global, start + batch_size)
         rows, offsets = index.span(start, stop)
-        u, noise = _draws(index, offsets, stop - start, X.shape[1], 1, inner.latent_dim,
+        u, noise = _draws(offsets, stop - start, X.shape[1], 1, inner.latent_dim,
                           prepare, X)
         x = X[rows]
         if x.shape[0] == 0:
@@ -399,7 +399,7 @@ def train(
         for step, start in enumerate(range(0, n, batch_size)):
             idx = order[start:start + batch_size]
             keep, rows = train_index.take(idx)
-            u, noise = _draws(train_index, keep, idx.shape[0], n_features, k, latent, prepare,
+            u, noise = _draws(keep, idx.shape[0], n_features, k, latent, prepare,
                               X_train)
             x = X_train[rows]
             if prepare is not None:

@@ -149,18 +149,30 @@ class _Progress:
 
     def __init__(self, verbose: int, max_iter: int, desc: str):
         self.verbose = verbose
+        self.previous = -float("inf")  # the last bound reported
         self.bar = None
         if verbose == 1:
             self.bar = tqdm(total=max_iter, desc=desc, leave=False, file=sys.stderr)
         elif verbose >= 2:
             print(f"{desc}", flush=True)
 
-    def update(self, n_iter: int, bound: float, change: float):
+    def update(self, n_iter: int, bound: float) -> float:
+        """Report iteration ``n_iter``'s bound; returns its change since the last report."""
+        change = bound - self.previous
+        self.previous = bound
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(bound=f"{bound:.5f}", change=f"{change:.2e}")
         elif self.verbose >= 2:
             print(f"  iteration {n_iter:4d}  bound {bound: .6f}  change {change: .3e}", flush=True)
+        return change
+
+    def settled(self, run, n_iter: int, bound: float, tol: float) -> bool:
+        """Report iteration ``n_iter`` of ``run``; True (and ``run.converged``) when the
+        bound moved by less than ``tol`` since the last report."""
+        run.n_iter = n_iter
+        run.converged = abs(self.update(n_iter, bound)) < tol
+        return run.converged
 
     def close(self, run: EMRun):
         if self.bar is not None:
@@ -193,18 +205,12 @@ def run_em(
     """
     run = EMRun(params=params)
     progress = _Progress(verbose, max_iter, desc)
-    previous = -float("inf")
     for n_iter in range(1, max_iter + 1):
         stats, bound = accumulate(model, run.params, source, reduce)
         run.lower_bounds.append(bound)
         run.params = model.maximize(stats, run.params)
-        run.n_iter = n_iter
-        change = bound - previous
-        progress.update(n_iter, bound, change)
-        if abs(change) < tol:
-            run.converged = True
+        if progress.settled(run, n_iter, bound, tol):
             break
-        previous = bound
     _, final = accumulate(model, run.params, source, reduce)
     run.lower_bounds.append(final)
     progress.close(run)
@@ -354,7 +360,6 @@ def run_stepwise(
     run = EMRun(params=params)
     progress = _Progress(verbose, max_iter, "stepwise EM")
     t = first_step
-    previous = -float("inf")
     for epoch in range(1, max_iter + 1):
         total, weight_sum = 0.0, 0.0
         for X, weight in source:
@@ -363,12 +368,8 @@ def run_stepwise(
             total, weight_sum, t = total + mean * n, weight_sum + n, t + 1
         bound = total / weight_sum
         run.lower_bounds.append(bound)
-        run.n_iter = epoch
-        progress.update(epoch, bound, bound - previous)
-        if abs(bound - previous) < tol:
-            run.converged = True
+        if progress.settled(run, epoch, bound, tol):
             break
-        previous = bound
     _, final = accumulate(model, run.params, source)
     run.lower_bounds.append(final)
     progress.close(run)

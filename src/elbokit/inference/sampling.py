@@ -99,7 +99,6 @@ def run_gibbs(model: GibbsModel, params, source, *, n_sweeps: int, burn_in: int,
     run = GibbsRun(params=params)
     progress = _Progress(verbose, n_sweeps, desc)
     kept = 0
-    previous = -float("inf")
 
     def local_sweep():
         total: Statistics | None = None
@@ -137,8 +136,7 @@ def run_gibbs(model: GibbsModel, params, source, *, n_sweeps: int, burn_in: int,
                 for k, v in total.items():
                     run.mean_stats[k] += (v - run.mean_stats[k]) / kept
         run.n_iter = sweep
-        progress.update(sweep, ll, ll - previous)
-        previous = ll
+        progress.update(sweep, ll)
     if progress.bar is not None:
         progress.bar.close()
     if verbose >= 1:  # a sampler has no convergence test: report what it did

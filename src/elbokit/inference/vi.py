@@ -184,19 +184,13 @@ def run_batch_vi(model: ConjugateVIModel, params, source, *, tol: float, max_ite
     """
     run = VIRun(params=params, locals=list(locals_ or []))
     progress = _Progress(verbose, max_iter, desc)
-    previous = -float("inf")
     for n_iter in range(1, max_iter + 1):
         stats, bound, run.locals = accumulate(model, run.params, source, run.locals, reduce)
         run.lower_bounds.append(bound)
         run.params = model.maximize(stats, run.params, 1.0)
-        run.n_iter = n_iter
         run.n_updates += 1
-        change = bound - previous
-        progress.update(n_iter, bound, change)
-        if abs(change) < tol:
-            run.converged = True
+        if progress.settled(run, n_iter, bound, tol):
             break
-        previous = bound
     _, final, run.locals = accumulate(model, run.params, source, run.locals, reduce)
     run.lower_bounds.append(final)
     progress.close(run)
@@ -296,7 +290,6 @@ def run_online_vi(model: ConjugateVIModel, params, source, *, total: float, tau0
     """
     run = VIRun(params=params, n_updates=t0)
     progress = _Progress(verbose, max_iter, desc)
-    previous = -float("inf")
     for n_iter in range(1, max_iter + 1):
         local_bounds, units = [], []
         for batch in source:
@@ -308,12 +301,7 @@ def run_online_vi(model: ConjugateVIModel, params, source, *, total: float, tau0
             units.append(u)
         bound = online_bound(model, run.params, local_bounds, units)
         run.lower_bounds.append(bound)
-        run.n_iter = n_iter
-        change = bound - previous
-        progress.update(n_iter, bound, change)
-        if abs(change) < tol:
-            run.converged = True
+        if progress.settled(run, n_iter, bound, tol):
             break
-        previous = bound
     progress.close(run)
     return run
