@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from elbokit.autoencoder import VAE
 from elbokit.data.text import Corpus
+from elbokit.general_mixture import Mixture
 from elbokit.inference.em import ConvergenceWarning
 from elbokit.io import ModelFormatError, load
 from elbokit.mixture import GaussianMixture
@@ -22,6 +23,7 @@ __all__ = [
     "DegenerateCovarianceError",
     "GaussianMixture",
     "LDA",
+    "Mixture",
     "ModelFormatError",
     "VAE",
     "load",

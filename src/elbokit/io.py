@@ -79,6 +79,8 @@ def _split_value(name: str, value, tensors: dict, kinds: dict):
         return _plain(value)
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {"__dict__": {k: _split_value(f"{name}.{k}", v, tensors, kinds) for k, v in value.items()}}
+    if callable(getattr(value, "__elbokit_spec__", None)):  # a component family
+        return {"__spec__": _plain(value.__elbokit_spec__())}
     raise TypeError(f"cannot save {name}={value!r} as JSON or a tensor.")
 
 
@@ -98,7 +100,7 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
-        reserved = {"__tensor__", "__tensor_dict__", "__dict__"} & set(value)
+        reserved = {"__tensor__", "__tensor_dict__", "__dict__", "__spec__"} & set(value)
         if reserved:
             raise TypeError(f"cannot save a dict with the reserved key {reserved.pop()!r}.")
         return {k: _plain(v) for k, v in value.items()}
@@ -106,6 +108,13 @@ def _plain(value):
 
 
 def _join_value(value, tensors: dict, kinds: dict, device, name: str = ""):
+    if isinstance(value, dict) and "__spec__" in value:
+        from elbokit.families import get_family
+
+        try:
+            return get_family(value["__spec__"])
+        except (TypeError, ValueError) as err:
+            raise ModelFormatError(f"{name}: {err}") from err
     if isinstance(value, dict) and "__tensor_dict__" in value:
         missing = [k for k in value["__tensor_dict__"] if f"{name}.{k}" not in tensors]
         if missing:

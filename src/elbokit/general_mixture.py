@@ -1,0 +1,168 @@
+"""``Mixture``: a finite mixture of any component family, fitted by EM.
+
+``Mixture(family="bernoulli")`` clusters binary data, ``"categorical"`` is
+latent class analysis, ``"multinomial"`` the mixture of unigrams,
+``"poisson"`` count data, ``"student_t"`` robust clustering,
+``"von_mises_fisher"`` directions, ``FactorAnalyzer(q)`` the mixture of
+factor analysers, and a :class:`~elbokit.families.Product` (or
+``family="auto"`` on a DataFrame) mixed-type tables.  Any
+:class:`~elbokit.families.Family` subclass works without touching this file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from elbokit import io
+from elbokit._validation import to_output
+from elbokit.em_estimator import FamilyEMEstimator
+from elbokit.families import Family, get_family
+from elbokit.families.tables import TableEncoding
+
+
+@io.register
+class Mixture(FamilyEMEstimator):
+    """Finite mixture p(x) = sum_k weights_[k] p_family(x | params_[k]), fitted by EM.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+    family : str, dict or Family, default="auto"
+        The component family: a name (``"gaussian"``, ``"bernoulli"``,
+        ``"categorical"``, ``"multinomial"``, ``"poisson"``, ``"student_t"``,
+        ``"von_mises_fisher"``, ``"factor_analyzer"``), a spec
+        ``{"name": ..., "config": {...}}``, or an instance.  ``"auto"``: from
+        a DataFrame, one family per column type (floats Gaussian, integers
+        Poisson, booleans Bernoulli, strings/categories Categorical); from an
+        array, a full-covariance Gaussian.
+    tol : float, default=1e-3
+        Stop when the per-sample mean log-likelihood changes by less.
+    max_iter : int, default=100
+    n_init : int, default=1
+    init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default="kmeans"
+        Initial responsibilities: k-means (on the family's ``embed`` coordinates,
+        centred), k-means++ seeds, random, or random rows as centres.
+    weights_init : array of shape (K,), optional
+    params_init : dict of str to array, optional
+        Starting values of the family's parameters (override the initialisation).
+    frozen : dict of str to array, optional
+        Parameters fixed at these values by every M-step (``"weights"`` or any
+        of the family's names, e.g. ``{"loc": means}``).
+    random_state, warm_start, verbose, device, dtype, batch_size, algorithm,
+    step_offset, step_decay, distributed
+        As for :class:`~elbokit.GaussianMixture`.
+
+    Attributes
+    ----------
+    weights_ : array (K,)
+    params_ : dict of str to array
+        The family's parameters, component first (e.g. ``probs`` (K, D)).
+    family_config_ : dict
+        The fitted family's spec (with settings found in the data, such as levels).
+    lower_bounds_, lower_bound_, converged_, n_iter_, n_features_in_, n_steps_
+    feature_names_in_ : array of str
+        When fitted on a DataFrame.
+    categories_ : dict of str to list
+        The levels of the DataFrame's categorical columns, in code order.
+    """
+
+    _fitted_attributes = FamilyEMEstimator._fitted_attributes + ("encoding_",)
+
+    def __init__(self, n_components=1, *, family="auto", tol=1e-3, max_iter=100, n_init=1,
+                 init_params="kmeans", weights_init=None, params_init=None, frozen=None,
+                 random_state=None, warm_start=False, verbose=0, device=None, dtype="float32",
+                 batch_size=None, algorithm="em", step_offset=2.0, step_decay=0.7,
+                 distributed=None):
+        self.n_components = n_components
+        self.family = family
+        self.tol = tol
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.params_init = params_init
+        self.frozen = frozen
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.algorithm = algorithm
+        self.step_offset = step_offset
+        self.step_decay = step_decay
+        self.distributed = distributed
+
+    def _n_components(self):
+        return self.n_components
+
+    def _make_family(self) -> Family:
+        if isinstance(self.family, str) and self.family == "auto":
+            encoding = getattr(self, "_pending_encoding", None) or getattr(self, "encoding_", None)
+            if encoding is not None and encoding.get("kinds"):
+                return TableEncoding.from_config(encoding).family()
+            return get_family("gaussian")
+        return get_family(self.family)
+
+    def _prepare_X(self, X):
+        """DataFrames: categorical columns to codes (levels kept in ``encoding_``)."""
+        if not (hasattr(X, "columns") and hasattr(X, "dtypes")):
+            return X
+        fitted = getattr(self, "encoding_", None)
+        pending = getattr(self, "_pending_encoding", None)
+        if pending is not None:
+            return TableEncoding.from_config(pending).encode(X)
+        if fitted is not None and fitted.get("kinds"):
+            return TableEncoding.from_config(fitted).encode(X)
+        return X
+
+    def fit(self, X, y=None, sample_weight=None):
+        if hasattr(X, "columns") and hasattr(X, "dtypes"):
+            self._pending_encoding = TableEncoding.from_frame(X).to_config()
+        elif isinstance(X, str) and X.lower().endswith((".parquet", ".pq")) and self.family == "auto":
+            self._pending_encoding = TableEncoding.from_parquet(X).to_config()
+        else:
+            self._pending_encoding = {}
+        try:
+            super().fit(X, y, sample_weight)
+            self.encoding_ = self._pending_encoding
+        finally:
+            del self._pending_encoding
+        return self
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        if not self.__sklearn_is_fitted__():
+            self._pending_encoding = (TableEncoding.from_frame(X).to_config()
+                                      if hasattr(X, "columns") else {})
+            try:
+                super().partial_fit(X, y, sample_weight)
+                self.encoding_ = self._pending_encoding
+            finally:
+                del self._pending_encoding
+            return self
+        return super().partial_fit(X, y, sample_weight)
+
+    @property
+    def categories_(self):
+        enc = getattr(self, "encoding_", None) or {}
+        return dict(enc.get("categories", {}))
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        return self.fit(X, y, sample_weight).predict(X)
+
+    def predict_proba(self, X):
+        """Posterior p(z=k | x_observed), shape (n, K)."""
+        return to_output(*self._chunked(X, lambda m, p, Xb: torch.softmax(m.log_joint(p, Xb), 1)))
+
+    def predict(self, X):
+        """Most probable component per sample (incomplete rows too), shape (n,)."""
+        return to_output(*self._chunked(X, lambda m, p, Xb: m.log_joint(p, Xb).argmax(1)))
+
+    @property
+    def means_(self):
+        """E[x | z=k] per component, shape (K, D), when the family has a mean."""
+        family = self._fitted_family()
+        p = self._params("cpu")
+        means = family.mean(p.params)
+        return means if isinstance(self.weights_, torch.Tensor) else np.asarray(means)
