@@ -47,7 +47,7 @@ def as_float_tensor(X, name, dtype, device, min_samples=1):
 
     Returns (tensor, InputKind, feature names or None).
     """
-    names = None
+    names = getattr(X, "feature_names", None)
     if hasattr(X, "columns") and hasattr(X, "dtypes"):  # a pandas DataFrame
         names = [str(c) for c in X.columns]
         X = X.to_numpy(dtype=np.float64, na_value=np.nan)
