@@ -100,6 +100,10 @@ class FamilyEMEstimator(ElbokitEstimator):
     def _extra_checks(self):
         """Subclass-specific hyperparameter checks."""
 
+    def _init_method(self) -> str:
+        """The initialisation method's name (a subclass may keep it elsewhere)."""
+        return self.init_params
+
     # ------------------------------------------------------------ validation
     def _check_hyperparameters(self):
         check_positive_int(self._n_components(), "n_components")
@@ -111,8 +115,8 @@ class FamilyEMEstimator(ElbokitEstimator):
             check_positive_int(self.batch_size, "batch_size")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={self.algorithm!r} is not supported: use 'em' or 'stepwise'.")
-        if self.init_params not in INIT_METHODS:
-            raise ValueError(f"init_params={self.init_params!r} is not supported: use one of "
+        if self._init_method() not in INIT_METHODS:
+            raise ValueError(f"init_params={self._init_method()!r} is not supported: use one of "
                              f"{', '.join(map(repr, INIT_METHODS))}.")
         RobbinsMonro(self.step_offset, self.step_decay)
         self._extra_checks()
@@ -214,7 +218,7 @@ class FamilyEMEstimator(ElbokitEstimator):
         X, weight = sample
         if K == 1:
             return lambda Xb: torch.ones(Xb.shape[0], 1, dtype=Xb.dtype, device=Xb.device)
-        if self.init_params == "random":
+        if self._init_method() == "random":
             def random_resp(Xb):
                 r = torch.rand(Xb.shape[0], K, generator=gen, device=gen.device).to(Xb.device)
                 return (r / r.sum(1, keepdim=True)).to(Xb.dtype)
@@ -241,14 +245,14 @@ class FamilyEMEstimator(ElbokitEstimator):
         K = self._n_components()
         centre = feats.mean(0)  # k-means on centred coordinates
         Fc = feats - centre
-        if self.init_params == "random_from_data":
+        if self._init_method() == "random_from_data":
             p = torch.ones(Fc.shape[0]) if weight is None else (weight > 0).to(F64).cpu()
             idx = torch.multinomial(p, K, replacement=False, generator=torch.Generator().manual_seed(
                 int(torch.randint(2**31, (1,), generator=gen))))
             return feats[idx.to(feats.device)]
         w = None if weight is None else weight.to(F64)
         centres = kmeans_plusplus(Fc, K, gen, w)
-        if self.init_params == "kmeans":
+        if self._init_method() == "kmeans":
             centres = lloyd(InMemorySource(Fc, w, batch_size=65536), centres)
         return centres + centre
 
