@@ -11,6 +11,7 @@ from elbokit.autoencoder import VAE
 from elbokit.data.text import Corpus
 from elbokit.factor_analysis import PPCA, FactorAnalysis
 from elbokit.general_mixture import Mixture
+from elbokit.hmm import GMMHMM, HMM, CategoricalHMM, GaussianHMM, PoissonHMM
 from elbokit.inference.em import ConvergenceWarning
 from elbokit.io import ModelFormatError, load
 from elbokit.mixture import GaussianMixture
@@ -18,16 +19,21 @@ from elbokit.models.gaussian_mixture import DegenerateComponentWarning, Degenera
 from elbokit.topics import LDA
 
 __all__ = [
+    "CategoricalHMM",
     "ConvergenceWarning",
     "Corpus",
     "DegenerateComponentWarning",
     "DegenerateCovarianceError",
     "FactorAnalysis",
+    "GMMHMM",
+    "GaussianHMM",
     "GaussianMixture",
+    "HMM",
     "LDA",
     "Mixture",
     "ModelFormatError",
     "PPCA",
+    "PoissonHMM",
     "VAE",
     "load",
     "__version__",
