@@ -66,7 +66,7 @@ def check_stochastic(t: torch.Tensor, shape, name: str) -> torch.Tensor:
     if not bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-6)):
         what = "sum to 1" if t.ndim == 1 else "have rows that sum to 1"
         raise ValueError(f"{name} must {what} (got {sums.cpu().numpy().round(6)}).")
-    return t / sums[..., None] if t.ndim > 1 else t / sums
+    return t
 
 
 @io.register
@@ -243,7 +243,7 @@ class HMM(FamilyEMEstimator):
         return source, kind, Xt.shape[1], names, True
 
     # ------------------------------------------------------------ parameters
-    def _emission_names(self, family, n_features):
+    def _emission_names(self, family, n_features=1):
         return list(family.param_shapes(self.n_components, n_features))
 
     def _names_of(self, letter, family, n_features):
@@ -263,7 +263,7 @@ class HMM(FamilyEMEstimator):
 
     def _model(self, family=None, labelled=False, device=None) -> HMMModel:
         family = family if family is not None else self._fitted_family()
-        n_features = getattr(self, "n_features_in_pending_", None) or self.n_features_in_
+        n_features = 1  # the parameter names do not depend on it
         prior_s = _as_f64(self.startprob_prior, device or "cpu", "startprob_prior")
         prior_t = _as_f64(self.transmat_prior, device or "cpu", "transmat_prior")
         return HMMModel(family, resolve_dtype(self.dtype), self._frozen_names(family, n_features),
