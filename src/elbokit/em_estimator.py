@@ -257,7 +257,17 @@ class FamilyEMEstimator(ElbokitEstimator):
         return centres + centre
 
     def _initialize(self, source, sample, family, gen, device, reducer, labelled):
-        """Initial parameters: an M-step from initial responsibilities (labels respected)."""
+        """Initial parameters: an M-step from initial responsibilities (labels respected),
+        then user-given values; nothing to compute when those give every parameter."""
+        given = getattr(self, "params_init", None) or {}
+        names = set(family.param_shapes(self._n_components(), self.n_features_in_pending_))
+        if getattr(self, "weights_init", None) is not None and names <= set(given):
+            K = self._n_components()
+            blank = MixtureParams(torch.full((K,), 1.0 / K, dtype=F64, device=device),
+                                  {k: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor)
+                                                      else v).to(device=device, dtype=F64)
+                                   for k, v in given.items()})
+            return self._apply_user_init(blank, device)
         model = self._model(family, labelled, device)
         resp_fn = self._initial_resp_fn(sample, family, gen, reducer, labelled, device)
         total = None
