@@ -174,6 +174,8 @@ class FamilyEMEstimator(ElbokitEstimator):
               family=None):
         """Any accepted input as (source, kind, n_features, names, labelled)."""
         dtype = resolve_dtype(self.dtype)
+        X = self._prepare_X(X)
+        missing_ok = (family or self._make_family()).supports_missing
         if is_source_like(X):
             if sample_weight is not None or y is not None:
                 raise ValueError(
@@ -181,14 +183,13 @@ class FamilyEMEstimator(ElbokitEstimator):
                     "(X_batch, weight_batch) pairs instead."
                 )
             device = resolve_device(self.device)
-            probe = as_source(X, batch_size=1, dtype=dtype, device=device)
+            probe = as_source(X, batch_size=1, dtype=dtype, device=device, allow_missing=missing_ok)
             n_features = probe.n_features or next(iter(probe))[0].shape[1]
             source = as_source(X, batch_size=self._rows(n_features, device, stepwise, family=family),
-                               dtype=dtype, device=device)
+                               dtype=dtype, device=device, allow_missing=missing_ok)
             if not reset:
                 self._check_features(n_features)
             return source, InputKind(False, torch.device("cpu")), n_features, None, False
-        X = self._prepare_X(X)
         device = resolve_device(self.device, X)
         Xt, kind, names = as_float_tensor(X, "X", dtype, device, min_samples=0 if allow_empty else 1)
         if not reset:
@@ -257,7 +258,17 @@ class FamilyEMEstimator(ElbokitEstimator):
         return centres + centre
 
     def _initialize(self, source, sample, family, gen, device, reducer, labelled):
-        """Initial parameters: an M-step from initial responsibilities (labels respected)."""
+        """Initial parameters: an M-step from initial responsibilities (labels respected),
+        then user-given values; nothing to compute when those give every parameter."""
+        given = getattr(self, "params_init", None) or {}
+        names = set(family.param_shapes(self._n_components(), self.n_features_in_pending_))
+        if getattr(self, "weights_init", None) is not None and names <= set(given):
+            K = self._n_components()
+            blank = MixtureParams(torch.full((K,), 1.0 / K, dtype=F64, device=device),
+                                  {k: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor)
+                                                      else v).to(device=device, dtype=F64)
+                                   for k, v in given.items()})
+            return self._apply_user_init(blank, device)
         model = self._model(family, labelled, device)
         resp_fn = self._initial_resp_fn(sample, family, gen, reducer, labelled, device)
         total = None

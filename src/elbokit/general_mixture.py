@@ -34,6 +34,42 @@ def _is_table(X) -> bool:
     return isinstance(X, pa.Table)
 
 
+def _is_table_file(X) -> bool:
+    return isinstance(X, (str, os.PathLike)) and str(X).lower().endswith(
+        (".parquet", ".pq", ".csv", ".tsv"))
+
+
+def _has_typed_columns(path) -> bool:
+    """Whether a Parquet/CSV file has any column that is not floating point."""
+    import pyarrow as pa
+
+    path = str(path)
+    if path.lower().endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(path)
+    else:
+        import pyarrow.csv as pcsv
+
+        delimiter = "\t" if path.lower().endswith(".tsv") else ","
+        with pcsv.open_csv(path, parse_options=pcsv.ParseOptions(delimiter=delimiter)) as reader:
+            schema = reader.schema
+    return any(not pa.types.is_floating(f.type) for f in schema)
+
+
+def _read_table(path):
+    """A Parquet or CSV file as a pyarrow Table, with its column types."""
+    path = str(path)
+    if path.lower().endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path)
+    import pyarrow.csv as pcsv
+
+    delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    return pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter=delimiter))
+
+
 class _NamedArray(np.ndarray):
     """A float array that remembers its table's column names (for feature_names_in_)."""
 
@@ -131,7 +167,11 @@ class Mixture(FamilyEMEstimator):
         return get_family(self.family)
 
     def _prepare_X(self, X):
-        """Tables: categorical columns to codes (levels kept in ``encoding_``)."""
+        """Tables: categorical columns to codes (levels kept in ``encoding_``); a table
+        file whose encoding has typed columns is read whole."""
+        enc = getattr(self, "_pending_encoding", None) or getattr(self, "encoding_", None)
+        if _is_table_file(X) and enc and any(k != "gaussian" for k in enc.get("kinds", [])):
+            X = _read_table(X)
         if not _is_table(X):
             return X
         fitted = getattr(self, "encoding_", None)
@@ -146,11 +186,9 @@ class Mixture(FamilyEMEstimator):
     def fit(self, X, y=None, sample_weight=None):
         """Fit by EM; see :meth:`FamilyEMEstimator.fit`. A DataFrame, a pyarrow Table or,
         with ``family="auto"``, a Parquet file gets one family per column type."""
-        if isinstance(X, (str, os.PathLike)) and str(X).lower().endswith((".parquet", ".pq")) \
-                and self.family == "auto":
-            import pyarrow.parquet as pq
-
-            X = pq.read_table(X)  # typed columns: read whole (numeric-only files stream otherwise)
+        if _is_table_file(X) and isinstance(self.family, str) and self.family == "auto" \
+                and _has_typed_columns(X):
+            X = _read_table(X)  # typed columns: read whole (a float-only file streams)
         if _is_table(X):
             self._pending_encoding = TableEncoding.from_frame(X).to_config()
             names = self._pending_encoding["columns"]
