@@ -715,7 +715,7 @@ class CategoricalHMM(_Convenience):
         def add(stats):
             p = torch.as_tensor(np.asarray(prior), dtype=F64, device=stats["counts"].device)
             p = p[:, None, :] if p.ndim == 2 else p
-            return dict(stats, counts=(stats["counts"] + p - 1).clamp_min(0.0))
+            return dict(stats, counts=(stats["counts"] + (p - 1)).clamp_min(0.0))
         return add
 
     def _initial_emissions(self, sample, family, gen, device, reducer):

@@ -259,3 +259,44 @@ def stream(X, lengths, *, batch_size: int, dtype, device):
     if lengths.ndim != 1 or bool((lengths < 1).any()):
         raise ValueError("lengths must be a 1-D list of sequence lengths, each >= 1.")
     return SequenceStream(rows_as_sequences(rows, lengths), batch_size, dtype, device, str(X))
+
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz "
+
+
+def read_text(path, alphabet: str | None = LETTERS):
+    """A text file as character sequences, one per non-empty line.
+
+    With ``alphabet`` (default: the 26 letters and the space), the text is
+    lower-cased, every other character dropped and runs of spaces collapsed,
+    as in the classic character-level HMM experiments; ``None`` keeps every
+    character (the alphabet is then the sorted set of characters seen).
+
+    Returns
+    -------
+    X : int64 array (n_characters, 1)
+        Symbol codes (index in the alphabet).
+    lengths : int64 array (n_lines,)
+    alphabet : str
+    lines : list of str
+        The sequences as text (for display).
+    """
+    import re
+
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    lines = []
+    kept = None if alphabet is None else set(alphabet)
+    for line in text.splitlines():
+        if kept is not None:
+            line = "".join(c for c in line.lower() if c in kept)
+            if " " in kept:
+                line = re.sub(" +", " ", line).strip()
+        if line:
+            lines.append(line)
+    if not lines:
+        raise ValueError(f"{path} holds no character of the alphabet {alphabet!r}.")
+    if alphabet is None:
+        alphabet = "".join(sorted(set("".join(lines))))
+    lookup = {c: i for i, c in enumerate(alphabet)}
+    codes = np.fromiter((lookup[c] for line in lines for c in line), dtype=np.int64)
+    return codes[:, None], np.array([len(line) for line in lines], dtype=np.int64), alphabet, lines

@@ -42,7 +42,9 @@ data, streamed files and several processes need nothing special; weights
 
 from __future__ import annotations
 
+import functools
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -70,6 +72,7 @@ class HMMParams:
         occupancy of the last E-step); what stepwise EM weights the emission
         statistics of the current parameters by.
     """
+
 
     startprob: torch.Tensor
     transmat: torch.Tensor
@@ -165,6 +168,8 @@ class SequenceLayout:
             self.sequence = self.chains.order  # original sequence of each sorted chain
             self.rounds = []
             self._whole = self.chains
+            self.seq_first = torch.empty_like(self.chains.order)  # packed first step of each
+            self.seq_first[self.chains.order] = torch.arange(self.n_sequences, device=device)
             return
         C = self.segment
         n_seg = (lengths + C - 1) // C
@@ -186,6 +191,11 @@ class SequenceLayout:
         for j in range(int(n_seg.max())):
             alive = by_count[: int((n_seg > j).sum())]
             self.rounds.append(position[flat_first[alive] + j])
+        # packed positions of the step pairs across segment boundaries (last, next first)
+        later = [(self.rounds[j - 1][: r.shape[0]], r) for j, r in enumerate(self.rounds) if j]
+        self.cross_prev = self.chains.last[torch.cat([a for a, _ in later])]
+        self.cross_next = self.chains.first[torch.cat([b for _, b in later])]
+        self.seq_first = position[flat_first]
         self._whole = None
 
     @classmethod
@@ -200,6 +210,10 @@ class SequenceLayout:
         if segment == "auto":
             segment = segment_length(lengths, n_states, starts.device)
         return cls(lengths, segment)
+
+    def unsegmented(self) -> "SequenceLayout":
+        """The same sequences without segments."""
+        return self if self.segment is None else SequenceLayout(self.lengths)
 
     @property
     def whole(self) -> Packing:
@@ -236,6 +250,47 @@ def segment_length(lengths: torch.Tensor, n_states: int, device) -> int | None:
 
 
 # --------------------------------------------------------------------------- forward-backward
+_SERIAL_WORK = 1 << 18  # multiply-adds per step below which a step runs on one thread
+
+
+@contextmanager
+def step_threads(work: int, device):
+    """Run a recursion's steps on one CPU thread when each step is small.
+
+    A step of b sequences costs b K^2 operations: far too little to share
+    among threads, and every op that enters a parallel region waits for the
+    other threads to wake, which costs milliseconds when the cores are busy
+    (measured on the shared 2-core machine: a (200, 4, 4) batched product,
+    6 us on one thread, 0.6-33 ms on two).  Large steps keep every thread.
+    """
+    n = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or work >= _SERIAL_WORK or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _serial_steps(cube: bool = False, layout_at: int = 2):
+    """Decorator: the recursion ``fn(x, ...)`` (x of shape (N, K); its packing or layout the
+    argument at ``layout_at``) under :func:`step_threads`; the per-step work is the first
+    step's batch times K^2, or K^3 for transfer matrices."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            x, layout = args[0], args[layout_at]
+            chains = layout.chains if isinstance(layout, SequenceLayout) else layout
+            K = x.shape[1]
+            first = chains.batch_sizes[0] if chains.batch_sizes else 0
+            with step_threads(first * K * K * (K if cube else 1), x.device):
+                return fn(*args, **kwargs)
+        return inner
+    return wrap
+
+
 @dataclass
 class Posterior:
     """What one forward-backward pass gives.
@@ -256,7 +311,8 @@ class Posterior:
 
 
 def _finite_positive(c: torch.Tensor) -> bool:
-    return bool(torch.isfinite(c).all()) and bool((c > 0).all())
+    """Every scale > 0 and finite (their log sum is then finite)."""
+    return bool(torch.isfinite(c.log().sum())) if c.numel() else True
 
 
 def _log_combine(log_w: torch.Tensor, M: torch.Tensor, dim: int) -> torch.Tensor:
@@ -269,6 +325,7 @@ def _log_combine(log_w: torch.Tensor, M: torch.Tensor, dim: int) -> torch.Tensor
     return out, shift
 
 
+@_serial_steps()
 def _forward(B, A, chains: Packing, prior):
     """Scaled forward pass: (alpha, c), packed; alpha_t = p(z_t | x_1..t), c_t = p(x_t | x_<t)
     (times exp of the emission shift).  ``prior`` (C or 1, K): p(z at each chain's first step
@@ -288,26 +345,43 @@ def _forward(B, A, chains: Packing, prior):
     return alpha, c
 
 
-def _backward(u, A, chains: Packing, end_beta):
-    """Scaled backward pass: beta (packed); ``u`` holds B / c on entry and B beta / c on exit.
-    ``end_beta`` (C, K) or None (ones): beta at each chain's last step."""
+@_serial_steps()
+def _backward(u, A, chains: Packing, end_beta, alpha, weight=None, log_u=None):
+    """Scaled backward pass: (beta, pair counts); ``u`` holds B / c on entry and B beta / c
+    on exit.  ``end_beta`` (C, K) or None (ones): beta at each chain's last step.
+
+    The expected transition counts within chains, sum_t alpha_t^T u_{t+1} (times the
+    chains' ``weight``; A multiplies them afterwards), are added step by step in float64,
+    so that no (N, K) gather is made.  ``log_u``: log(B / c), given where some B / c
+    underflowed: then u = exp(log(B / c) + log beta), so that a huge beta still lifts a
+    tiny emission (the product is formed in log space).
+    """
     beta = torch.empty_like(u)
     AT = A.mT.contiguous()
+    K = u.shape[1]
+    counts = torch.zeros(K, K, dtype=F64, device=u.device)
     for t, off, bs in reversed(list(chains.steps())):
         cur = beta[off:off + bs]
         a, b = chains.ends_at(t)
         if a:
             nxt = chains.offsets[t + 1]
-            torch.mm(u[nxt:nxt + a], AT, out=cur[:a])
+            un = u[nxt:nxt + a]
+            torch.mm(un, AT, out=cur[:a])
+            left = alpha[off:off + a] if weight is None else alpha[off:off + a] * weight[:a, None]
+            counts += (left.mT @ un).to(F64)
         if end_beta is None:
             cur[a:b].fill_(1.0)
         else:
             cur[a:b] = end_beta[a:b]
-        u[off:off + bs].mul_(cur)
-    return beta
+        if log_u is None:
+            u[off:off + bs].mul_(cur)
+        else:
+            torch.exp(log_u[off:off + bs] + cur.log(), out=u[off:off + bs])
+    return beta, counts
 
 
-def _forward_transfers(B, A, startprob, layout: SequenceLayout):
+@_serial_steps(cube=True)
+def _forward_transfers(B, A, layout: SequenceLayout, startprob):
     """Per chain, the filtered distribution at its last step from each state before its
     first step (rows: row-normalised, with log scales), float64: (P (C, K, K), log_s (C, K))."""
     chains = layout.chains
@@ -329,10 +403,11 @@ def _forward_transfers(B, A, startprob, layout: SequenceLayout):
     return P, log_s
 
 
-def _chain_priors(B, A, startprob, layout: SequenceLayout):
+@_serial_steps(cube=True)
+def _chain_priors(B, A, layout: SequenceLayout, startprob):
     """p(z at the first step of every sorted chain | the steps before it), (C, K)."""
     K = B.shape[1]
-    P, log_s = _forward_transfers(B, A, startprob, layout)
+    P, log_s = _forward_transfers(B, A, layout, startprob)
     prior = startprob.to(F64)[None].expand(layout.chains.n_chains, K).clone()
     alpha_in = torch.zeros(layout.chains.n_chains, K, dtype=F64, device=B.device)
     alpha_in[:, 0] = 1.0  # a sequence's first segment starts from startprob (every row alike)
@@ -347,6 +422,7 @@ def _chain_priors(B, A, startprob, layout: SequenceLayout):
     return prior.to(B.dtype)
 
 
+@_serial_steps(cube=True)
 def _chain_end_betas(u, A, layout: SequenceLayout):
     """beta at the last step of every sorted chain (ones for a sequence's last segment), (C, K);
     ``u`` = B / c.  Column-normalised backward transfer matrices, float64."""
@@ -374,12 +450,12 @@ def _chain_end_betas(u, A, layout: SequenceLayout):
 
 def forward_backward(log_b: torch.Tensor, startprob, transmat, layout: SequenceLayout,
                      seq_weight: torch.Tensor | None = None, need_posterior: bool = True):
-    """Scaled forward-backward over the emissions of a batch.
+    """Scaled forward-backward over the emissions of a batch (rows in the batch's order).
 
     Parameters
     ----------
     log_b : (N, K)
-        log p(x_t | z_t = k) per row (batch order); its dtype is the compute dtype.
+        log p(x_t | z_t = k) per row; its dtype is the compute dtype.
     startprob : (K,), transmat : (K, K)
     layout : SequenceLayout
     seq_weight : (B,), optional
@@ -389,46 +465,90 @@ def forward_backward(log_b: torch.Tensor, startprob, transmat, layout: SequenceL
 
     Returns
     -------
-    Posterior (gamma and xi None without ``need_posterior``)
+    Posterior (gamma per row; gamma and xi None without ``need_posterior``)
     """
+    post = forward_backward_packed(layout.pack(log_b), startprob, transmat, layout, seq_weight,
+                                   need_posterior)
+    gamma = None if post.gamma is None else layout.unpack(post.gamma)
+    return Posterior(post.log_px, gamma, post.xi)
+
+
+def _shifted(lb):
+    """(per-row maximum (N, 1), exp(lb - maximum)): the emissions scaled into [0, 1]."""
+    shift = lb.max(1, keepdim=True).values.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return shift, (lb - shift).exp_()
+
+
+def _underflows(lb, B) -> bool:
+    """Whether some finite emission underflowed to 0 once shifted."""
+    if not lb.numel() or float(B.min()) > 0:
+        return False
+    return bool((B == 0).logical_and_(torch.isfinite(lb)).any())
+
+
+def _repacked(fn, lb, layout: SequenceLayout, other: SequenceLayout, *args):
+    """``fn`` run on ``other``'s packing of the same rows; gamma back in ``layout``'s."""
+    post = fn(other.pack(layout.unpack(lb)), *args[:2], other, *args[2:])
+    gamma = None if post.gamma is None else layout.pack(other.unpack(post.gamma))
+    return Posterior(post.log_px, gamma, post.xi)
+
+
+def forward_backward_packed(lb: torch.Tensor, startprob, transmat, layout: SequenceLayout,
+                            seq_weight: torch.Tensor | None = None, need_posterior: bool = True):
+    """:func:`forward_backward` on emissions packed by ``layout`` (``layout.pack``); gamma
+    is returned packed the same way."""
+    dtype = lb.dtype
+    shift, B = _shifted(lb)
+    lost = need_posterior and _underflows(lb, B)
+    if lost and dtype != F64:  # emissions beyond float32's range: the recursions in float64
+        return forward_backward_packed(lb.to(F64), startprob, transmat, layout, seq_weight)
+    if lost and layout.segment is not None:  # (the transfer matrices would lose them)
+        return _repacked(forward_backward_packed, lb, layout, layout.unsegmented(), startprob,
+                         transmat, seq_weight)
     chains = layout.chains
-    dtype = log_b.dtype
-    lb = layout.pack(log_b)
-    shift = lb.max(1, keepdim=True).values
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    B = (lb - shift).exp_()
     A = transmat.to(dtype)
     if layout.segment is None:
         prior = startprob.to(dtype)[None]
     else:
-        prior = _chain_priors(B, A, startprob, layout)
+        prior = _chain_priors(B, A, layout, startprob)
     alpha, c = _forward(B, A, chains, prior)
     if not _finite_positive(c):
-        return forward_backward_log(log_b, startprob, transmat, layout, seq_weight, need_posterior)
+        return _repacked(_log_space, lb, layout, layout, startprob, transmat, seq_weight,
+                         need_posterior)
     log_c = (c.to(F64).log() + shift.to(F64)).squeeze(1)
     log_px = torch.zeros(layout.n_sequences, dtype=F64, device=B.device)
     log_px.index_add_(0, layout.sequence[chains.chain], log_c)
     if not need_posterior:
         return Posterior(log_px, None, None)
     u = B.div_(c)
+    log_u = (lb - shift - c.log()) if lost else None
     end_beta = None if layout.segment is None else _chain_end_betas(u, A, layout)
-    beta = _backward(u, A, chains, end_beta)
     w = None if seq_weight is None else seq_weight.to(dtype)[layout.sequence]
-    uw = u if w is None else u * w[chains.chain][:, None]
-    counts = alpha[chains.prev].to(F64).mT @ uw[chains.nxt].to(F64)
-    for j in range(1, len(layout.rounds)):  # pairs across segment boundaries
-        now = layout.rounds[j]
-        before = layout.rounds[j - 1][: now.shape[0]]
-        counts += alpha[chains.last[before]].to(F64).mT @ uw[chains.first[now]].to(F64)
+    beta, counts = _backward(u, A, chains, end_beta, alpha, w, log_u)
+    if layout.segment is not None:  # the pairs across segment boundaries
+        left = alpha[layout.cross_prev]
+        if w is not None:
+            left = left * w[chains.chain[layout.cross_prev]][:, None]
+        counts += left.to(F64).mT @ u[layout.cross_next].to(F64)
     xi = A.to(F64) * counts
     gamma = alpha.mul_(beta)
     if w is not None:
         gamma.mul_(w[chains.chain][:, None])
-    if not (bool(torch.isfinite(gamma).all()) and bool(torch.isfinite(xi).all())):
-        return forward_backward_log(log_b, startprob, transmat, layout, seq_weight, need_posterior)
-    return Posterior(log_px, layout.unpack(gamma), xi)
+    if not bool(torch.isfinite(torch.cat([gamma.sum(0, dtype=F64), xi.reshape(-1)])).all()):
+        return _repacked(_log_space, lb, layout, layout, startprob, transmat, seq_weight,
+                         need_posterior)
+    return Posterior(log_px, gamma, xi)
 
 
+def _log_space(lb, startprob, transmat, layout, seq_weight, need_posterior):
+    """The log-space pass on packed emissions (gamma packed), for the fallbacks."""
+    post = forward_backward_log(layout.unpack(lb), startprob, transmat, layout, seq_weight,
+                                need_posterior)
+    gamma = None if post.gamma is None else layout.pack(post.gamma)
+    return Posterior(post.log_px, gamma, post.xi)
+
+
+@_serial_steps(layout_at=3)
 def forward_backward_log(log_b: torch.Tensor, startprob, transmat, layout: SequenceLayout,
                          seq_weight: torch.Tensor | None = None, need_posterior: bool = True):
     """Forward-backward in log space (log-sum-exp), float64, over whole sequences; the
@@ -470,6 +590,7 @@ def forward_backward_log(log_b: torch.Tensor, startprob, transmat, layout: Seque
     return Posterior(log_px, out.to(log_b.dtype), pair.sum(0))
 
 
+@_serial_steps(layout_at=3)
 def viterbi(log_b: torch.Tensor, startprob, transmat, layout: SequenceLayout):
     """The most probable state path of every sequence (max-product in log space).
 
@@ -522,7 +643,7 @@ def _dirichlet_map(counts: torch.Tensor, prior, allowed: torch.Tensor, fallback:
     clipped at 0, zero where not allowed (structural zeros), normalised; ``fallback`` for a
     row with nothing."""
     prior = torch.as_tensor(prior, dtype=F64, device=counts.device)
-    num = (counts + prior - 1).clamp_min(0.0) * allowed
+    num = (counts + (prior - 1)).clamp_min(0.0) * allowed  # (counts + prior - 1 loses tiny counts)
     total = num.sum(-1, keepdim=True)
     return torch.where(total > 0, num / total.clamp_min(1e-300), fallback)
 
@@ -558,26 +679,39 @@ class HMMModel:
 
     # ------------------------------------------------------------ densities
     def _split(self, p: HMMParams, X: torch.Tensor):
+        """(features packed by the layout, in the compute dtype; layout) of a batch.
+
+        The last batch's are kept: an in-memory source serves the same rows at every
+        pass (a view of the same memory, held here so that it cannot be reused), and
+        the layout and the packed copy are then built once per fit, not per iteration.
+        """
+        key = (X.data_ptr(), tuple(X.shape), X.stride(), X.device, X.dtype)
+        cached = getattr(self, "_last", None)
+        if cached is not None and cached[0] == key:
+            return cached[2], cached[3]
         Xf, layout = split_batch(X, p.transmat.shape[0])
         Xc = Xf.to(self.dtype) if Xf.dtype != self.dtype else Xf
-        return Xc.contiguous(), layout
+        packed = layout.pack(Xc)
+        self._last = (key, X, packed, layout)
+        return packed, layout
 
     def emission_log_prob(self, p: HMMParams, X: torch.Tensor) -> torch.Tensor:
         """log p(x_t | z_t = k), shape (N, K), in the compute dtype."""
         return self.family.log_prob(p.params, X).to(self.dtype)
 
-    def _posterior(self, p, X, layout, weight=None, need_posterior=True) -> Posterior:
+    def _posterior(self, p, Xp, layout, weight=None, need_posterior=True) -> Posterior:
+        """Forward-backward on packed rows ``Xp`` (gamma packed)."""
         seq_weight = None if weight is None else weight[layout.starts]
-        return forward_backward(self.emission_log_prob(p, X), p.startprob, p.transmat, layout,
-                                seq_weight, need_posterior)
+        return forward_backward_packed(self.emission_log_prob(p, Xp), p.startprob, p.transmat,
+                                       layout, seq_weight, need_posterior)
 
     # ------------------------------------------------------------ E-step
     def expected_statistics(self, p: HMMParams, X, weight):
-        Xc, layout = self._split(p, X)
-        post = self._posterior(p, Xc, layout, weight)
+        Xp, layout = self._split(p, X)
+        post = self._posterior(p, Xp, layout, weight)
         stats = {FAMILY_PREFIX + k: v
-                 for k, v in self.family.statistics(p.params, Xc, post.gamma).items()}
-        stats[START] = post.gamma[layout.starts].sum(0, dtype=F64)
+                 for k, v in self.family.statistics(p.params, Xp, post.gamma).items()}
+        stats[START] = post.gamma[layout.seq_first].sum(0, dtype=F64)
         stats[TRANS] = post.xi
         stats[OCCUPANCY] = post.gamma.sum(0, dtype=F64)
         if weight is None:
@@ -588,18 +722,19 @@ class HMMModel:
 
     def log_likelihood(self, p: HMMParams, X) -> torch.Tensor:
         """log p(x) of every sequence of a batch, in the batch's order, float64."""
-        Xc, layout = self._split(p, X)
-        return self._posterior(p, Xc, layout, need_posterior=False).log_px
+        Xp, layout = self._split(p, X)
+        return self._posterior(p, Xp, layout, need_posterior=False).log_px
 
     def state_marginals(self, p: HMMParams, X) -> torch.Tensor:
         """p(z_t = k | x) of every row of a batch, shape (N, K)."""
-        Xc, layout = self._split(p, X)
-        return self._posterior(p, Xc, layout).gamma
+        Xp, layout = self._split(p, X)
+        return layout.unpack(self._posterior(p, Xp, layout).gamma)
 
     def decode(self, p: HMMParams, X):
         """Viterbi: (log p(x, z*) per sequence of the batch, z* per row)."""
-        Xc, layout = self._split(p, X)
-        return viterbi(self.emission_log_prob(p, Xc), p.startprob, p.transmat, layout)
+        Xp, layout = self._split(p, X)
+        log_b = layout.unpack(self.emission_log_prob(p, Xp))
+        return viterbi(log_b, p.startprob, p.transmat, layout)
 
     # ------------------------------------------------------------ M-step
     def family_stats(self, stats):

@@ -235,6 +235,13 @@ def write_report(model_dir, data=None, out=None, labels=None) -> Path:
         out = Path(out) if out is not None else Path(model_dir) / "report.html"
         out.write_text(page.render())
         return out
+    if name.endswith("HMM"):
+        from elbokit.report.hmm import hmm_page, sequences_for_report
+
+        page = hmm_page(model, *sequences_for_report(data, metrics))
+        out = Path(out) if out is not None else Path(model_dir) / "report.html"
+        out.write_text(page.render())
+        return out
     X = load_rows(data, max_rows=200_000)
     if name == "GaussianMixture":
         page = gaussian_mixture_page(model, X, metrics)
