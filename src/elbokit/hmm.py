@@ -22,6 +22,7 @@ per sequence, ``tol`` is per sample, ``algorithm`` chooses EM or stepwise EM,
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -301,6 +302,7 @@ class HMM(FamilyEMEstimator):
         for letter in self._emission_letters:
             if letter in self.init_params:
                 fresh.update(self._names_of(letter, family, D))
+        self._warn_overwritten(startprob, transmat, preset, family, D)
         occupancy = torch.full((K,), 1.0 / K, dtype=F64, device=device)
         params = {k: v for k, v in preset.items() if k in names}
         if fresh:
@@ -322,7 +324,28 @@ class HMM(FamilyEMEstimator):
                                  f"family ({', '.join(names)}).")
             params[name] = _as_f64(value, device, f"params_init[{name!r}]")
         self._check_emission_shapes(params, family, D)
-        return HMMParams(startprob, transmat, params, occupancy)
+        start = HMMParams(startprob, transmat, params, occupancy)
+        n_values = (0 if sample[0] is None else sample[0].shape[0]) * D
+        n_free = self._count_free(start, family)
+        if reducer is None and n_values < n_free:
+            warnings.warn(f"fitting {n_free} free parameters to {n_values} values of X gives a "
+                          "degenerate solution: give more data, or decrease n_components.",
+                          UserWarning, stacklevel=4)
+        return start
+
+    def _warn_overwritten(self, startprob, transmat, preset, family, D):
+        """hmmlearn's warning: an attribute set before the first fit that fit initialises."""
+        if self.__sklearn_is_fitted__():
+            return
+        given = {START_LETTER: startprob is not None, TRANS_LETTER: transmat is not None}
+        for letter in self._emission_letters:
+            given[letter] = any(n in preset for n in self._names_of(letter, family, D))
+        for letter, present in given.items():
+            if present and letter in self.init_params:
+                warnings.warn(f"a value set for the parameters of {letter!r} will be overwritten "
+                              f"during initialization because init_params contains {letter!r}: "
+                              f"remove {letter!r} from init_params to start from it.",
+                              UserWarning, stacklevel=5)
 
     def _check_emission_shapes(self, params, family, n_features):
         for name, shape in family.param_shapes(self.n_components, n_features).items():
@@ -507,16 +530,17 @@ class HMM(FamilyEMEstimator):
     # ------------------------------------------------------------ model selection
     def _emission_count(self, params, family, fitted: set) -> int:
         """Free emission parameters among ``fitted`` names (default: all or none)."""
-        names = self._emission_names(family, self.n_features_in_)
+        names = self._emission_names(family)
         if fitted >= set(names):
             return family.n_parameters(params)
         return int(sum(params[n].numel() for n in names if n in fitted))
 
     def _n_parameters(self):
-        family = self._fitted_family()
-        p = self._params("cpu")
-        fitted = set(self._emission_names(family, self.n_features_in_)) - self._frozen_names(
-            family, self.n_features_in_)
+        return self._count_free(self._params("cpu"), self._fitted_family())
+
+    def _count_free(self, p: HMMParams, family) -> int:
+        """Free parameters that EM fits (``params``), structural zeros excluded."""
+        fitted = set(self._emission_names(family)) - self._frozen_names(family, 1)
         n = self._emission_count(p.params, family, fitted)
         if START_LETTER in self.params:
             n += int((p.startprob > 0).sum()) - 1

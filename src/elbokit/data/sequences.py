@@ -213,10 +213,11 @@ def npy_files(paths) -> list[Path]:
 
 
 def is_sequence_list(X) -> bool:
-    """A list or tuple of in-memory arrays (one per sequence)."""
+    """A list or tuple of in-memory arrays or tensors (one per sequence), or of nested
+    lists of rows; a plain nested list of numbers is one array (rows)."""
     return isinstance(X, (list, tuple)) and len(X) > 0 and all(
-        isinstance(s, (np.ndarray, torch.Tensor)) or (isinstance(s, list) and s and not
-                                                      isinstance(s[0], (str, os.PathLike)))
+        isinstance(s, (np.ndarray, torch.Tensor)) or (isinstance(s, list) and s and
+                                                      isinstance(s[0], (list, tuple)))
         for s in X)
 
 

@@ -171,6 +171,9 @@ class MixtureOf(Family):
                 centres = lloyd(InMemorySource(E[rows], batch_size=65536), centres, max_iter=20)
                 labels = ((E[rows][:, None, :] - centres[None]) ** 2).sum(2).argmin(1)
             inner[rows, k, labels] = 1.0
+            empty = inner[rows, k].sum(0) == 0  # fewer rows than components: the state's mean
+            if bool(empty.any()):
+                inner[rows[:, None], k, torch.nonzero(empty).flatten()[None, :]] = 1.0 / rows.numel()
         inner = inner * resp[:, :, None]
         stats = self._stats(None, X, inner)
         return self.maximize(stats, None)

@@ -55,7 +55,7 @@ def state_raster(states, lengths):
     from matplotlib.colors import ListedColormap
 
     cmap = ListedColormap([COLOURS(k % 10) for k in range(max(K, 1))])
-    cmap.set_bad("white")
+    cmap = cmap.with_extremes(bad="white")
     fig, ax = plt.subplots(figsize=(7, max(2.0, 0.16 * n + 1)))
     ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, interpolation="nearest",
               vmin=-0.5, vmax=K - 0.5)
