@@ -132,12 +132,12 @@ def pomegranate_model(family, weights, params, X, patched=True):
         Poisson = floored(Poisson, ["_log_lambdas"])
     K = len(weights)
     if family == "bernoulli":
-        dists = [Bernoulli(probs=torch.as_tensor(params["probs"][k])) for k in range(K)]
+        dists = [Bernoulli(probs=torch.tensor(params["probs"][k])) for k in range(K)]
     elif family == "poisson":
-        dists = [Poisson(lambdas=torch.as_tensor(params["rate"][k])) for k in range(K)]
+        dists = [Poisson(lambdas=torch.tensor(params["rate"][k])) for k in range(K)]
     else:
-        dists = [Categorical(probs=torch.as_tensor(params["probs"][k])) for k in range(K)]
-    return GeneralMixtureModel(dists, priors=torch.as_tensor(weights), max_iter=1,
+        dists = [Categorical(probs=torch.tensor(params["probs"][k])) for k in range(K)]
+    return GeneralMixtureModel(dists, priors=torch.tensor(weights), max_iter=1,
                                tol=-float("inf"), init="random")
 
 
