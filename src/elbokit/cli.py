@@ -252,15 +252,9 @@ FAMILY_NAMES = ("auto", "gaussian", "bernoulli", "categorical", "multinomial", "
 
 def _rows_with_missing(data: str) -> np.ndarray:
     """A data file as a float64 array, empty cells as NaN (missing values)."""
-    import torch
+    from elbokit.report.families import load_rows_with_missing
 
-    from elbokit.data.sources import as_source
-
-    if _is_idx(Path(data)):
-        return _in_memory(data).astype(np.float64)
-    source = as_source(data, batch_size=65536, dtype=torch.float64, device=torch.device("cpu"),
-                       allow_missing=True)
-    return np.concatenate([b.double().numpy() for b, _ in source])
+    return _in_memory(data).astype(np.float64) if _is_idx(Path(data)) else load_rows_with_missing(data)
 
 
 def _family_from_options(family, covariance_type, n_factors):
