@@ -36,10 +36,7 @@ from elbokit.inference.em import EMRun, RobbinsMonro, fit_em, run_em, run_stepwi
 from elbokit.models.family_mixture import FamilyMixtureModel, MixtureParams
 from elbokit.models.kmeans import kmeans_plusplus, lloyd, squared_distances
 
-INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
-ALGORITHMS = ("em", "stepwise")
-_INIT_SAMPLE = 100_000
-_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
+from elbokit.mixture import _CHUNK_ELEMENTS, _INIT_SAMPLE, ALGORITHMS, INIT_METHODS  # noqa: F401
 
 
 def as_float_tensor(X, name, dtype, device, min_samples=1):

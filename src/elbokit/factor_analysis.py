@@ -115,6 +115,32 @@ class _FactorModel(FamilyEMEstimator):
 
     _noise = "diag"
 
+    def __init__(self, n_components=2, *, tol=1e-6, max_iter=1000, reg_covar=1e-12, solver="auto",
+                 scatter_max_features=4096, n_init=1, init_params="kmeans", params_init=None,
+                 frozen=None, random_state=None, warm_start=False, verbose=0, device=None,
+                 dtype="float64", batch_size=None, algorithm="em", step_offset=2.0, step_decay=0.7,
+                 distributed=None):
+        self.n_components = n_components
+        self.tol = tol
+        self.max_iter = max_iter
+        self.reg_covar = reg_covar
+        self.solver = solver
+        self.scatter_max_features = scatter_max_features
+        self.n_init = n_init
+        self.init_params = init_params
+        self.params_init = params_init
+        self.frozen = frozen
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.algorithm = algorithm
+        self.step_offset = step_offset
+        self.step_decay = step_decay
+        self.distributed = distributed
+
     def _n_components(self):
         return 1
 
@@ -319,53 +345,14 @@ _COMMON_DOC = """
 """
 
 
-def _init(self, n_components, tol, max_iter, reg_covar, solver, scatter_max_features, n_init,
-          init_params, params_init, frozen, random_state, warm_start, verbose, device, dtype,
-          batch_size, algorithm, step_offset, step_decay, distributed):
-    self.n_components = n_components
-    self.tol = tol
-    self.max_iter = max_iter
-    self.reg_covar = reg_covar
-    self.solver = solver
-    self.scatter_max_features = scatter_max_features
-    self.n_init = n_init
-    self.init_params = init_params
-    self.params_init = params_init
-    self.frozen = frozen
-    self.random_state = random_state
-    self.warm_start = warm_start
-    self.verbose = verbose
-    self.device = device
-    self.dtype = dtype
-    self.batch_size = batch_size
-    self.algorithm = algorithm
-    self.step_offset = step_offset
-    self.step_decay = step_decay
-    self.distributed = distributed
-
-
 @io.register
 class PPCA(_FactorModel):
     __doc__ = "Probabilistic PCA (Tipping & Bishop, 1999): x ~ N(mu, W W^T + sigma^2 I).\n" + _COMMON_DOC
     _noise = "spherical"
-
-    def __init__(self, n_components=2, *, tol=1e-6, max_iter=1000, reg_covar=1e-12, solver="auto",
-                 scatter_max_features=4096, n_init=1, init_params="kmeans", params_init=None,
-                 frozen=None, random_state=None, warm_start=False, verbose=0, device=None,
-                 dtype="float64", batch_size=None, algorithm="em", step_offset=2.0, step_decay=0.7,
-                 distributed=None):
-        _init(**{k: v for k, v in locals().items() if k != "__class__"})
 
 
 @io.register
 class FactorAnalysis(_FactorModel):
     __doc__ = "Factor analysis: z ~ N(0, I), x | z ~ N(W z + mu, Psi), Psi diagonal.\n" + _COMMON_DOC
     _noise = "diag"
-
-    def __init__(self, n_components=2, *, tol=1e-6, max_iter=1000, reg_covar=1e-12, solver="auto",
-                 scatter_max_features=4096, n_init=1, init_params="kmeans", params_init=None,
-                 frozen=None, random_state=None, warm_start=False, verbose=0, device=None,
-                 dtype="float64", batch_size=None, algorithm="em", step_offset=2.0, step_decay=0.7,
-                 distributed=None):
-        _init(**{k: v for k, v in locals().items() if k != "__class__"})
 
