@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from elbokit._validation import (
     InputKind,
+    _numpy_2d,
     as_sample_weight,
     check_nonneg_float,
     check_positive_int,
@@ -40,7 +41,9 @@ from elbokit.mixture import _CHUNK_ELEMENTS, _INIT_SAMPLE, ALGORITHMS, INIT_METH
 
 
 def as_float_tensor(X, name, dtype, device, min_samples=1):
-    """X as a 2-D floating tensor on ``device``, NaN allowed (missing values), inf refused.
+    """X as a 2-D floating tensor on ``device``; NaN allowed (a missing entry), inf refused.
+
+    The checks and messages of :func:`elbokit._validation.as_2d_tensor` otherwise.
 
     Returns (tensor, InputKind, feature names or None).
     """
@@ -49,29 +52,26 @@ def as_float_tensor(X, name, dtype, device, min_samples=1):
         names = [str(c) for c in X.columns]
         X = X.to_numpy(dtype=np.float64, na_value=np.nan)
     if isinstance(X, torch.Tensor):
-        kind = InputKind(True, X.device)
-        t = X.detach()
+        if X.is_complex():
+            raise ValueError(f"Complex data not supported: {name} has complex values.")
+        kind, t = InputKind(True, X.device), X.detach()
     else:
-        if hasattr(X, "toarray"):
-            X = X.toarray()
         kind = InputKind(False, torch.device("cpu"))
-        arr = np.asarray(X)
-        if arr.dtype.kind not in "biuf":
-            try:
-                arr = arr.astype(np.float64)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{name} must hold numbers (NaN for missing values): {err}") from err
-        t = torch.from_numpy(np.array(arr, copy=True) if not arr.flags.writeable else arr)
+        arr = _numpy_2d(X, name)
+        t = torch.from_numpy(arr.copy() if not arr.flags.writeable else arr)
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features); got shape {tuple(t.shape)}. "
                          f"Reshape your data ({name}.reshape(-1, 1) for one feature).")
     if t.shape[0] < min_samples:
-        raise ValueError(f"{name} has {t.shape[0]} sample(s) while a minimum of {min_samples} is required.")
+        raise ValueError(f"{name} has {t.shape[0]} sample(s) (shape={tuple(t.shape)}) while a "
+                         f"minimum of {min_samples} is required.")
     if t.shape[1] == 0:
-        raise ValueError(f"{name} has 0 feature(s) while a minimum of 1 is required.")
+        raise ValueError(f"{name} has 0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 "
+                         "is required.")
     t = t.to(device=device, dtype=t.dtype if t.dtype in (torch.float32, torch.float64) else dtype)
     if bool(torch.isinf(t).any()):
-        raise ValueError(f"{name} contains inf: remove those rows or clip the values.")
+        raise ValueError(f"{name} contains inf: remove those rows or clip the values "
+                         "(NaN marks a missing entry).")
     return t, kind, names
 
 
@@ -86,6 +86,11 @@ class FamilyEMEstimator(ElbokitEstimator):
         "weights_", "params_", "family_config_", "lower_bounds_", "lower_bound_", "converged_",
         "n_iter_", "n_features_in_", "n_steps_",
     )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN is a missing entry, marginalised inside EM
+        return tags
 
     # ------------------------------------------------------------ hooks
     def _make_family(self) -> Family:
