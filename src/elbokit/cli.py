@@ -2,9 +2,11 @@
 
 Exit codes: 0 success, 1 a failure while running (e.g. a fit that broke
 down), 2 bad input or usage (missing file, wrong format, bad option).  Errors
-print one line; ``--debug`` shows the traceback.  Nothing that exists is
-overwritten without ``--force``, and an interrupted ``fit`` leaves no model
-directory behind (models are written to a temporary directory and renamed).
+print one line; ``--debug`` adds the traceback (the exit code is the same).
+Every output is claimed before the work starts and written through
+:mod:`elbokit.files`: nothing that exists is replaced without ``--force``
+(and then only elbokit's own output), an interrupted command leaves the old
+or the new version, complete, and nothing half-written.
 """
 
 from __future__ import annotations

@@ -339,7 +339,7 @@ class Claim:
 
     def _check_protected(self) -> None:
         target = _absolute(self.path)
-        named = [(p, str(p)) for p in self.protect] + [(Path.cwd(), "the working directory")]
+        named = [(Path.cwd(), "the working directory")] + [(p, str(p)) for p in self.protect]
         for p, which in named:
             q = _absolute(p)
             if q == target or target in q.parents:
@@ -418,9 +418,10 @@ class Claim:
             _remove(tmp)
             raise
         except OSError as err:
+            why = _explain(err, self.path.parent)  # before the temporary goes (a full disk frees)
             _remove(tmp)
             raise OutputWriteError(err.errno, f"cannot write {self.what} {self.path}: "
-                                   f"{_explain(err)}; {self.path} was left as it was.") from err
+                                   f"{why}; {self.path} was left as it was.") from err
         except BaseException:
             _remove(tmp)
             raise
@@ -441,8 +442,12 @@ class Claim:
         else:
             aside = target.parent / f"{_sibling_prefix(target)}{OLD_TAG}{secrets.token_hex(4)}"
             os.rename(target, aside)
-            _reached("aside")
-            os.rename(tmp, target)
+            try:
+                _reached("aside")
+                os.rename(tmp, target)
+            except BaseException:  # put the old version back (a kill here: recover() does)
+                os.rename(aside, target)
+                raise
             _reached("swapped")
             _remove(aside)
         _fsync_dir(target.parent)
@@ -663,13 +668,25 @@ def _check_free_space(directory: Path) -> None:
         raise OSError(errno.ENOSPC, f"only {free} bytes are free there")
 
 
-def _explain(err: OSError) -> str:
+def _explain(err: OSError, directory: Path | None = None) -> str:
+    """The cause of a failed write in words (a writer's errno-less error on a full disk too)."""
     hints = {errno.ENOSPC: "the file system is full", errno.EDQUOT: "the disk quota is exceeded",
              errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
              errno.EPERM: "permission denied", errno.EFBIG: "the file is too large for the system"}
+    if err.errno is None and directory is not None and _nearly_full(directory):
+        return f"the file system is full ({err})"
     text = hints.get(err.errno) or err.strerror or str(err)
-    detail = err.strerror if err.strerror and err.strerror != text and err.errno not in hints else ""
+    standard = os.strerror(err.errno) if err.errno else None
+    detail = err.strerror if err.strerror and err.strerror not in (text, standard) else ""
     return text + (f" ({detail})" if detail else "")
+
+
+def _nearly_full(directory: Path) -> bool:
+    try:
+        info = os.statvfs(directory)
+    except (OSError, AttributeError):
+        return False
+    return info.f_bavail * info.f_frsize < 1 << 20
 
 
 def _absolute(p: Path) -> Path:

@@ -456,6 +456,7 @@ class GaussianMixture(ElbokitEstimator):
         model = self._model()
         warm = self.warm_start and self.__sklearn_is_fitted__()
         if warm:
+            self._check_features(n_features, "X")  # a warm start continues from the same columns
             first = self._params(device)
 
             def initialize(i):
