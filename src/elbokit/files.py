@@ -86,11 +86,11 @@ class OutputExistsError(FileExistsError):
     """
 
     def __init__(self, template: str):
-        self.template = template
-        super().__init__(template.format(force="overwrite=True"))
+        self.template = template  # "{force}" marks where the fix is named (paths may hold braces)
+        super().__init__(template.replace("{force}", "overwrite=True"))
 
     def for_cli(self) -> str:
-        return self.template.format(force="--force")
+        return self.template.replace("{force}", "--force")
 
 
 class OutputBusyError(OutputExistsError):
@@ -321,9 +321,9 @@ class Claim:
         except OutputBusyError:
             self._remove_parents()
             raise OutputBusyError(
-                f"{self.path} is being written by another elbokit process ({_holder(self.lock_path)}):"
-                f" wait for it to finish or choose another {self.what} ({{force}} does not override"
-                " this).") from None
+                f"{self.path} is being written by another elbokit process ({_holder(self.lock_path)},"
+                f" lock {self.lock_path}): wait for it to finish or choose another {self.what}"
+                " ({force} does not override this).") from None
         except OSError as err:
             self.release()
             raise OutputError(err.errno, f"cannot write {self.what} {self.path}: "
@@ -472,6 +472,12 @@ class Claim:
     def __exit__(self, *exc):
         self.release()
         return False
+
+    def __del__(self):  # a claim dropped without release must not hold its lock forever
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
 
 def _no_dir(path: Path) -> str | None:

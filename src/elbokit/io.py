@@ -655,7 +655,8 @@ def _shape_matches(got: tuple, expected: tuple) -> bool:
 
 
 def _show_shape(shape: tuple) -> str:
-    return "(" + ", ".join("any" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+    dims = ", ".join("any" if d is None else str(d) for d in shape)
+    return f"({dims},)" if len(shape) == 1 else f"({dims})"
 
 
 # ------------------------------------------------------------------ checks estimators share

@@ -28,7 +28,8 @@ from elbokit.io import CONFIG_NAME, TENSORS_NAME
 
 @pytest.fixture(scope="session")
 def X():
-    return np.random.default_rng(0).normal(size=(90, 3)) + np.repeat([[0, 0, 0], [6, 0, 0], [0, 6, 0]], 30, 0)
+    centres = np.repeat([[0, 0, 0], [6, 0, 0], [0, 6, 0]], 30, 0)
+    return np.random.default_rng(0).normal(size=(90, 3)) + centres
 
 
 @pytest.fixture(scope="session")

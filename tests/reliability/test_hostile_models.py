@@ -109,7 +109,8 @@ DAMAGE = {
                              "tensor_kinds"),
     # forged files with a recomputed checksum
     "NaN means": (edit_tensor("fitted.means_", lambda t: t.fill_(math.nan)), "NaN"),
-    "inf precisions": (edit_tensor("fitted.precisions_cholesky_", lambda t: t.fill_(math.inf)), "NaN or inf"),
+    "inf precisions": (edit_tensor("fitted.precisions_cholesky_", lambda t: t.fill_(math.inf)),
+                       "NaN or inf"),
     "a row too many": (edit_tensor("fitted.means_", lambda t: torch.cat([t, t[:1]])), "shape"),
     "int64 means": (edit_tensor("fitted.means_", lambda t: t.long()), "dtype"),
     "weights not summing to 1": (edit_tensor("fitted.weights_", lambda t: t * 2), "sum to 1"),
