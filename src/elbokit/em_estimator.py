@@ -28,6 +28,7 @@ from elbokit._validation import (
     resolve_dtype,
     to_output,
 )
+from elbokit import io
 from elbokit.base import ElbokitEstimator
 from elbokit.data.sources import InMemorySource, as_source, is_source_like, sample_rows
 from elbokit.families import Family, family_spec, get_family
@@ -75,6 +76,22 @@ def as_float_tensor(X, name, dtype, device, min_samples=1):
     return t, kind, names
 
 
+def _family_problem(config) -> str | None:
+    """None if ``config`` rebuilds a family, else why not (for the load validator)."""
+    try:
+        get_family(config)
+    except (TypeError, ValueError, KeyError) as err:
+        return f"not a component family ({err})"
+    return None
+
+
+def _expected_params(model) -> dict:
+    """{name: (shape, dtype)} of the fitted family's parameters (for the load validator)."""
+    family = get_family(model.family_config_)
+    shapes = family.param_shapes(model._n_components(), model.n_features_in_)
+    return {k: (tuple(v), F64) for k, v in shapes.items()}
+
+
 class FamilyEMEstimator(ElbokitEstimator):
     """Base class of the EM estimators over a component family (see module docstring).
 
@@ -86,6 +103,14 @@ class FamilyEMEstimator(ElbokitEstimator):
         "weights_", "params_", "family_config_", "lower_bounds_", "lower_bound_", "converged_",
         "n_iter_", "n_features_in_", "n_steps_",
     )
+    _fitted_schema = {
+        "family_config_": io.json_value(check=lambda m, v: _family_problem(v)),
+        "weights_": io.array(lambda m: (m._n_components(),), low=0, check=io.sums_to_one),
+        "params_": io.tensor_dict(lambda m: _expected_params(m)),
+        "lower_bounds_": io.array(None), "lower_bound_": io.real(), "converged_": io.flag(),
+        "n_iter_": io.integer(low=0), "n_features_in_": io.integer(low=1),
+        "n_steps_": io.integer(low=0),
+    }
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -466,31 +491,20 @@ class FamilyEMEstimator(ElbokitEstimator):
 
     def _fitted_state(self):
         state = super()._fitted_state()
-        state["params_"] = {k: (v if isinstance(v, torch.Tensor) else torch.as_tensor(v))
-                            for k, v in self.params_.items()}
-        state["_params_torch"] = isinstance(next(iter(self.params_.values())), torch.Tensor)
+        state["params_"] = {k: torch.as_tensor(v).to(F64) for k, v in self.params_.items()}
         if hasattr(self, "feature_names_in_"):
             state["feature_names_in_"] = [str(n) for n in self.feature_names_in_]
         return state
 
     def _set_fitted_state(self, state):
         state = dict(state)
-        as_torch = state.pop("_params_torch", False)
         names = state.pop("feature_names_in_", None)
+        as_torch = isinstance(state["weights_"], torch.Tensor)
         params = state.pop("params_")
-        family = get_family(state["family_config_"])
-        shapes = family.param_shapes(len(np.asarray(state["weights_"])), int(state["n_features_in_"]))
-        if set(params) != set(shapes):
-            raise ValueError(f"the saved parameters {sorted(params)} do not match the family's "
-                             f"{sorted(shapes)}: the model is corrupted.")
-        for k, shape in shapes.items():
-            got = tuple(params[k].shape)
-            if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
-                raise ValueError(f"saved parameter {k!r} has shape {got}, expected {shape}.")
-            if not bool(torch.isfinite(torch.as_tensor(params[k])).all()):
-                raise ValueError(f"saved parameter {k!r} holds NaN or inf: the model is corrupted.")
         super()._set_fitted_state(state)
-        self.params_ = {k: (v if as_torch else torch.as_tensor(v).numpy()) for k, v in params.items()}
+        device = state["weights_"].device if as_torch else None
+        self.params_ = {k: (torch.as_tensor(v).to(device) if as_torch else torch.as_tensor(v).numpy())
+                        for k, v in params.items()}
         if names is not None:
             self.feature_names_in_ = np.asarray(names, dtype=object)
 
