@@ -327,7 +327,7 @@ def _family_from_options(family, covariance_type, n_factors):
     return family
 
 
-def _save_em_fit(model, out_dir, data, seconds, force, what: str) -> None:
+def _save_em_fit(model, out_dir, out, data, seconds, what: str) -> None:
     """Save a fitted family-EM model with its metrics; one line of summary."""
     n = int(np.asarray(model.score_samples(data)).shape[0])
     metrics = {"model": what, "data": str(Path(data).resolve()), "n_samples": n,
@@ -335,10 +335,10 @@ def _save_em_fit(model, out_dir, data, seconds, force, what: str) -> None:
                "lower_bounds": [float(b) for b in model.lower_bounds_],
                "log_likelihood_per_sample": model.lower_bound_, "converged": model.converged_,
                "n_iter": model.n_iter_, "bic": model.bic(data), "aic": model.aic(data)}
-    model.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    model.save(out_dir, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
     click.echo(f"fitted {what} on {n} x {model.n_features_in_} in {seconds:.2f} s: mean log p(x) "
                f"{model.lower_bound_:.4f}, {model.n_iter_} iterations, "
-               f"{'converged' if model.converged_ else 'NOT converged'}; saved to {out_dir}")
+               f"{'converged' if model.converged_ else 'NOT converged'}; saved to {out}")
 
 
 @fit.command("mixture")
@@ -367,15 +367,14 @@ def fit_mixture(data, out, components, family, covariance_type, n_factors, max_i
     from elbokit import Mixture
 
     data = _check_data_path(data)
-    out_dir = Path(out)
-    _check_new(out_dir, force, "model directory")
+    out_dir = _claim_model(out, force, [data], distributed)
     distributed, rank = _launch(distributed, device)
     model = Mixture(components, family=_family_from_options(family, covariance_type, n_factors),
                     max_iter=max_iter, tol=tol, n_init=n_init, dtype=dtype, device=device,
                     random_state=seed, verbose=1 if rank == 0 else 0, distributed=distributed or None)
     seconds = _fit_timed(model, data, distributed)
     if rank == 0:
-        _save_em_fit(model, out_dir, data, seconds, force, f"mixture K={components} ({family})")
+        _save_em_fit(model, out_dir, out, data, seconds, f"mixture K={components} ({family})")
 
 
 @fit.command("factor")
@@ -396,15 +395,14 @@ def fit_factor(data, out, components, noise, max_iter, tol, device, seed, distri
     from elbokit import PPCA, FactorAnalysis
 
     data = _check_data_path(data)
-    out_dir = Path(out)
-    _check_new(out_dir, force, "model directory")
+    out_dir = _claim_model(out, force, [data], distributed)
     distributed, rank = _launch(distributed, device)
     cls = PPCA if noise == "spherical" else FactorAnalysis
     model = cls(components, max_iter=max_iter, tol=tol, device=device, random_state=seed,
                 verbose=1 if rank == 0 else 0, distributed=distributed or None)
     seconds = _fit_timed(model, _rows_with_missing(data), distributed)
     if rank == 0:
-        _save_em_fit(model, out_dir, data, seconds, force, f"{cls.__name__} q={components}")
+        _save_em_fit(model, out_dir, out, data, seconds, f"{cls.__name__} q={components}")
 
 
 def _read_corpus(data: str, **kwargs):
