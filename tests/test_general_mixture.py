@@ -161,8 +161,8 @@ def test_gaussian_family_equals_gaussian_mixture_from_the_same_start(ct, wine):
 
 
 # ------------------------------------------------------------------ plumbing
-@pytest.mark.parametrize("key", ["bernoulli", "categorical", "gaussian-full", "student_t", "vmf",
-                                 "factor", "product"])
+@pytest.mark.parametrize("key", ["bernoulli", "categorical", "multinomial", "poisson", "gaussian-tied",
+                                 "student_t", "vmf", "factor", "product"])
 def test_save_load_round_trip(key, tmp_path):
     X = dataset(data_name(key))
     with quiet():
@@ -175,7 +175,8 @@ def test_save_load_round_trip(key, tmp_path):
     np.testing.assert_array_equal(back.lower_bounds_, m.lower_bounds_)
 
 
-@pytest.mark.parametrize("key", ["bernoulli", "gaussian-full", "product"])
+@pytest.mark.parametrize("key", ["bernoulli", "categorical", "multinomial", "poisson", "gaussian-full",
+                                 "student_t", "vmf", "factor", "product"])
 def test_streamed_batches_equal_in_memory(key):
     X = dataset(data_name(key))
     kw = dict(n_components=3, family=FAMILIES[key](), random_state=0, dtype="float64", tol=0,
