@@ -212,30 +212,36 @@ class TableSource(_ConvertingSource):
     Parameters
     ----------
     path : str or Path
-        ``.parquet``/``.pq`` or ``.csv``/``.tsv`` (with a header row).
+        ``.parquet``/``.pq`` or ``.csv``/``.tsv`` (with a header row; also
+        gzip-compressed, ``.csv.gz``/``.tsv.gz``).
     batch_size : int
         Rows per batch (Parquet; CSV batches follow pyarrow's block size).
+    columns : list of str, optional
+        Read only these columns, in this order (the others are never parsed).
     """
 
-    def __init__(self, path, batch_size: int, dtype, device):
+    def __init__(self, path, batch_size: int, dtype, device, columns=None):
         super().__init__(dtype, device, str(path))
         self.path = Path(path)
         self.batch_size = batch_size
-        self.suffix = self.path.suffix.lower()
+        self.suffix = table_suffix(self.path)
+        self.columns = None if columns is None else list(columns)
 
     def _record_batches(self):
         if self.suffix in (".parquet", ".pq"):
             import pyarrow.parquet as pq
 
-            yield from pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_size)
+            yield from pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_size,
+                                                              columns=self.columns)
             return
         import pyarrow.csv as pcsv
 
         delimiter = "\t" if self.suffix == ".tsv" else ","
-        reader = pcsv.open_csv(
+        reader = pcsv.open_csv(  # decompresses .gz by the file name
             self.path,
             read_options=pcsv.ReadOptions(block_size=1 << 22),
             parse_options=pcsv.ParseOptions(delimiter=delimiter),
+            convert_options=pcsv.ConvertOptions(include_columns=self.columns),
         )
         yield from reader
 
@@ -271,7 +277,10 @@ class TableSource(_ConvertingSource):
 
         if self.suffix not in (".csv", ".tsv"):
             return None
-        with open(self.path, newline="") as f:
+        import gzip
+
+        opener = gzip.open if self.path.suffix.lower() == ".gz" else open
+        with opener(self.path, "rt", newline="") as f:
             reader = csv.reader(f, delimiter="\t" if self.suffix == ".tsv" else ",")
             header = next(reader, [])
             for r, cells in enumerate(reader, start=1):
@@ -324,19 +333,32 @@ def is_source_like(X) -> bool:
     return callable(X) or isinstance(X, Iterable)
 
 
+TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv")
+
+
+def table_suffix(path) -> str:
+    """The format suffix of a data file: ``.csv`` for ``x.csv`` and ``x.csv.gz`` alike."""
+    path = Path(path)
+    suffixes = [s.lower() for s in path.suffixes]
+    if len(suffixes) >= 2 and suffixes[-1] == ".gz" and suffixes[-2] in (".csv", ".tsv"):
+        return suffixes[-2]
+    return path.suffix.lower()
+
+
 def as_source(X, *, batch_size: int, dtype, device):
     """A batch source for a path (.npy, .parquet, .csv), a memmap or an iterable of batches."""
     if isinstance(X, (str, os.PathLike)):
         path = Path(X)
         if not path.is_file():
             raise FileNotFoundError(f"no data file at {path}.")
-        suffix = path.suffix.lower()
+        suffix = table_suffix(path)
         if suffix == ".npy":
             return NpySource(path, batch_size, dtype, device)
-        if suffix in (".parquet", ".pq", ".csv", ".tsv"):
+        if suffix in TABLE_SUFFIXES:
             return TableSource(path, batch_size, dtype, device)
         raise ValueError(
-            f"{path}: unknown data format {suffix!r}; use .npy, .parquet, .csv or .tsv."
+            f"{path}: unknown data format {suffix!r}; use .npy, .parquet, .csv, .tsv "
+            "(or .csv.gz, .tsv.gz)."
         )
     if isinstance(X, np.memmap):
         return MemmapSource(X, batch_size, dtype, device)
