@@ -498,7 +498,8 @@ def fit_vae(data, out, latent_dim, checkpoint_dir, resume, distributed, force, m
     stopped = (f" (stopped early: no better validation ELBO in {options['patience']} epochs)"
                if vae.n_epochs_ < options["epochs"] else "")
     click.echo(f"trained a VAE (latent {latent_dim}) on {X.shape[0]} x {X.shape[1]} for "
-               f"{vae.n_epochs_} epochs{stopped} in {seconds:.1f} s: training bound "
+               f"{vae.n_epochs_} epoch{'' if vae.n_epochs_ == 1 else 's'}{stopped} in "
+               f"{seconds:.1f} s: training bound "
                f"{vae.history_['train'][-1]:.4f}; saved to {out_dir}")
 
 
@@ -980,7 +981,8 @@ def _tour_lda(seed: int, sweeps: int):
     click.echo(f"\nLDA (Monte Carlo: Gibbs sampling) on the KJV gospels: {len(train)} verses, "
                f"{len(corpus.vocabulary)} words, 8 topics, {sweeps} sweeps")
     start = time.perf_counter()
-    lda = LDA(8, method="gibbs", max_iter=sweeps, random_state=seed, verbose=1).fit(corpus)
+    lda = LDA(8, method="gibbs", max_iter=sweeps, random_state=seed,
+              verbose=int(sys.stderr.isatty())).fit(corpus)  # a progress bar on a terminal
     seconds = time.perf_counter() - start
     for k, words in enumerate(lda.top_words(8)):
         click.echo(f"  topic {k}: {' '.join(words)}")
@@ -1004,7 +1006,7 @@ def _tour_vae(seed: int, epochs: int):
                f"grey levels), latent 2, continuous Bernoulli likelihood, {epochs} epochs")
     start = time.perf_counter()
     vae = VAE(2, hidden_sizes=(128, 64), likelihood="continuous_bernoulli", epochs=epochs,
-              batch_size=64, random_state=seed, verbose=1).fit(X)
+              batch_size=64, random_state=seed, verbose=int(sys.stderr.isatty())).fit(X)
     seconds = time.perf_counter() - start
     s = vae_summary(vae, X)
     click.echo(f"trained in {seconds:.1f} s: ELBO {s['elbo']:.3f}, importance-sampled log p(x) "
@@ -1058,7 +1060,10 @@ def _write_tour(out_dir: Path, models: dict, dataset: str) -> None:
 
 # ------------------------------------------------------------------ entry point
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TypeError, KeyError)
-_PYTHON_TO_CLI = {"overwrite=True": "--force"}
+_PYTHON_TO_CLI = {"overwrite=True": "--force",
+                  "every column must be numeric.": "every column must be numeric: leave text "
+                                                   "columns out with --drop NAME."}
+_BARE = {"tol"}  # parameter names without "_" that are no English word
 _KEYWORD = re.compile(r"""
     (?<![\w.-])([a-z][a-z0-9]*(?:_[a-z0-9]+)*)      # a Python name ...
     (?:=('[^']*'|"[^"]*"|\.\.\.|[^\s,;:)]*[^\s,;:).]))?  # ... maybe with =value
@@ -1099,7 +1104,7 @@ def in_cli_words(message: str) -> str:
         return f"{option} {value}".rstrip()
 
     def replace(match):
-        if "_" not in match.group(1) and match.group(2) is None:
+        if "_" not in match.group(1) and match.group(2) is None and match.group(1) not in _BARE:
             return match.group(0)  # a plain word
         return keyword(match)
 

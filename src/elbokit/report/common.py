@@ -50,10 +50,11 @@ def bound_table_and_plot(page: Page, bounds, n_iter: int, *, what: str, unit: st
             for i, b in zip(steps, values)]
     if has_final:
         rows.append(["final", float(bounds[-1]), float(bounds[-1] - values[-1]) if n_iter else ""])
-    table = Table("bound", [what, label, "change"], rows)
+    formats = [None, "{:.6f}", "{:.2e}"]
+    table = Table("bound", [what, label, "change"], rows, formats)
     fig = plots.bound_history(steps, values, xlabel=what, ylabel=unit, label=label,
                               final=bounds[-1] if has_final else None, exact=exact)
-    shown = Table("bound-last", table.header, rows[-12:])
+    shown = Table("bound-last", table.header, rows[-12:], formats)
     return [page.figure(fig, caption, table),
             page.table(shown, f"The last {len(shown.rows)} of {len(rows)} values.", csv=table)]
 

@@ -72,8 +72,9 @@ def gaussian_mixture_page(gm, data: Data, metrics: dict, labels=None, progress=N
     converged = "converged" if gm.converged_ else "NOT converged (max_iter reached)"
     page = Page(
         f"Gaussian mixture: K={K}, covariance_type={gm.covariance_type!r}",
-        f"Fitted by EM on {metrics.get('n_samples', n)} rows x {D} features "
-        f"({gm.n_iter_} iterations, {converged}); shown: {data.description}, {n} rows"
+        (f"Fitted by EM on {metrics['n_samples']} rows x {D} features " if "n_samples" in metrics
+         else f"Fitted by EM on data with {D} features ")
+        + f"({gm.n_iter_} iterations, {converged}); shown: {data.description}, {n} rows"
         + (f" (plots on a random sample of {len(rows.index)}; every row is scored)."
            if rows.is_sample else "."),
     )
@@ -170,7 +171,7 @@ def _profiles(page: Page, gm, names) -> None:
                   + [f"{n} (standardised)" for n in names],
                   [[k, float(w[k])] + means[k].tolist() + z[k].tolist() for k in range(len(w))])
     fig = plots.heatmap(z[:, shown], list(range(len(w))), [names[j] for j in shown],
-                        xlabel="feature", ylabel="component", cbar="(mean - overall mean) / sd",
+                        xlabel="feature", ylabel="component", cbar="sd units",
                         cmap="RdBu_r", centre=True,
                         width=plots.FULL if len(shown) > 10 else plots.HALF)
     page.add("Feature profiles", page.figure(

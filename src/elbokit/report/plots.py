@@ -33,7 +33,12 @@ def colours(n: int) -> list:
     return [cmap(0.05 + 0.9 * i / (n - 1)) for i in range(n)]
 
 
-def _integer_ticks(ax, axis: str = "x") -> None:
+def _integer_ticks(ax, axis: str = "x", n: int | None = None) -> None:
+    """Integer ticks (every one for a short axis 1..n, with some room at the ends)."""
+    if n is not None and n <= 12:
+        getattr(ax, f"set_{axis}ticks")(range(1, n + 1))
+        getattr(ax, f"set_{axis}lim")(0.5, n + 0.5)
+        return
     getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
 
 
@@ -71,7 +76,7 @@ def bound_history(steps, bounds, *, xlabel: str, ylabel: str, label: str, final=
         ax.set_xticks(sorted(set(ticks)))
         ax.set_xticklabels([("final" if t == n + 1 else str(t)) for t in sorted(set(ticks))])
     else:
-        _integer_ticks(ax)
+        _integer_ticks(ax, n=n)
     if title:
         ax.set_title(title, fontsize=10)
     _finish(ax, xlabel, ylabel)
@@ -205,22 +210,30 @@ def log_density_histogram(counts, edges, threshold, n_flagged: int, *, xlabel="l
 
 
 def image_grid(images, image_shape, n_cols: int = 10, titles=None):
-    """Images in a grid (rows of ``images`` reshaped to ``image_shape`` (h, w)); exactly as
-    many panels as images, one row when they fit."""
-    images = np.asarray(images)
+    """Images in a grid (rows of ``images`` reshaped to ``image_shape`` (h, w)), drawn as one
+    mosaic: exactly as many cells as images, one row when they fit."""
+    images = np.asarray(images, dtype=np.float64)
     n = len(images)
     n_cols = min(n_cols, n)
     n_rows = int(np.ceil(n / n_cols))
-    label_h = 0.18 if titles is not None else 0
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * 0.75, n_rows * (0.75 + label_h)),
-                             squeeze=False)
-    for i, ax in enumerate(axes.ravel()):
-        ax.axis("off")
-        if i < n:
-            ax.imshow(images[i].reshape(image_shape), cmap="gray_r", vmin=0, vmax=1)
-            if titles is not None:
-                ax.set_title(str(titles[i]), fontsize=6, pad=2)
-    fig.subplots_adjust(wspace=0.05, hspace=0.3 if titles is not None else 0.05)
+    h, w = image_shape
+    pad = max(1, h // 10)
+    label = 0 if titles is None else max(4, h // 3)
+    cell_h, cell_w = h + pad + label, w + pad
+    mosaic = np.full((n_rows * cell_h, n_cols * cell_w), np.nan)
+    for i in range(n):
+        r, c = divmod(i, n_cols)
+        top = r * cell_h + label
+        mosaic[top:top + h, c * cell_w:c * cell_w + w] = images[i].reshape(image_shape)
+    fig, ax = plt.subplots(figsize=(n_cols * 0.75, n_rows * 0.75 * cell_h / cell_w))
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="white")
+    ax.imshow(mosaic, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    if titles is not None:
+        for i in range(n):
+            r, c = divmod(i, n_cols)
+            ax.text(c * cell_w + w / 2, r * cell_h + label * 0.55, str(titles[i]), fontsize=6,
+                    ha="center", va="center")
+    ax.axis("off")
     return fig
 
 
@@ -247,10 +260,11 @@ def kl_per_dimension(kl, active, threshold: float):
     from matplotlib.patches import Patch
 
     ax.bar(np.arange(1, L + 1), kl, color=[BLUE if a else GREY for a in active])
+    ax.set_ylim(0, 1.3 * max(float(np.max(kl)), 1e-3))  # room for the legend
     ax.legend(handles=[Patch(color=BLUE, label="active"),
                        Patch(color=GREY, label=f"inactive (Cov_x E[z_j|x] <= {threshold:g})")],
               fontsize=8)
-    _integer_ticks(ax)
+    _integer_ticks(ax, n=L)
     _finish(ax, "latent dimension j", "mean KL per sample (nats)", legend=False)
     return fig
 
@@ -262,7 +276,7 @@ def train_validation_history(train, validation):
     if len(validation):
         ax.plot(epochs[: len(validation)], validation, marker="s", ms=3, color=RED,
                 label="validation ELBO")
-    _integer_ticks(ax)
+    _integer_ticks(ax, n=len(train))
     _finish(ax, "epoch", "nats per sample")
     return fig
 
@@ -298,8 +312,9 @@ def topic_word_bars(words, within, overall, palette, n_cols: int = 4):
     for ax in axes[-1]:
         if ax.get_visible():
             ax.set_xlabel("tokens (expected)", fontsize=8)
-    axes[0, 0].legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.legend(handles[::-1], names[::-1], loc="upper right", ncol=2, fontsize=8, frameon=False)
     return fig
 
 

@@ -55,6 +55,10 @@ def latent_diagnostics(vae, X) -> dict:
     return {"codes": codes, "variance": variance, "kl": kl, "active": variance > ACTIVE_THRESHOLD}
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def _image_shape(vae):
     if vae.image_shape is not None:
         return tuple(vae.image_shape[-2:])
@@ -76,8 +80,9 @@ def vae_page(vae, data: Data, metrics: dict, labels=None, progress=None,
           else f"its {rows.n_total} rows")
     page = Page(
         f"Variational autoencoder: latent_dim={vae.latent_dim}, likelihood={vae.likelihood!r}",
-        f"Trained by amortised VI for {vae.n_epochs_} epochs on {metrics.get('n_samples', '?')} "
-        f"rows x {vae.n_features_in_} features; shown: {data.description}, on {on}.",
+        f"Trained by amortised VI for {_count(vae.n_epochs_, 'epoch')}"
+        + (f" on {metrics['n_samples']} rows" if "n_samples" in metrics else "")
+        + f" x {vae.n_features_in_} features; shown: {data.description}, on {on}.",
     )
     progress("latent space")
     diag = latent_diagnostics(vae, X)
