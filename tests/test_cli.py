@@ -175,7 +175,8 @@ def test_debug_shows_the_traceback(tmp_path):
 
 def test_help_on_every_subcommand():
     for args in ([], ["fit"], ["fit", "gmm"], ["predict"], ["transform"], ["score"], ["sample"],
-                 ["topics"], ["select", "gmm"], ["report"], ["tour"]):
+                 ["topics"], ["select", "gmm"], ["select", "lda"], ["select", "vae"], ["report"],
+                 ["tour"]):
         result = CliRunner().invoke(cli, [*args, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
 

@@ -339,21 +339,30 @@ def _read_documents(data: str) -> list[str]:
     return read_documents(data)
 
 
+def _lda_options(f):
+    """The topic model's and the vocabulary's options (fit lda and select lda)."""
+    for option in reversed([
+        click.option("--method", type=click.Choice(["batch", "online", "gibbs"]), default="batch",
+                     show_default=True),
+        click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True),
+        click.option("--min-df", type=float, default=2, show_default=True),
+        click.option("--max-df", type=float, default=0.5, show_default=True),
+        click.option("--max-features", type=click.IntRange(min=1), default=None),
+        click.option("--stop-words", default="english", show_default=True,
+                     help="'english', 'none', or a file with one word per line."),
+        click.option("--device", default=None),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]):
+        f = option(f)
+    return f
+
+
 @fit.command("lda")
 @click.argument("data")
 @click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
 @click.option("--topics", "-k", "n_topics", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--method", type=click.Choice(["batch", "online", "gibbs"]), default="batch",
-              show_default=True)
-@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--min-df", type=float, default=2, show_default=True)
-@click.option("--max-df", type=float, default=0.5, show_default=True)
-@click.option("--max-features", type=click.IntRange(min=1), default=None)
-@click.option("--stop-words", default="english", show_default=True,
-              help="'english', 'none', or a file with one word per line.")
+@_lda_options
 @click.option("--field", default="text", show_default=True, help="JSONL: the key holding the text.")
-@click.option("--device", default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
 @_distributed_option
 @click.option("--force", is_flag=True, help="Replace an existing model directory.")
 def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features, stop_words,
@@ -796,16 +805,7 @@ def select_gmm(data, k_range, covariance_type, criterion, n_init, reg_covar, dty
 @click.option("--k", "k_range", default="5,10,20", show_default=True, help="Range a..b or list.")
 @click.option("--criterion", type=click.Choice(["perplexity", "coherence"]), default="perplexity",
               show_default=True, help="Held-out perplexity (lower) or NPMI coherence (higher).")
-@click.option("--method", type=click.Choice(["batch", "online", "gibbs"]), default="batch",
-              show_default=True)
-@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--min-df", type=float, default=2, show_default=True)
-@click.option("--max-df", type=float, default=0.5, show_default=True)
-@click.option("--max-features", type=click.IntRange(min=1), default=None)
-@click.option("--stop-words", default="english", show_default=True,
-              help="'english', 'none', or a file with one word per line.")
-@click.option("--device", default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
+@_lda_options
 @_selection_options
 def select_lda(data, k_range, criterion, method, max_iter, min_df, max_df, max_features,
                stop_words, device, seed, holdout, out, force):

@@ -117,14 +117,16 @@ class Data:
         index = np.asarray(index, dtype=np.int64)
         if not self.is_file:
             return self.array()[index]
-        out, offset = {}, 0
-        wanted = set(index.tolist())
+        wanted = np.unique(index)
+        found, offset = {}, 0
         for X in self._batches():
-            for i in range(offset, offset + len(X)):
-                if i in wanted:
-                    out[i] = X[i - offset]
+            here = wanted[(wanted >= offset) & (wanted < offset + len(X))]
+            found.update(zip(here.tolist(), X[here - offset]))
             offset += len(X)
-        return np.stack([out[i] for i in index.tolist()]) if len(index) else np.zeros((0, 0))
+        missing = [int(i) for i in wanted if int(i) not in found]
+        if missing:
+            raise ValueError(f"{self.description} has {offset} rows, no row {missing[0]}.")
+        return np.stack([found[i] for i in index.tolist()]) if len(index) else np.zeros((0, 0))
 
 
 def _bottom(keys, index, parts, k):
