@@ -162,7 +162,8 @@ def choose_columns(path, columns=None, drop=None) -> Preprocessing:
 
 def raw_batches(path, prep: Preprocessing | None = None,
                 batch_rows: int = _BATCH_ROWS) -> Iterator[np.ndarray]:
-    """The file's rows in float64 batches, with ``prep``'s columns (not standardised)."""
+    """The file's rows in float64 batches (IDX images: float32), with ``prep``'s columns (not
+    standardised)."""
     import torch
 
     from elbokit.data.sources import TABLE_SUFFIXES, TableSource, as_source, table_suffix
@@ -171,7 +172,7 @@ def raw_batches(path, prep: Preprocessing | None = None,
     if is_idx(path):
         from elbokit.data.idx import load_idx_images
 
-        X = load_idx_images(path).astype(np.float64)
+        X = load_idx_images(path)  # float32 grey levels: 60,000 images need no float64 copy
         X = X if columns is None else X[:, columns]
         for start in range(0, len(X), batch_rows):
             yield X[start:start + batch_rows]
@@ -196,7 +197,7 @@ def batches(path, prep: Preprocessing | None = None,
 
 
 def read(path, prep: Preprocessing | None = None) -> np.ndarray:
-    """The whole file as the model sees it, float64, shape (n_rows, n_columns)."""
+    """The whole file as the model sees it, shape (n_rows, n_columns), float64 (IDX: float32)."""
     return np.concatenate(list(batches(path, prep)))
 
 
@@ -206,6 +207,7 @@ def standardiser(path, prep: Preprocessing) -> Preprocessing:
     as scikit-learn's StandardScaler)."""
     n, mean, m2 = 0, None, None
     for X in raw_batches(path, prep):
+        X = X.astype(np.float64, copy=False)
         b = X.shape[0]
         if b == 0:
             continue

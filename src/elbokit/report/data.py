@@ -74,7 +74,7 @@ class Data:
         return lambda: preprocess.batches(self.source, self.prep)
 
     def array(self) -> np.ndarray:
-        """All rows in memory, float64."""
+        """All rows in memory (float64; IDX images float32)."""
         if not self.is_file:
             return np.asarray(self.source, dtype=np.float64)
         return preprocess.read(self.source, self.prep)
@@ -161,8 +161,10 @@ def read_labels(spec, n_rows: int, data_description: str) -> np.ndarray:
     if header_possible and len(labels) == n_rows + 1:
         labels = _typed(labels[1:])
     if len(labels) != n_rows:
+        count = f"{len(labels)} entries" + (f" ({len(labels) - 1} after a header line)"
+                                            if header_possible else "")
         raise ValueError(
-            f"the labels have {len(labels)} entries but {data_description} has {n_rows} rows: "
+            f"the labels have {count} but {data_description} has {n_rows} rows: "
             "give the labels of exactly these rows (the labels file that belongs to this "
             "data, or the data the labels belong to)."
         )
@@ -228,7 +230,7 @@ def _text_labels(path: Path, column: str | None) -> tuple[np.ndarray, bool]:
     values = [r[0].strip() for r in rows]
     if len(values) > 1 and not _is_int(values[0]) and all(_is_int(v) for v in values[1:]):
         return _typed(values[1:]), False  # a header above integer labels
-    return _typed(values), len(values) > 1
+    return _typed(values), len(values) > 1 and not _is_int(values[0])
 
 
 def _is_int(value) -> bool:
