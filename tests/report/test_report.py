@@ -143,7 +143,7 @@ def render(page: Path, shot: Path, profile: Path) -> str:
     url = page.resolve().as_uri()
     dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000",
                           "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
-    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1280,4000",
+    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1280,6000",
                     f"--screenshot={shot}", url], capture_output=True, timeout=180)
     return re.search(r"<body([^>]*)>", dom).group(1)
 
