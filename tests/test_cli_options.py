@@ -75,6 +75,7 @@ def test_column_errors_name_the_columns(iris_gz, tmp_path, capsys):
     path, _, _ = iris_gz
     code, _, err = run_main(["fit", "gmm", path, "--out", tmp_path / "m", "--columns", "petal"],
                             capsys)
+    err = err.splitlines()[-1]  # after the note on the CSV header
     assert code == 2 and err.startswith("Error: --columns: no column 'petal'") and "sl, sw" in err
     code, _, err = run_main(["fit", "gmm", path, "--out", tmp_path / "m"], capsys)
     assert code == 2 and "'species'" in err and "--drop NAME" in err
@@ -228,6 +229,10 @@ def test_report_labels_from_csv_for_lda_and_gmm(lda_model, iris_gz, tmp_path, ca
     header, rows = _csv(tmp_path / "g" / "report-data" / "clusters-vs-labels.csv")
     assert header[1:] == ["label setosa", "label versicolor", "label virginica"]
     assert sum(int(v) for r in rows for v in r[1:]) == 150
+    # a model with its report, tables and preprocessing is elbokit's own: --force replaces it
+    invoke("fit", "gmm", path, "--out", tmp_path / "g", "-k", "2", "--drop", "species",
+           "--standardize", "--force")
+    invoke("report", tmp_path / "g")
     (tmp_path / "few.csv").write_text("1\n2\n")
     code, _, err = run_main(["report", tmp_path / "g", "--labels", tmp_path / "few.csv", "--force"],
                             capsys)

@@ -2,9 +2,11 @@
 
 Exit codes: 0 success, 1 a failure while running (e.g. a fit that broke
 down), 2 bad input or usage (missing file, wrong format, bad option).  Errors
-print one line; ``--debug`` shows the traceback.  Nothing that exists is
-overwritten without ``--force``, and an interrupted ``fit`` leaves no model
-directory behind (models are written to a temporary directory and renamed).
+print one line; ``--debug`` adds the traceback (the exit code is the same).
+Every output is claimed before the work starts and written through
+:mod:`elbokit.files`: nothing that exists is replaced without ``--force``
+(and then only elbokit's own output), an interrupted command leaves the old
+or the new version, complete, and nothing half-written.
 """
 
 from __future__ import annotations
@@ -39,26 +41,73 @@ def _load_bundled(name: str):
     return X, bunch.target, f"{name} ({X.shape[0]} samples x {X.shape[1]} features)"
 
 
-def _check_new(path: Path, force: bool, what: str = "output") -> None:
-    if path.exists() and not force:
-        raise UserError(f"{path} already exists: choose another {what} or pass --force.")
+def _claim(path: Path, force: bool, what: str = "output", *, kind: str = "file",
+           replaceable=None, protect=()):
+    """Claim an output before the work starts; held until the command ends (elbokit.files)."""
+    from elbokit import files
+
+    try:
+        held = files.claim(path, kind=kind, overwrite=force, what=what, replaceable=replaceable,
+                           protect=[p for p in protect if p is not None])
+    except files.OutputExistsError as err:
+        raise UserError(err.for_cli()) from None
+    except files.OutputError as err:
+        raise UserError(str(err)) from None
+    return click.get_current_context().with_resource(held)
+
+
+def _claim_model(out: str, force: bool, inputs, distributed):
+    """The model directory, claimed by the process that will save it (under torchrun: rank 0)."""
+    import os
+
+    from elbokit import io
+
+    distributed = _under_torchrun() if distributed is None else distributed
+    if distributed and int(os.environ.get("RANK", "0")) != 0:
+        return None
+    return _claim(Path(out), force, "model directory", kind="dir",
+                  replaceable=io.replaceable_model, protect=inputs)
+
+
+def _claim_output(out: str, force: bool, protect=()):
+    """An output file (.csv, .npy or .parquet), claimed before the work."""
+    path = Path(out)
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        raise UserError(f"--out {path}: use a {', '.join(OUTPUT_FORMATS)} file name.")
+    return _claim(path, force, "output", protect=protect)
+
+
+def _model_files(model_dir) -> list[Path]:
+    from elbokit.io import CONFIG_NAME, TENSORS_NAME
+
+    return [Path(model_dir) / CONFIG_NAME, Path(model_dir) / TENSORS_NAME]
 
 
 def _is_idx(path: Path) -> bool:
-    from elbokit.data.preprocess import is_idx
+    from elbokit.data.idx import is_idx_path
 
-    return is_idx(path)
+    return is_idx_path(path)
 
 
 def _check_data_path(data: str) -> str:
+    from elbokit import files
     from elbokit.data.sources import TABLE_SUFFIXES, table_suffix
 
     path = Path(data)
-    if not path.exists():
-        raise UserError(f"no data file at {path}.")
-    if table_suffix(path) not in (*TABLE_SUFFIXES, ".npy") and not _is_idx(path):
+    try:
+        files.check_input(path, what="data file")
+    except FileNotFoundError:
+        raise UserError(f"no data file at {path}.") from None
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    suffix = table_suffix(path)
+    if suffix not in (*TABLE_SUFFIXES, ".npy") and not _is_idx(path):
         raise UserError(f"{path}: unknown data format {path.suffix!r}; use .csv, .tsv (also "
                         ".gz), .npy, .parquet or an IDX image file.")
+    if suffix in (".csv", ".tsv"):
+        from elbokit.data.sources import describe_header
+
+        click.echo(f"note: {describe_header(path)}", err=True)
     return str(path)
 
 
@@ -115,27 +164,32 @@ def _in_memory(data: str, prep=None) -> np.ndarray:
     return Data(data, prep).array().astype(np.float32)
 
 
-def write_array(path: Path, values, columns: list[str], force: bool) -> None:
-    """Write a 1-D or 2-D array as CSV, .npy or Parquet, by the file's extension."""
-    suffix = path.suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        raise UserError(f"--out {path}: use a {', '.join(OUTPUT_FORMATS)} file name.")
-    _check_new(path, force)
+def write_array(target, values, columns: list[str], force: bool = False) -> None:
+    """Write a 1-D or 2-D array as CSV, .npy or Parquet, by the file's extension.
+
+    ``target`` is a path, or the claim on it that the command took before its work.
+    """
+    from elbokit import files
+
+    held = target if isinstance(target, files.Claim) else _claim_output(target, force)
+    suffix = held.path.suffix.lower()
     arr = np.asarray(values)
     arr2 = arr.reshape(len(arr), -1)
-    tmp = path.with_name(f".{path.name}.partial")
-    if suffix == ".npy":
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-    elif suffix == ".csv":
-        fmt = "%d" if arr.dtype.kind in "iu" else "%.8g"
-        np.savetxt(tmp, arr2, delimiter=",", header=",".join(columns), comments="", fmt=fmt)
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        pq.write_table(pa.table({c: arr2[:, i] for i, c in enumerate(columns)}), tmp)
-    tmp.replace(path)
+    def write(tmp):
+        if suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+        elif suffix == ".csv":
+            fmt = "%d" if arr.dtype.kind in "iu" else "%.8g"
+            np.savetxt(tmp, arr2, delimiter=",", header=",".join(columns), comments="", fmt=fmt)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({c: arr2[:, i] for i, c in enumerate(columns)}), tmp)
+
+    held.commit(write)
 
 
 def _model(model_dir: str):
@@ -183,7 +237,9 @@ def _init_distributed(device) -> int:
         raise UserError("--distributed needs the torchrun environment: "
                         "torchrun --nproc-per-node N -m elbokit.cli fit ...")
     if not dist.is_initialized():
-        cuda = device is not None and str(device).startswith("cuda")
+        from elbokit._validation import resolve_device
+
+        cuda = device is not None and resolve_device(device).type == "cuda"
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=10))
@@ -277,15 +333,14 @@ def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_c
     from elbokit.report import Data
 
     data = _check_data_path(data)
-    out_dir = Path(out)
-    _check_new(out_dir, force, "model directory")
+    out_dir = _claim_model(out, force, [data], distributed)
     prep = _preprocessing(data, columns, drop, standardize)
     inputs = Data(data, prep).model_input()
     distributed, rank = _launch(distributed, device)
     gm = GaussianMixture(components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
                          n_init=n_init, reg_covar=reg_covar, algorithm=algorithm,
                          batch_size=batch_size, dtype=dtype, device=device, random_state=seed,
-                         verbose=1 if rank == 0 else 0, distributed=distributed or None)
+                         verbose=1 if rank == 0 else 0, distributed=distributed)
     seconds = _fit_timed(gm, inputs, distributed)
     if rank != 0:
         return
@@ -297,19 +352,25 @@ def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_c
         "log_likelihood_per_sample": gm.lower_bound_, "converged": gm.converged_,
         "n_iter": gm.n_iter_, "bic": gm.bic(inputs), "aic": gm.aic(inputs),
     }
-    gm.save(out_dir, overwrite=force, extra_files=_saved_data(data, prep, metrics))
+    gm.save(out_dir, extra_files=_saved_data(data, prep, metrics))
     click.echo(f"fitted K={components} {covariance_type} on {n} x {gm.n_features_in_} in "
                f"{seconds:.2f} s: mean log p(x) {gm.lower_bound_:.4f}, {gm.n_iter_} iterations, "
-               f"{'converged' if gm.converged_ else 'NOT converged'}; saved to {out_dir}")
+               f"{'converged' if gm.converged_ else 'NOT converged'}; saved to {out}")
 
 
 def _read_corpus(data: str, **kwargs):
     """A Corpus from one-document-per-line text, a folder of .txt files, or JSONL."""
     from elbokit import Corpus
 
+    from elbokit import files
+
     path = Path(data)
-    if not path.exists():
-        raise UserError(f"no corpus at {path}.")
+    try:
+        files.check_input(path, what="corpus", allow_dir=True)
+    except FileNotFoundError:
+        raise UserError(f"no corpus at {path}.") from None
+    except ValueError as err:
+        raise UserError(str(err)) from None
     field = kwargs.pop("field", "text")
     if path.is_dir():
         return Corpus.from_folder(path, **kwargs)
@@ -334,9 +395,17 @@ def _vectorizer_options(min_df, max_df, max_features, stop_words) -> dict:
 
 def _read_documents(data: str) -> list[str]:
     """Raw documents for a fitted topic model (it keeps its own vocabulary)."""
+    from elbokit import files
     from elbokit.data.text import read_documents
 
-    return read_documents(data)
+    try:
+        files.check_input(data, what="documents file", allow_dir=True)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    documents = read_documents(data)
+    if not documents:
+        raise UserError(f"{data} holds no documents (one per line, or .txt files in a folder).")
+    return documents
 
 
 def _lda_options(f):
@@ -370,13 +439,12 @@ def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features,
     """Fit LDA to a text corpus: one document per line, a folder of .txt files, or JSONL."""
     from elbokit import LDA
 
-    out_dir = Path(out)
-    _check_new(out_dir, force, "model directory")
+    out_dir = _claim_model(out, force, [data], distributed)
     corpus = _read_corpus(data, **_vectorizer_options(min_df, max_df, max_features, stop_words),
                           field=field)
     distributed, rank = _launch(distributed, device)
     lda = LDA(n_topics, method=method, max_iter=max_iter, device=device, random_state=seed,
-              verbose=1 if rank == 0 else 0, distributed=distributed or None)
+              verbose=1 if rank == 0 else 0, distributed=distributed)
     # under torchrun: the same vocabulary everywhere, each rank its block of documents
     seconds = _fit_timed(lda, corpus.counts if distributed else corpus, distributed)
     if distributed:
@@ -387,9 +455,9 @@ def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features,
     metrics = {"model": "lda", "data": str(Path(data).resolve()), "n_documents": n_docs,
                "vocabulary_size": len(lda.vocabulary_), "fit_seconds": seconds,
                "lower_bounds": [float(b) for b in lda.lower_bounds_]}
-    lda.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    lda.save(out_dir, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
     click.echo(f"fitted {n_topics} topics ({method}) on {n_docs} documents, "
-               f"{len(lda.vocabulary_)} words, in {seconds:.2f} s; saved to {out_dir}")
+               f"{len(lda.vocabulary_)} words, in {seconds:.2f} s; saved to {out}")
 
 
 def _vae_options(f):
@@ -485,8 +553,7 @@ def fit_vae(data, out, latent_dim, checkpoint_dir, resume, distributed, force, m
     from elbokit import VAE
 
     data = _check_data_path(data)
-    out_dir = Path(out)
-    _check_new(out_dir, force, "model directory")
+    out_dir = _claim_model(out, force, [data], distributed)
     if resume is not None and not (Path(resume) / "checkpoint.json").is_file():
         raise UserError(f"--resume {resume}: no checkpoint there (written by --checkpoint-dir).")
     prep = _preprocessing(data, columns, drop, standardize)
@@ -494,7 +561,7 @@ def fit_vae(data, out, latent_dim, checkpoint_dir, resume, distributed, force, m
     distributed, rank = _launch(distributed, options["device"])
     vae = VAE(latent_dim, **_vae_params(data, X.shape[1], **options),
               checkpoint_dir=checkpoint_dir or resume, verbose=1 if rank == 0 else 0,
-              distributed=distributed or None)
+              distributed=distributed)
     start = time.perf_counter()
     vae.fit(_shard(X) if distributed else X, resume=resume)
     seconds = time.perf_counter() - start
@@ -503,13 +570,13 @@ def fit_vae(data, out, latent_dim, checkpoint_dir, resume, distributed, force, m
     metrics = {"model": "vae", "data": str(Path(data).resolve()), "n_samples": len(X),
                "n_features": int(X.shape[1]), "fit_seconds": seconds,
                "train_bounds": vae.history_["train"], "validation_elbo": vae.history_["validation"]}
-    vae.save(out_dir, overwrite=force, extra_files=_saved_data(data, prep, metrics))
+    vae.save(out_dir, extra_files=_saved_data(data, prep, metrics))
     stopped = (f" (stopped early: no better validation ELBO in {options['patience']} epochs)"
                if vae.n_epochs_ < options["epochs"] else "")
     click.echo(f"trained a VAE (latent {latent_dim}) on {X.shape[0]} x {X.shape[1]} for "
                f"{vae.n_epochs_} epoch{'' if vae.n_epochs_ == 1 else 's'}{stopped} in "
                f"{seconds:.1f} s: training bound "
-               f"{vae.history_['train'][-1]:.4f}; saved to {out_dir}")
+               f"{vae.history_['train'][-1]:.4f}; saved to {out}")
 
 
 # ------------------------------------------------------------------ use a model
@@ -526,6 +593,7 @@ _INSTEAD = {
 
 
 def _apply(model_dir, data, out, force, method: str, column: str, **kwargs):
+    claim = _claim_output(out, force, protect=[data, *_model_files(model_dir)])
     model = _model(model_dir)
     name = type(model).__name__
     if not hasattr(model, method):
@@ -543,7 +611,7 @@ def _apply(model_dir, data, out, force, method: str, column: str, **kwargs):
         model.set_params(verbose=1)  # a progress bar over the rows
     values = np.asarray(getattr(model, method)(inputs, **kwargs))
     columns = [column] if values.ndim == 1 else [f"{column}_{j}" for j in range(values.shape[1])]
-    write_array(Path(out), values, columns, force)
+    write_array(claim, values, columns)
     click.echo(f"wrote {values.shape} to {out}")
 
 
@@ -601,6 +669,7 @@ def score(model_dir, data, out, force, n_samples):
 @click.option("--seed", type=int, default=None, help="Random seed (default: the model's).")
 def sample(model_dir, out, force, n_samples, seed):
     """Generate samples from the model (mixtures: with their component in the last column)."""
+    claim = _claim_output(out, force, protect=_model_files(model_dir))
     model = _model(model_dir)
     if not hasattr(model, "sample"):
         raise UserError(f"a {type(model).__name__} does not generate samples here: "
@@ -615,7 +684,7 @@ def sample(model_dir, out, force, n_samples, seed):
     else:
         values = np.asarray(drawn)
         columns = [f"x{j}" for j in range(values.shape[1])]
-    write_array(Path(out), values, columns, force)
+    write_array(claim, values, columns)
     click.echo(f"wrote {values.shape[0]} samples to {out}")
 
 
@@ -628,21 +697,20 @@ def sample(model_dir, out, force, n_samples, seed):
 @_FORCE
 def topics(model_dir, n_words, out, force):
     """Top words per topic (topic models)."""
+    claim = None
+    if out is not None:
+        if Path(out).suffix.lower() != ".csv":
+            raise UserError(f"--out {out}: give a .csv file name.")
+        claim = _claim(Path(out), force, "output", protect=_model_files(model_dir))
     model = _model(model_dir)
     if not hasattr(model, "top_words"):
         raise UserError(f"{model_dir} holds a {type(model).__name__}, not a topic model.")
     words = model.top_words(n_words)
     for k, row in enumerate(words):
         click.echo(f"topic {k:3d}: {' '.join(map(str, row))}")
-    if out is not None:
-        path = Path(out)
-        if path.suffix.lower() != ".csv":
-            raise UserError(f"--out {path}: give a .csv file name.")
-        _check_new(path, force)
+    if claim is not None:
         import csv
         import io
-
-        from elbokit.report.files import write_text
 
         phi = np.asarray(model.topic_word_, dtype=np.float64)
         top = np.argsort(-np.asarray(model.components_, dtype=np.float64), 1, kind="stable")
@@ -652,8 +720,8 @@ def topics(model_dir, n_words, out, force):
         for k, row in enumerate(words):
             for rank, (word, j) in enumerate(zip(row, top[k]), 1):
                 writer.writerow([k, rank, word, repr(float(phi[k, j]))])
-        write_text(path, buf.getvalue())
-        click.echo(f"wrote {len(words)} topics x {n_words} words to {path}")
+        claim.commit(lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8"))
+        click.echo(f"wrote {len(words)} topics x {n_words} words to {out}")
 
 
 # ------------------------------------------------------------------ model selection
@@ -737,9 +805,10 @@ def _show_sweep(result, n_train: int, n_test: int, what: str = "rows") -> None:
                f"{n_test} held-out {what})")
 
 
-def _save_selected(result, out, force, metrics: dict, extra: dict | None = None) -> None:
-    """The chosen model, with the sweep in metrics.json (the report shows it)."""
-    if out is None:
+def _save_selected(result, out, claim, metrics: dict, extra: dict | None = None) -> None:
+    """The chosen model, with the sweep in metrics.json (the report shows it), into the
+    model directory claimed before the sweep."""
+    if claim is None:
         return
     rows = [[None if isinstance(v, float) and not np.isfinite(v) else v for v in r]
             for r in result.rows]
@@ -748,7 +817,7 @@ def _save_selected(result, out, force, metrics: dict, extra: dict | None = None)
                             "n_train": metrics.get("n_samples", metrics.get("n_documents"))}
     files = dict(extra or {})
     files["metrics.json"] = json.dumps(metrics, indent=2)
-    result.best_model.save(out, overwrite=force, extra_files=files)
+    result.best_model.save(claim, extra_files=files)
     click.echo(f"saved the chosen model to {out}")
 
 
@@ -783,8 +852,7 @@ def select_gmm(data, k_range, covariance_type, criterion, n_init, reg_covar, dty
     ks = _parse_range(k_range)
     types = _covariance_types(covariance_type)
     data = _check_data_path(data)
-    if out is not None:
-        _check_new(Path(out), force, "model directory")
+    claim = None if out is None else _claim_model(out, force, [data], False)
     prep = _preprocessing(data, columns, drop, standardize)
     X = _in_memory(data, prep).astype(np.float64)
     train, test = holdout_split(len(X), holdout, seed)
@@ -797,7 +865,7 @@ def select_gmm(data, k_range, covariance_type, criterion, n_init, reg_covar, dty
                "n_features": int(X.shape[1]), "train_rows": "all but the held-out rows"}
     if out is not None:
         files = _saved_data(data, prep, metrics)
-        _save_selected(result, out, force, json.loads(files.pop("metrics.json")), files)
+        _save_selected(result, out, claim, json.loads(files.pop("metrics.json")), files)
 
 
 @select.command("lda")
@@ -815,8 +883,7 @@ def select_lda(data, k_range, criterion, method, max_iter, min_df, max_df, max_f
     from elbokit._sweep import holdout_split, lda_sweep
 
     ks = _parse_range(k_range)
-    if out is not None:
-        _check_new(Path(out), force, "model directory")
+    claim = None if out is None else _claim_model(out, force, [data], False)
     documents = _read_documents(data)
     train, test = holdout_split(len(documents), holdout, seed)
     corpus = Corpus([documents[i] for i in train],
@@ -828,7 +895,7 @@ def select_lda(data, k_range, criterion, method, max_iter, min_df, max_df, max_f
     _show_sweep(result, len(train), len(test), "documents")
     metrics = {"model": "lda", "data": str(Path(data).resolve()), "n_documents": len(train),
                "vocabulary_size": len(corpus.vocabulary)}
-    _save_selected(result, out, force, metrics)
+    _save_selected(result, out, claim, metrics)
 
 
 @select.command("vae")
@@ -848,8 +915,7 @@ def select_vae(data, latent_dims, criterion, n_samples, max_rows, columns, drop,
 
     dims = _parse_range(latent_dims, "--latent-dim")
     data = _check_data_path(data)
-    if out is not None:
-        _check_new(Path(out), force, "model directory")
+    claim = None if out is None else _claim_model(out, force, [data], False)
     prep = _preprocessing(data, columns, drop, standardize)
     X = _in_memory(data, prep)[:max_rows]
     train, test = holdout_split(len(X), holdout, options["seed"])
@@ -862,7 +928,7 @@ def select_vae(data, latent_dims, criterion, n_samples, max_rows, columns, drop,
                "n_features": int(X.shape[1])}
     if out is not None:
         files = _saved_data(data, prep, metrics)
-        _save_selected(result, out, force, json.loads(files.pop("metrics.json")), files)
+        _save_selected(result, out, claim, json.loads(files.pop("metrics.json")), files)
 
 
 # ------------------------------------------------------------------ report
@@ -880,10 +946,12 @@ def report(model_dir, data, out, labels, heldout, force):
     """Write a self-contained HTML report of a fitted model (and its tables as CSV files)."""
     from elbokit.report import build_report
 
+    from elbokit import files
+
     target = Path(out) if out else Path(model_dir) / "report.html"
-    _check_new(target, force, "report file")
+    claim = _claim(target, force, "report file", protect=[data, *_model_files(model_dir)])
     start = time.perf_counter()
-    info = build_report(model_dir, data=data, out=target, labels=labels, heldout=heldout,
+    info = build_report(model_dir, data=data, out=claim, labels=labels, heldout=heldout,
                         progress=True)
     click.echo(f"wrote {info.path} (tables in {info.path.parent / (info.path.stem + '-data')}) "
                f"in {time.perf_counter() - start:.1f} s")
@@ -915,8 +983,8 @@ def tour(dataset, components, covariance_type, n_init, seed, lda_sweeps, vae_epo
     began = time.perf_counter()
     X, y, description = _load_bundled(dataset)
     k = components or int(np.unique(y).size)
-    if out is not None:
-        _check_new(Path(out), force, "tour directory")
+    claim = None if out is None else _claim(Path(out), force, "tour directory", kind="dir",
+                                            replaceable=_replaceable_tour)
     click.echo(f"Gaussian mixture, K={k}, covariance_type={covariance_type!r}, on {description}, "
                f"best of {n_init} EM restarts")
     start = time.perf_counter()
@@ -945,9 +1013,12 @@ def tour(dataset, components, covariance_type, n_init, seed, lda_sweeps, vae_epo
                f"{scores['normalised mutual information']:.3f}")
     lda, verses = _tour_lda(seed, lda_sweeps)
     vae, digits, digit_labels = _tour_vae(seed, epochs=vae_epochs)
-    if out is not None:
-        _write_tour(Path(out), {"gmm": (gm, X, y), "lda": (lda, verses, None),
-                                "vae": (vae, digits, digit_labels)}, dataset)
+    if claim is not None:
+        from sklearn import datasets
+
+        _write_tour(claim, {"gmm": (gm, X, y), "lda": (lda, verses, None),
+                            "vae": (vae, digits, digit_labels)}, dataset,
+                    getattr(datasets, f"load_{dataset}")().feature_names)
     click.echo(f"\nThe tour took {time.perf_counter() - began:.0f} s.")
 
 
@@ -1014,48 +1085,76 @@ def _tour_vae(seed: int, epochs: int):
     return vae, X, data.target
 
 
-def _write_tour(out_dir: Path, models: dict, dataset: str) -> None:
-    """Each model with its data and report, and an index page with their headline figures."""
-    import shutil
+def _write_tour(claim, models: dict, dataset: str, feature_names=None) -> None:
+    """Each model with its data and report, and an index page with their headline figures,
+    in one atomic step."""
+    final = claim.path.resolve()
+    click.echo("\nWriting the models and their reports ...")
+    claim.commit(lambda tmp: _fill_tour(tmp, final, models, dataset, feature_names),
+                 manifest="tour")
+    click.echo(f"Open {claim.path / 'index.html'}")
 
+
+def _fill_tour(out_dir: Path, final: Path, models: dict, dataset: str, feature_names) -> None:
+    """Write the tour into ``out_dir``, which becomes ``final`` (the paths recorded point
+    there; the reports read the files written here)."""
     from elbokit.report import build_report, write_index
 
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
     described = {"gmm": f"scikit-learn's {dataset} data", "lda": "the KJV gospels (verses)",
                  "vae": "scikit-learn's 8x8 digits"}
-    click.echo("\nWriting the models and their reports ...")
     entries = []
     for name, (model, X, labels) in models.items():
-        metrics = {"model": name}
+        metrics, here = {"model": name}, {}
         if name == "lda":  # the verses it was fitted on, and the held-out ones
             train, held_out = X
             for part, docs in (("data", train), ("heldout", held_out)):
-                path = out_dir / f"lda-{'documents' if part == 'data' else 'heldout'}.txt"
-                path.write_text("\n".join(docs) + "\n")
-                metrics[part] = str(path.resolve())
+                file_name = f"lda-{'documents' if part == 'data' else 'heldout'}.txt"
+                (out_dir / file_name).write_text("\n".join(docs) + "\n")
+                metrics[part], here[part] = str(final / file_name), str(out_dir / file_name)
             metrics["n_documents"] = len(train)
         else:
-            data_path = out_dir / f"{name}-data.npy"
-            np.save(data_path, X)
-            metrics.update(data=str(data_path.resolve()), n_samples=len(X))
+            np.save(out_dir / f"{name}-data.npy", X)
+            metrics.update(data=str(final / f"{name}-data.npy"), n_samples=len(X))
+            here["data"] = str(out_dir / f"{name}-data.npy")
         if labels is not None:
             np.save(out_dir / f"{name}-labels.npy", labels)
-            metrics["labels"] = str((out_dir / f"{name}-labels.npy").resolve())
-        if name == "gmm":
-            from sklearn import datasets
-
-            metrics["feature_names"] = list(getattr(datasets, f"load_{dataset}")().feature_names)
+            metrics["labels"] = str(final / f"{name}-labels.npy")
+            here["labels"] = str(out_dir / f"{name}-labels.npy")
+        if name == "gmm" and feature_names is not None:
+            metrics["feature_names"] = list(feature_names)
         model.save(out_dir / name, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
         start = time.perf_counter()
-        info = build_report(out_dir / name, progress=True)
-        click.echo(f"  {name}: {info.path} ({time.perf_counter() - start:.1f} s)")
+        info = build_report(out_dir / name, progress=True, **here)
+        click.echo(f"  {name}: {final / name / info.path.name} ({time.perf_counter() - start:.1f} s)")
         entries.append((name, info, described[name]))
-    index = write_index(out_dir / "index.html", entries, title="elbokit tour",
-                        intro="Each model is a joint p(x, z) fitted by maximising log p(x) = "
-                              "ELBO(q) + KL(q || p(z|x)).")
-    click.echo(f"Open {index}")
+    write_index(out_dir / "index.html", entries, title="elbokit tour",
+                intro="Each model is a joint p(x, z) fitted by maximising log p(x) = "
+                      "ELBO(q) + KL(q || p(z|x)).")
+
+
+_TOUR_FILES_0_1 = {"index.html", "gmm-data.npy", "lda-documents.txt", "vae-data.npy", "vae-labels.npy"}
+
+
+def _replaceable_tour(path: Path):
+    """None if ``path`` is tour output that ``tour --force`` may replace, else why not."""
+    from elbokit import files, io
+
+    return files.replaceable_output("tour", legacy=_tour_0_1, check_dir=io.replaceable_model)(path)
+
+
+def _tour_0_1(path: Path):
+    """Tour output of elbokit 0.1 (no manifest): its index page, data files and model directories."""
+    from elbokit import files, io
+
+    try:
+        index = files.read_regular(path / "index.html", max_bytes=1 << 20)
+    except ValueError:
+        index = b""
+    if b"<title>elbokit tour</title>" not in index:
+        return "is not an elbokit tour directory"
+    foreign = files.foreign_entries(path, lambda n: n in _TOUR_FILES_0_1, lambda p: None if (
+        p.name in ("gmm", "lda", "vae") and io.replaceable_model(p) is None) else "foreign")
+    return f"holds files elbokit did not write ({', '.join(foreign[:5])})" if foreign else None
 
 
 # ------------------------------------------------------------------ entry point
@@ -1117,9 +1216,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"Warning: {text}", err=True)
 
 
+def _error_line(err: BaseException, debug: bool, internal: bool) -> None:
+    """The one-line message (after the traceback with --debug; the exit code is the same)."""
+    from elbokit import files
+
+    if debug:
+        import traceback
+
+        traceback.print_exception(err)
+    if isinstance(err, files.OutputExistsError):
+        text = err.for_cli()
+    elif internal and not isinstance(err, files.OutputError):
+        text = f"{type(err).__name__}: {err}"
+    else:
+        text = str(err)
+    click.echo(f"Error: {in_cli_words(text)}", err=True)
+
+
 def main(argv=None) -> int:
-    """Run the command; map errors to one line ("Error: ...") and an exit code (1 or 2)."""
+    """Run the command; map errors to one line ("Error: ...") and an exit code (1 or 2), with or
+    without --debug."""
     import warnings
+
+    from elbokit import files
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     ok = False
@@ -1137,15 +1256,14 @@ def main(argv=None) -> int:
         return err.exit_code
     except click.exceptions.Exit as err:
         return err.exit_code
-    except _USER_ERRORS as err:
-        if debug:
-            raise
-        click.echo(f"Error: {in_cli_words(str(err))}", err=True)
+    except files.OutputWriteError as err:  # the place was fine, writing failed (a full disk)
+        _error_line(err, debug, internal=True)
+        return 1
+    except (*_USER_ERRORS, files.OutputError) as err:
+        _error_line(err, debug, internal=False)
         return 2
     except Exception as err:  # a failure while running, not the user's input
-        if debug:
-            raise
-        click.echo(f"Error: {type(err).__name__}: {in_cli_words(str(err))}", err=True)
+        _error_line(err, debug, internal=True)
         return 1
     finally:
         warnings.showwarning = previous

@@ -24,16 +24,10 @@ _BATCH_ROWS = 65536
 
 
 def is_idx(path) -> bool:
-    """An IDX file (MNIST's format), by its name: ``train-images-idx3-ubyte(.gz)``,
-    ``images.idx3(.gz)``; never a .csv/.npy/.parquet file whose name contains "idx"."""
-    import re
+    """An IDX file (MNIST's format), by its name (see :func:`elbokit.data.idx.is_idx_path`)."""
+    from elbokit.data.idx import is_idx_path
 
-    from elbokit.data.sources import TABLE_SUFFIXES, table_suffix
-
-    name = Path(path).name.lower()
-    if table_suffix(path) in TABLE_SUFFIXES + (".npy",):
-        return False
-    return bool(re.search(r"idx[1-9]", name)) or "ubyte" in name
+    return is_idx_path(path)
 
 
 @dataclass
@@ -88,21 +82,29 @@ def load_preprocessing(model_dir) -> Preprocessing | None:
 
 
 def column_names(path) -> list[str] | None:
-    """The header names of a CSV/TSV/Parquet file; None for formats without names."""
-    from elbokit.data.sources import table_suffix
+    """The header names of a CSV/TSV/Parquet file; None for formats (or CSV files) without."""
+    from elbokit.data.sources import detect_header, table_suffix
 
     suffix = table_suffix(path)
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
         return list(pq.read_schema(path).names)
-    if suffix in (".csv", ".tsv"):
-        import pyarrow.csv as pcsv
-
-        reader = pcsv.open_csv(path, parse_options=pcsv.ParseOptions(
-            delimiter="\t" if suffix == ".tsv" else ","))
-        return list(reader.schema.names)
+    if suffix in (".csv", ".tsv") and detect_header(path):
+        return _arrow_names(path, header=True)
     return None
+
+
+def _arrow_names(path, header: bool) -> list[str]:
+    """The names pyarrow gives a CSV/TSV file's columns (its header's, or f0, f1, ...)."""
+    import pyarrow.csv as pcsv
+
+    from elbokit.data.sources import table_suffix
+
+    reader = pcsv.open_csv(
+        path, read_options=pcsv.ReadOptions(autogenerate_column_names=not header),
+        parse_options=pcsv.ParseOptions(delimiter="\t" if table_suffix(path) == ".tsv" else ","))
+    return list(reader.schema.names)
 
 
 def feature_names(path, prep: Preprocessing | None = None) -> list[str] | None:
@@ -113,9 +115,13 @@ def feature_names(path, prep: Preprocessing | None = None) -> list[str] | None:
 
 
 def _n_columns(path) -> int:
+    from elbokit.data.sources import table_suffix
+
     names = column_names(path)
     if names is not None:
         return len(names)
+    if table_suffix(path) in (".csv", ".tsv"):
+        return len(_arrow_names(path, header=False))
     if is_idx(path):
         from elbokit.data.idx import read_idx
 
@@ -179,7 +185,7 @@ def raw_batches(path, prep: Preprocessing | None = None,
         return
     cpu, f64 = torch.device("cpu"), torch.float64
     if table_suffix(path) in TABLE_SUFFIXES and columns is not None:
-        names = column_names(path)
+        names = column_names(path) or _arrow_names(path, header=False)
         source = TableSource(path, batch_rows, f64, cpu, columns=[names[j] for j in columns])
         columns = None  # the source reads only those, in that order
     else:

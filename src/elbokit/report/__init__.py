@@ -12,7 +12,6 @@ their headline figures.
 from __future__ import annotations
 
 import html as _html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +24,25 @@ __all__ = ["write_report", "write_index", "ReportInfo", "read_metrics", "Data", 
 
 
 def read_metrics(model_dir) -> dict:
+    """``metrics.json`` of a model directory ({} if there is none); a regular file of at most 64 MiB."""
+    from elbokit import files
+
     path = Path(model_dir) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.exists() and not path.is_symlink():
+        return {}
+    metrics = files.read_json(path, max_bytes=64 << 20, what="metrics file")
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path} does not hold a JSON object: it is not elbokit's metrics file.")
+    return metrics
+
+
+def _check_paths(*paths) -> None:
+    """The data files named (in metrics.json or by the caller) are files elbokit may open."""
+    from elbokit import files
+
+    for what, path in paths:
+        if isinstance(path, (str, Path)):
+            files.check_input(path, what=what, allow_dir=what != "labels file")
 
 
 @dataclass
@@ -43,7 +59,10 @@ def _documents(spec) -> list[str]:
         return list(spec)
     from elbokit.data.text import read_documents
 
-    return read_documents(spec)
+    documents = read_documents(spec)
+    if not documents:
+        raise ValueError(f"{spec} holds no documents (one per line, or .txt files in a folder).")
+    return documents
 
 
 def write_report(model_dir, data=None, out=None, labels=None, heldout=None,
@@ -59,8 +78,8 @@ def write_report(model_dir, data=None, out=None, labels=None, heldout=None,
         read with the columns and scaling the model was fitted with (the
         command line's ``preprocessing.json``); an array is taken as it is.
         For LDA: a documents file or a list of str.
-    out : path, optional
-        Where to write; by default ``model_dir/report.html``.
+    out : path or elbokit.files.Claim, optional
+        Where to write (replacing a report there); by default ``model_dir/report.html``.
     labels : path or array, optional
         One label per row of ``data`` (per document for LDA): clusters and
         topics are compared with them and latent codes coloured by them. A
@@ -81,8 +100,7 @@ def build_report(model_dir, data=None, out=None, labels=None, heldout=None,
                  progress: bool = False) -> ReportInfo:
     """:func:`write_report`, returning the title and headline figures too."""
     import elbokit
-    from elbokit.data.preprocess import load_preprocessing
-    from elbokit.report.common import Progress
+    from elbokit import files
 
     model = elbokit.load(model_dir)
     model.set_params(verbose=0)  # the report has its own progress bar
@@ -93,7 +111,31 @@ def build_report(model_dir, data=None, out=None, labels=None, heldout=None,
         raise ValueError(f"{model_dir} records no data: give the data to report on.")
     if labels is None and not given:
         labels = metrics.get("labels")
-    out = Path(out) if out is not None else Path(model_dir) / "report.html"
+    if heldout is None and not given:
+        heldout = metrics.get("heldout")
+    from elbokit.report.data import label_file
+
+    _check_paths(("data file", data), ("labels file", label_file(labels)),
+                 ("documents file", heldout))
+    target = out if isinstance(out, files.Claim) else Path(
+        out if out is not None else Path(model_dir) / "report.html")
+    path = target.path if isinstance(target, files.Claim) else target
+    tables = files.claim(path.parent / f"{path.stem}-data", kind="dir", overwrite=True,
+                         what="report tables", replaceable=files.replaceable_output("report-data"))
+    try:
+        page = _page(model, data, given, metrics, labels, heldout, progress, model_dir)
+        page.write(target, tables)
+    finally:
+        tables.release()  # (after a commit: nothing left to release)
+    return ReportInfo(path, page.title, dict(page.headline))
+
+
+def _page(model, data, given: bool, metrics: dict, labels, heldout, progress: bool, model_dir):
+    """The report page of ``model`` (one builder per model family)."""
+    import elbokit
+    from elbokit.data.preprocess import load_preprocessing
+    from elbokit.report.common import Progress
+
     name = type(model).__name__
     import warnings
 
@@ -103,7 +145,6 @@ def build_report(model_dir, data=None, out=None, labels=None, heldout=None,
             from elbokit.report.lda import STAGES, lda_page
 
             bar = Progress(progress, STAGES)
-            heldout = heldout if heldout is not None else (None if given else metrics.get("heldout"))
             page = lda_page(model, _documents(data), metrics,
                             heldout=_documents(heldout) if heldout is not None else None,
                             labels=labels, progress=bar,
@@ -121,9 +162,8 @@ def build_report(model_dir, data=None, out=None, labels=None, heldout=None,
         else:
             raise ValueError(f"no report for {name} yet.")
     bar("writing")
-    page.write(out)
     bar.close()
-    return ReportInfo(out, page.title, dict(page.headline))
+    return page
 
 
 def write_index(path, entries: list[tuple[str, ReportInfo, str]], title: str = "elbokit",
@@ -136,7 +176,7 @@ def write_index(path, entries: list[tuple[str, ReportInfo, str]], title: str = "
         The index page to write.
     entries : list of (name, ReportInfo, data description)
     """
-    from elbokit.report.files import write_text
+    from elbokit import files
 
     path = Path(path)
     rows = []
@@ -149,7 +189,7 @@ def write_index(path, entries: list[tuple[str, ReportInfo, str]], title: str = "
                     f"<div class='headline'>{figures}</div></section>")
     page = Page(title, intro)
     text = page.render().replace("</body>", "".join(rows) + "</body>")
-    return write_text(path, text)
+    return files.write_bytes(path, text, overwrite=True, what="index page")
 
 
 def load_rows(data, max_rows: int | None = None, seed: int = 0) -> np.ndarray:

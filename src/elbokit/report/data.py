@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from elbokit.data import preprocess
+from elbokit.data.idx import is_idx_path
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Data:
         fresh batches, or the array."""
         if not self.is_file:
             return np.asarray(self.source, dtype=np.float64)
-        if self.prep is None and not preprocess.is_idx(self.source):
+        if self.prep is None and not is_idx_path(self.source):
             return str(self.source)
         return lambda: preprocess.batches(self.source, self.prep)
 
@@ -173,10 +174,13 @@ def read_labels(spec, n_rows: int, data_description: str) -> np.ndarray:
 
 def _read_label_file(spec) -> tuple[np.ndarray, bool]:
     """The labels in a file, and whether its first entry may be a header."""
+    from elbokit import files
+
     path, column = _split_column(str(spec))
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no labels file at {path}.")
-    if preprocess.is_idx(path):
+    files.check_input(path, what="labels file")
+    if is_idx_path(path):
         from elbokit.data.idx import load_idx_labels
 
         return load_idx_labels(path), False
@@ -194,6 +198,11 @@ def _read_label_file(spec) -> tuple[np.ndarray, bool]:
                              f"name the labels as {path}:COLUMN.")
         return _typed(table.column(name).to_pylist()), False
     return _text_labels(path, column)
+
+
+def label_file(spec):
+    """The file a labels argument names (``FILE:COLUMN`` -> FILE), or None for an array."""
+    return _split_column(str(spec))[0] if isinstance(spec, (str, Path)) else None
 
 
 def _split_column(spec: str):

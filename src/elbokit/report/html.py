@@ -202,14 +202,22 @@ class Page:
             + "".join(self.sections) + "</body></html>"
         ).replace(_DATA_DIR, html.escape(self.data_dir))
 
-    def write(self, path) -> Path:
-        """Write the page to ``path`` and its tables to ``<stem>-data/*.csv`` beside it."""
-        from elbokit.report.files import write_files
+    def write(self, target, tables) -> Path:
+        """Write the page to ``target`` (a path or a claim on it) and its tables as CSV files
+        into the folder ``tables`` claims (``<stem>-data`` beside the page), each replaced whole
+        (:mod:`elbokit.files`): the folder first, then the page that links to it."""
+        from elbokit import files
 
-        path = Path(path)
-        self.data_dir = f"{path.stem}-data"
+        self.data_dir = tables.path.name
         headline = Table("headline", ["metric", "value"], [[k, v] for k, v in self.headline.items()])
         self.tables.setdefault("headline", headline)
-        files = {f"{name}.csv": t.to_csv() for name, t in self.tables.items()}
-        write_files(path, self.render(), path.parent / self.data_dir, files)
-        return path
+        csvs = {f"{name}.csv": t.to_csv() for name, t in self.tables.items()}
+
+        def fill(folder):
+            for name, text in csvs.items():
+                (Path(folder) / name).write_text(text, encoding="utf-8")
+
+        tables.commit(fill, manifest="report-data")
+        page = self.render()
+        return files.write_output(target, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"),
+                                  overwrite=True, what="report file")
