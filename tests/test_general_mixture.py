@@ -297,3 +297,19 @@ def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("key", ["bernoulli", "categorical", "gaussian-full", "factor", "product"])
+def test_cuda_tensors_fit_on_the_gpu(key):
+    X = dataset(data_name(key))
+    Xg = torch.as_tensor(X, device="cuda")
+    with quiet():
+        m = Mixture(3, family=FAMILIES[key](), random_state=0, dtype="float64", max_iter=5,
+                    init_params="random_from_data").fit(Xg)
+        c = Mixture(3, family=FAMILIES[key](), random_state=0, dtype="float64", max_iter=5,
+                    init_params="random_from_data").fit(torch.as_tensor(X))
+    assert m.weights_.device.type == "cuda"
+    assert m.lower_bound_ == pytest.approx(c.lower_bound_, rel=1e-6)
+    fa = elbokit.FactorAnalysis(1).fit(torch.as_tensor(dataset("gaussian"), device="cuda"))
+    assert fa.transform(torch.as_tensor(dataset("gaussian"), device="cuda")).device.type == "cuda"
