@@ -118,3 +118,26 @@ def test_save_load(X, tmp_path):
     np.testing.assert_allclose(back.components_, fa.components_)
     p = PPCA(3).fit(torch.as_tensor(X))
     assert isinstance(p.components_, torch.Tensor) and isinstance(p.noise_variance_, float)
+
+
+def test_frozen_loadings_keep_em_monotone(X):
+    W = np.random.default_rng(3).normal(size=(1, X.shape[1], 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = Mixture(1, family=FactorAnalyzer(2), frozen={"components": W}, dtype="float64",
+                    tol=0, max_iter=15).fit(X[:800])
+    np.testing.assert_array_equal(m.params_["components"], W)
+    assert np.all(np.diff(m.lower_bounds_) >= -1e-10)
+    np.testing.assert_allclose(m.params_["loc"][0], X[:800].mean(0), rtol=1e-6)
+
+
+def test_streamed_batches_equal_in_memory_em(X):
+    kw = dict(solver="em", tol=0, max_iter=20, batch_size=250)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = FactorAnalysis(2, **kw).fit(X[:900])
+        b = FactorAnalysis(2, **kw).fit([X[:300], X[300:600], X[600:900]])
+        c = PPCA(2, algorithm="stepwise", batch_size=100, max_iter=3).fit(X[:900])
+    np.testing.assert_allclose(b.lower_bounds_, a.lower_bounds_, rtol=1e-10)
+    np.testing.assert_allclose(b.get_covariance(), a.get_covariance(), rtol=1e-8)
+    assert c.score(X[:900]) > PPCA(2).fit(X[:900]).score(X[:900]) - 0.5

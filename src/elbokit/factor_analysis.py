@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.base import TransformerMixin
 
 from elbokit import io
 from elbokit._validation import check_positive_int, resolve_device, resolve_dtype, to_output
@@ -110,10 +111,36 @@ class _ScatterModel:
         return MixtureParams(p.weights, best)
 
 
-class _FactorModel(FamilyEMEstimator):
+class _FactorModel(TransformerMixin, FamilyEMEstimator):
     """What PPCA and FactorAnalysis share (a one-component FactorAnalyzer mixture)."""
 
     _noise = "diag"
+
+    def __init__(self, n_components=2, *, tol=1e-6, max_iter=1000, reg_covar=1e-12, solver="auto",
+                 scatter_max_features=4096, n_init=1, init_params="kmeans", params_init=None,
+                 frozen=None, random_state=None, warm_start=False, verbose=0, device=None,
+                 dtype="float64", batch_size=None, algorithm="em", step_offset=2.0, step_decay=0.7,
+                 distributed=None):
+        self.n_components = n_components
+        self.tol = tol
+        self.max_iter = max_iter
+        self.reg_covar = reg_covar
+        self.solver = solver
+        self.scatter_max_features = scatter_max_features
+        self.n_init = n_init
+        self.init_params = init_params
+        self.params_init = params_init
+        self.frozen = frozen
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.algorithm = algorithm
+        self.step_offset = step_offset
+        self.step_decay = step_decay
+        self.distributed = distributed
 
     def _n_components(self):
         return 1
@@ -145,6 +172,12 @@ class _FactorModel(FamilyEMEstimator):
         self._store_factors()
         return self
 
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """One stepwise-EM update from the mini-batch X (y is ignored)."""
+        super().partial_fit(X, None, sample_weight)
+        self._store_factors()
+        return self
+
     def _use_scatter(self, X) -> bool:
         if self.solver == "em" or self.algorithm == "stepwise" or self.warm_start and \
                 self.__sklearn_is_fitted__() or getattr(self, "frozen", None):
@@ -158,8 +191,12 @@ class _FactorModel(FamilyEMEstimator):
         shape = getattr(X, "shape", None)
         if shape is None or len(shape) != 2 or shape[1] > self.scatter_max_features:
             return False
-        arr = X if isinstance(X, torch.Tensor) else np.asarray(X, dtype=np.float64)
-        return not bool(np.isnan(arr).any() if isinstance(arr, np.ndarray) else torch.isnan(arr).any())
+        if isinstance(X, torch.Tensor):
+            return X.is_complex() or not bool(torch.isnan(X).any())
+        if hasattr(X, "toarray"):
+            return True  # refused with its message by the validation of the scatter path
+        arr = np.asarray(X)
+        return arr.dtype.kind not in "biuf" or not bool(np.isnan(arr).any())
 
     def _summary(self, X, sample_weight, reducer):
         """(n, mean, S): weighted count, mean and scatter (1/n), float64, over all ranks."""
@@ -193,8 +230,8 @@ class _FactorModel(FamilyEMEstimator):
             raise ValueError(f"n_components={self.n_components} must be <= n_features={D}.")
         family = self._make_family()
         start = family._from_scatter(mean[None], S[None])
-        start = MixtureParams(torch.ones(1, dtype=F64), start)
-        source = [(S, torch.tensor([n], dtype=F64))]
+        start = MixtureParams(torch.ones(1, dtype=F64, device=S.device), start)
+        source = [(S, torch.tensor([n], dtype=F64, device=S.device))]
         model = _ScatterModel(family, mean)
         if self._noise == "spherical":  # PPCA: the closed form is the maximum
             ll = model.log_likelihood(start.params, S, n)
@@ -319,53 +356,14 @@ _COMMON_DOC = """
 """
 
 
-def _init(self, n_components, tol, max_iter, reg_covar, solver, scatter_max_features, n_init,
-          init_params, params_init, frozen, random_state, warm_start, verbose, device, dtype,
-          batch_size, algorithm, step_offset, step_decay, distributed):
-    self.n_components = n_components
-    self.tol = tol
-    self.max_iter = max_iter
-    self.reg_covar = reg_covar
-    self.solver = solver
-    self.scatter_max_features = scatter_max_features
-    self.n_init = n_init
-    self.init_params = init_params
-    self.params_init = params_init
-    self.frozen = frozen
-    self.random_state = random_state
-    self.warm_start = warm_start
-    self.verbose = verbose
-    self.device = device
-    self.dtype = dtype
-    self.batch_size = batch_size
-    self.algorithm = algorithm
-    self.step_offset = step_offset
-    self.step_decay = step_decay
-    self.distributed = distributed
-
-
 @io.register
 class PPCA(_FactorModel):
     __doc__ = "Probabilistic PCA (Tipping & Bishop, 1999): x ~ N(mu, W W^T + sigma^2 I).\n" + _COMMON_DOC
     _noise = "spherical"
-
-    def __init__(self, n_components=2, *, tol=1e-6, max_iter=1000, reg_covar=1e-12, solver="auto",
-                 scatter_max_features=4096, n_init=1, init_params="kmeans", params_init=None,
-                 frozen=None, random_state=None, warm_start=False, verbose=0, device=None,
-                 dtype="float64", batch_size=None, algorithm="em", step_offset=2.0, step_decay=0.7,
-                 distributed=None):
-        _init(**{k: v for k, v in locals().items() if k != "__class__"})
 
 
 @io.register
 class FactorAnalysis(_FactorModel):
     __doc__ = "Factor analysis: z ~ N(0, I), x | z ~ N(W z + mu, Psi), Psi diagonal.\n" + _COMMON_DOC
     _noise = "diag"
-
-    def __init__(self, n_components=2, *, tol=1e-6, max_iter=1000, reg_covar=1e-12, solver="auto",
-                 scatter_max_features=4096, n_init=1, init_params="kmeans", params_init=None,
-                 frozen=None, random_state=None, warm_start=False, verbose=0, device=None,
-                 dtype="float64", batch_size=None, algorithm="em", step_offset=2.0, step_decay=0.7,
-                 distributed=None):
-        _init(**{k: v for k, v in locals().items() if k != "__class__"})
 
