@@ -758,8 +758,7 @@ def fit_hmm(data, out, states, emission, covariance_type, n_mix, lengths, text, 
     with --lengths; a directory of .npy files, one sequence each; or --text)."""
     import elbokit
 
-    out_dir = Path(out)
-    _check_new(out_dir, force, "model directory")
+    out_dir = _claim_model(out, force, [data, lengths], distributed)
     X, lens, extra = _read_sequences(data, lengths, text, alphabet)
     common = dict(n_iter=n_iter, tol=tol, n_init=n_init, algorithm=algorithm, batch_size=batch_size,
                   dtype=dtype, device=device, random_state=seed)
@@ -773,7 +772,7 @@ def fit_hmm(data, out, states, emission, covariance_type, n_mix, lengths, text, 
     else:
         model = elbokit.GaussianHMM(states, covariance_type, **common)
     distributed, rank = _launch(distributed, device)
-    model.set_params(verbose=1 if rank == 0 else 0, distributed=distributed or None)
+    model.set_params(verbose=1 if rank == 0 else 0, distributed=distributed)
     start = time.perf_counter()
     model.fit(*(_shard_sequences(X, lens) if distributed else (X, lens)))
     seconds = time.perf_counter() - start
@@ -788,11 +787,11 @@ def fit_hmm(data, out, states, emission, covariance_type, n_mix, lengths, text, 
                "n_iter": model.n_iter_, **extra}
     if n_rows is not None:
         metrics["bic"] = model.bic(X, lens)
-    model.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    model.save(out_dir, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
     what = f"{len(lens)} sequences, {n_rows} steps" if lens is not None else str(data)
     click.echo(f"fitted a {states}-state {type(model).__name__} on {what} in {seconds:.2f} s: "
                f"log p(x) per step {model.lower_bound_:.4f}, {model.n_iter_} iterations, "
-               f"{'converged' if model.converged_ else 'NOT converged'}; saved to {out_dir}")
+               f"{'converged' if model.converged_ else 'NOT converged'}; saved to {out}")
 
 
 # ------------------------------------------------------------------ use a model

@@ -133,6 +133,13 @@ class HMM(FamilyEMEstimator):
 
     _fitted_attributes = tuple(a for a in FamilyEMEstimator._fitted_attributes if a != "weights_") + (
         "occupancy_", "startprob_", "transmat_")
+    _fitted_schema = {
+        "weights_": io.array(None, optional=True),  # (an HMM keeps its state weights in occupancy_)
+        "occupancy_": io.array(lambda m: (m.n_components,), low=0, check=io.sums_to_one),
+        "startprob_": io.array(lambda m: (m.n_components,), low=0, check=io.sums_to_one),
+        "transmat_": io.array(lambda m: (m.n_components, m.n_components), low=0,
+                              check=io.sums_to_one),
+    }
     _emission_letters = {"e": None}  # letter -> family parameter names (None: all of them)
     _default_params = "ste"
 
@@ -415,18 +422,8 @@ class HMM(FamilyEMEstimator):
         self.__dict__.pop("weights_", None)
 
     def _set_fitted_state(self, state):
-        state = dict(state)
-        K = int(self.n_components)
-        for name, shape in (("startprob_", (K,)), ("transmat_", (K, K)), ("occupancy_", (K,))):
-            t = torch.as_tensor(state[name]).to(F64)
-            if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"saved {name} holds NaN or inf: the model is corrupted.")
-            try:
-                check_stochastic(t, shape, f"saved {name}")
-            except ValueError as err:
-                raise ValueError(f"{err} The model is corrupted.") from err
+        """(``io.load`` has checked every attribute against ``_fitted_schema``.)"""
         super()._set_fitted_state(dict(state, weights_=state["occupancy_"]))
-        self.__dict__.pop("weights_", None)
 
     @property
     def weights_(self):
