@@ -233,7 +233,11 @@ def agreement(name, kind, K, X, lengths, n_iter=10, with_pomegranate=True):
 
 
 # ----------------------------------------------------------------------------- 2. speed
+THREADS = [os.cpu_count()]
+
+
 def timed(fn):
+    torch.set_num_threads(THREADS[0])  # (scikit-learn's k-means in hmmlearn's init resets it)
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
@@ -299,6 +303,7 @@ def defaults(name, K, X, lengths):
 
 # ----------------------------------------------------------------------------- 3. KJV
 def kjv(max_verses, n_init):
+    torch.set_num_threads(THREADS[0])
     X, lengths = kjv_characters(max_verses)
     print(f"\nKJV, character level: {len(lengths)} verses, {len(X)} characters, 27 symbols, "
           f"2 states (load {load()})")
@@ -333,6 +338,7 @@ def main(argv=None):
                    help="torch threads (every system; hmmlearn's recursions are single-threaded)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    THREADS[0] = args.threads
     print(f"elbokit HMM benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs; no GPU on this machine (GPU figures not measured); load {load()}")
     import hmmlearn

@@ -742,7 +742,7 @@ def _shard_sequences(X, lengths):
 @click.option("--alphabet", type=click.Choice(["letters", "all"]), default="letters",
               show_default=True, help="--text: a-z and space (lower-cased), or every character.")
 @click.option("--n-iter", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--tol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-5, show_default=True,
               help="Stop when log p(x) per step changes by less.")
 @click.option("--n-init", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--algorithm", type=click.Choice(["em", "stepwise"]), default="em", show_default=True)

@@ -166,7 +166,8 @@ def hmm_page(model, X, lengths, metrics: dict, progress=None) -> Page:
                       [[r] + v.tolist() for r, v in zip(row_names, values)],
                       [None] + ["{:.3g}"] * len(cols))
         blocks = [page.figure(plots.heatmap(values, row_names, cols, xlabel="", ylabel="state",
-                                            cbar=what, cmap="magma", width=plots.FULL),
+                                            cbar=what, cmap="magma", width=plots.FULL,
+                                            annotate=values.size <= 60),
                               f"Emission parameters: {what}.", table)]
         if alphabet and "probs" in model.params_:
             probs = values
