@@ -17,6 +17,7 @@ conventions (see the README's list of differences):
 from __future__ import annotations
 
 import logging
+import types
 import warnings
 
 import numpy as np
@@ -33,16 +34,18 @@ F64 = torch.float64
 class _Adapter:
     """Mixed in front of an elbokit HMM class."""
 
-    def _adapter_init(self, values, decoder="viterbi", implementation="log", tol=1e-2, n_iter=10):
-        self.decoder = decoder
-        self.implementation = implementation
-        self.tol_total = tol
+    def _adapter_init(self, values, init_method="kmeans"):
+        """hmmlearn's constructor arguments, plus elbokit's others at their defaults."""
         for k, v in values.items():
-            if k not in ("self", "__class__", "algorithm", "implementation", "tol"):
+            if k not in ("self", "__class__", "algorithm", "implementation"):
                 setattr(self, k, v)
-        self.algorithm = "em"
-        self.tol = tol
-        self.n_iter = n_iter
+        self.decoder, self.implementation = values["algorithm"], values["implementation"]
+        for name in ("startprob_init", "transmat_init", "params_init", "device", "batch_size",
+                     "distributed"):
+            setattr(self, name, None)
+        self.algorithm, self.init_method, self.n_init, self.warm_start = "em", init_method, 1, False
+        self.dtype, self.step_offset, self.step_decay = "float64", 2.0, 0.7
+        self.verbose = int(values["verbose"])
 
     # ---------------------------------------------------------------- fitting
     def _logged(self, fn, X, lengths):
@@ -163,12 +166,7 @@ class GaussianHMM(_Adapter, elbokit.GaussianHMM):
                  covars_prior=1e-2, covars_weight=1, algorithm="viterbi", random_state=None,
                  n_iter=10, tol=1e-2, verbose=False, params="stmc", init_params="stmc",
                  implementation="log"):
-        self._adapter_init(dict(locals()), algorithm, implementation, tol, n_iter)
-        for name in ("init_method", "startprob_init", "transmat_init", "params_init", "device",
-                     "batch_size", "distributed"):
-            setattr(self, name, None)
-        self.init_method, self.n_init, self.warm_start, self.dtype = "kmeans", 1, False, "float64"
-        self.step_offset, self.step_decay, self.verbose = 2.0, 0.7, int(verbose)
+        self._adapter_init(dict(locals()))
 
     def _dims(self):
         if "n_features" in self.__dict__:
@@ -193,12 +191,7 @@ class CategoricalHMM(_Adapter, elbokit.CategoricalHMM):
                  emissionprob_prior=1.0, n_features=None, algorithm="viterbi", random_state=None,
                  n_iter=10, tol=1e-2, verbose=False, params="ste", init_params="ste",
                  implementation="log"):
-        self._adapter_init(dict(locals()), algorithm, implementation, tol, n_iter)
-        for name in ("startprob_init", "transmat_init", "params_init", "device", "batch_size",
-                     "distributed"):
-            setattr(self, name, None)
-        self.init_method, self.n_init, self.warm_start, self.dtype = "random", 1, False, "float64"
-        self.step_offset, self.step_decay, self.verbose = 2.0, 0.7, int(verbose)
+        self._adapter_init(dict(locals()), init_method="random")
 
     def _dims(self):
         return 1
@@ -235,12 +228,7 @@ class PoissonHMM(_Adapter, elbokit.PoissonHMM):
                  lambdas_prior=0.0, lambdas_weight=0.0, algorithm="viterbi", random_state=None,
                  n_iter=10, tol=1e-2, verbose=False, params="stl", init_params="stl",
                  implementation="log"):
-        self._adapter_init(dict(locals()), algorithm, implementation, tol, n_iter)
-        for name in ("startprob_init", "transmat_init", "params_init", "device", "batch_size",
-                     "distributed"):
-            setattr(self, name, None)
-        self.init_method, self.n_init, self.warm_start, self.dtype = "kmeans", 1, False, "float64"
-        self.step_offset, self.step_decay, self.verbose = 2.0, 0.7, int(verbose)
+        self._adapter_init(dict(locals()))
 
     def _dims(self):
         shape = np.shape(self.lambdas_)
@@ -255,26 +243,12 @@ class GMMHMM(_Adapter, elbokit.GMMHMM):
                  covars_prior=None, covars_weight=None, algorithm="viterbi",
                  covariance_type="diag", random_state=None, n_iter=10, tol=1e-2, verbose=False,
                  params="stmcw", init_params="stmcw", implementation="log"):
-        self._adapter_init(dict(locals()), algorithm, implementation, tol, n_iter)
-        for name in ("startprob_init", "transmat_init", "params_init", "device", "batch_size",
-                     "distributed"):
-            setattr(self, name, None)
-        self.init_method, self.n_init, self.warm_start, self.dtype = "kmeans", 1, False, "float64"
-        self.step_offset, self.step_decay, self.verbose = 2.0, 0.7, int(verbose)
+        self._adapter_init(dict(locals()))
 
     def _dims(self):
         return np.shape(self.means_)[-1]
 
 
-hmm_module = types_module = None
-
-
-def _namespace():
-    import types
-
-    ns = types.SimpleNamespace(GaussianHMM=GaussianHMM, CategoricalHMM=CategoricalHMM,
-                               PoissonHMM=PoissonHMM, GMMHMM=GMMHMM)
-    return ns
-
-
-hmm_module = _namespace()
+# what the suites import as ``hmm``
+hmm_module = types.SimpleNamespace(GaussianHMM=GaussianHMM, CategoricalHMM=CategoricalHMM,
+                                   PoissonHMM=PoissonHMM, GMMHMM=GMMHMM)

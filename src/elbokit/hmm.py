@@ -150,29 +150,8 @@ class HMM(FamilyEMEstimator):
                  params_init=None, random_state=None, warm_start=False, verbose=0, device=None,
                  dtype="float32", batch_size=None, algorithm="em", step_offset=2.0, step_decay=0.7,
                  distributed=None):
-        self.n_components = n_components
         self.emission = emission
-        self.startprob_prior = startprob_prior
-        self.transmat_prior = transmat_prior
-        self.n_iter = n_iter
-        self.tol = tol
-        self.n_init = n_init
-        self.params = params
-        self.init_params = init_params
-        self.init_method = init_method
-        self.startprob_init = startprob_init
-        self.transmat_init = transmat_init
-        self.params_init = params_init
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.device = device
-        self.dtype = dtype
-        self.batch_size = batch_size
-        self.algorithm = algorithm
-        self.step_offset = step_offset
-        self.step_decay = step_decay
-        self.distributed = distributed
+        _init_common(self, locals())
 
     # ------------------------------------------------------------ hooks of the plumbing
     @property

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from elbokit.families.base import F64, Family, Params
+from elbokit.models.family_mixture import FamilyMixtureModel
 
 FAMILY_PREFIX = "f."
 START, TRANS, OCCUPANCY = "start", "trans", "nk"
@@ -778,13 +779,9 @@ class HMMModel:
         out[OCCUPANCY] = w.clone()
         return (out, p)
 
-    def blend(self, old, new, rho: float):
-        (a, anchor), (b, _) = old, new
-        return ({k: (1 - rho) * a[k] + rho * b[k] for k in a}, anchor)
-
-    def from_moments(self, moments) -> HMMParams:
-        stats, anchor = moments
-        return self.maximize(stats, anchor)
+    # the blend of two (statistics, anchor) moments and the M-step from one: the mixture's
+    blend = FamilyMixtureModel.blend
+    from_moments = FamilyMixtureModel.from_moments
 
     # ------------------------------------------------------------ sampling
     def sample(self, p: HMMParams, n_sequences: int, length: int, generator: torch.Generator):
