@@ -167,7 +167,6 @@ class SequenceLayout:
         if self.segment is None:
             self.chains = Packing(self.starts, lengths)
             self.sequence = self.chains.order  # original sequence of each sorted chain
-            self.rounds = []
             self._whole = self.chains
             self.seq_first = torch.empty_like(self.chains.order)  # packed first step of each
             self.seq_first[self.chains.order] = torch.arange(self.n_sequences, device=device)
@@ -185,18 +184,15 @@ class SequenceLayout:
         position[self.chains.order] = torch.arange(self.chains.n_chains, device=device)
         sorted_index = index[self.chains.order]
         self.starts_sequence = sorted_index == 0  # per sorted chain
-        # rounds[j]: sorted chains of the j-th segments, sequences with more segments first
-        by_count = torch.sort(n_seg, descending=True, stable=True).indices
-        flat_first = torch.cumsum(n_seg, 0) - n_seg
-        self.rounds = []
-        for j in range(int(n_seg.max())):
-            alive = by_count[: int((n_seg > j).sum())]
-            self.rounds.append(position[flat_first[alive] + j])
-        # packed positions of the step pairs across segment boundaries (last, next first)
-        later = [(self.rounds[j - 1][: r.shape[0]], r) for j, r in enumerate(self.rounds) if j]
-        self.cross_prev = self.chains.last[torch.cat([a for a, _ in later])]
-        self.cross_next = self.chains.first[torch.cat([b for _, b in later])]
-        self.seq_first = position[flat_first]
+        # every segment in sequence order ("flat"): its sorted chain, its number j, and the
+        # sequence's number of segments (the scans over segments run in this order)
+        self.flat_chain = position
+        self.flat_index = index
+        self.flat_count = n_seg[seq]
+        later = torch.nonzero(index > 0).flatten()  # step pairs across segment boundaries
+        self.cross_prev = self.chains.last[position[later - 1]]
+        self.cross_next = self.chains.first[position[later]]
+        self.seq_first = position[torch.cumsum(n_seg, 0) - n_seg]
         self._whole = None
 
     @classmethod
@@ -233,21 +229,24 @@ class SequenceLayout:
 
 
 def segment_length(lengths: torch.Tensor, n_states: int, device) -> int | None:
-    """The segment length that minimises the estimated time of one pass, or None.
+    """The segment length for long sequences, or None (whole sequences).
 
-    Whole sequences take one step per time step (a fixed cost per step,
-    ~10 microseconds); segments of length C take about 4C + 2T/C steps plus
-    the transfer matrices, 2 N K^3 multiply-adds.
+    Whole sequences cost ~9 tensor operations per time step of the longest one (a fixed
+    ~10 microseconds each on a CPU); segments cost their steps plus the work of the
+    transfer matrices, ~(60 K^2 + 4 K^3) per row (K states).  The segment length is the
+    power of two nearest sqrt(T) / 4, the fastest measured on one sequence of 2,000 to
+    200,000 steps (bench/hmm.py's long-sequence case).
     """
     T = int(lengths.max()) if lengths.numel() else 0
-    if T < 64:
+    if T < 256:
         return None
-    C = max(8, int(math.ceil(math.sqrt(T / 2))))
-    per_step = 1e-5
+    per_op = 1e-5
     per_flop = 1e-11 if torch.device(device).type == "cuda" else 1e-9
-    whole = T * per_step
-    cut = (4 * C + 2 * T / C) * per_step + 2 * float(lengths.sum()) * n_states ** 3 * per_flop
-    return C if cut < 0.5 * whole else None
+    K = n_states
+    work = float(lengths.sum()) * (60 * K * K + 4 * K ** 3) * per_flop
+    if work > 0.5 * 9 * T * per_op:
+        return None
+    return int(min(1024, max(8, 2 ** round(math.log2(math.sqrt(T) / 4)))))
 
 
 # --------------------------------------------------------------------------- forward-backward
@@ -404,29 +403,61 @@ def _forward_transfers(B, A, layout: SequenceLayout, startprob):
     return P, log_s
 
 
+def _scan(Q, s, layout: SequenceLayout, combine, reverse: bool):
+    """Inclusive scan of K x K transfer matrices over each sequence's segments, in the flat
+    order (Hillis-Steele: log2(segments) levels of batched products, not one step per
+    segment).  ``(Q, s)`` carry scaled matrices with log scales; ``combine(earlier, later)``."""
+    j, count = layout.flat_index, layout.flat_count
+    d = 1
+    while True:
+        sel = torch.nonzero(j + d < count if reverse else j >= d).flatten()
+        if sel.numel() == 0:
+            return Q, s
+        other = sel + d if reverse else sel - d
+        first, second = (sel, other) if reverse else (other, sel)
+        Qn, sn = combine(Q[first], s[first], Q[second], s[second])
+        Q, s = Q.clone(), s.clone()
+        Q[sel], s[sel] = Qn, sn
+        d *= 2
+
+
+def _rows_product(Q1, s1, Q2, s2):
+    """(diag(e^s1) Q1)(diag(e^s2) Q2) as (row-normalised Q, row log scales s)."""
+    m = s2.max(1, keepdim=True).values.nan_to_num_(neginf=0.0)
+    R = (Q1 * (s2 - m).exp()[:, None, :]) @ Q2
+    r = R.sum(2, keepdim=True)
+    return R / r.clamp_min(torch.finfo(R.dtype).tiny), s1 + m + r.squeeze(2).log()
+
+
+def _columns_product(Q1, s1, Q2, s2):
+    """(Q1 diag(e^s1))(Q2 diag(e^s2)) as (column-normalised Q, column log scales s)."""
+    m = s1.max(1, keepdim=True).values.nan_to_num_(neginf=0.0)
+    R = (Q1 * (s1 - m).exp()[:, None, :]) @ Q2
+    r = R.sum(1, keepdim=True)
+    return R / r.clamp_min(torch.finfo(R.dtype).tiny), s2 + m + r.squeeze(1).log()
+
+
 @_serial_steps(cube=True)
 def _chain_priors(B, A, layout: SequenceLayout, startprob):
-    """p(z at the first step of every sorted chain | the steps before it), (C, K)."""
+    """p(z at the first step of every sorted chain | the steps before it), (C, K).
+
+    The filtered distribution at the end of segment j is row 0 of the product of the
+    transfer matrices of segments 0..j (segment 0's rows all start from startprob)."""
     K = B.shape[1]
     P, log_s = _forward_transfers(B, A, layout, startprob)
+    Q, s = _scan(P[layout.flat_chain], log_s[layout.flat_chain], layout, _rows_product, False)
+    end = Q[:, 0, :]  # (flat) filtered distribution at each segment's last step
     prior = startprob.to(F64)[None].expand(layout.chains.n_chains, K).clone()
-    alpha_in = torch.zeros(layout.chains.n_chains, K, dtype=F64, device=B.device)
-    alpha_in[:, 0] = 1.0  # a sequence's first segment starts from startprob (every row alike)
-    Ad = A.to(F64)
-    for j, now in enumerate(layout.rounds[:-1]):
-        nxt = layout.rounds[j + 1]
-        here = now[: nxt.shape[0]]
-        end, _ = _log_combine(alpha_in[here].log() + log_s[here], P[here], dim=1)
-        end = end / end.sum(1, keepdim=True)
-        alpha_in[nxt] = end
-        prior[nxt] = end @ Ad
+    later = torch.nonzero(layout.flat_index > 0).flatten()
+    prior[layout.flat_chain[later]] = end[later - 1] @ A.to(F64)
     return prior.to(B.dtype)
 
 
 @_serial_steps(cube=True)
 def _chain_end_betas(u, A, layout: SequenceLayout):
     """beta at the last step of every sorted chain (ones for a sequence's last segment), (C, K);
-    ``u`` = B / c.  Column-normalised backward transfer matrices, float64."""
+    ``u`` = B / c.  Column-normalised backward transfer matrices G (beta at the end of the
+    segment before = G beta at the end of this one), multiplied by a scan from the end."""
     chains = layout.chains
     K = u.shape[1]
     ud, Ad = u.to(F64), A.to(F64)
@@ -441,11 +472,12 @@ def _chain_end_betas(u, A, layout: SequenceLayout):
         r = R[:bs].sum(1, keepdim=True)
         R[:bs] /= r
         log_s[:bs] += r.squeeze(1).log()
+    Q, s = _scan(R[layout.flat_chain], log_s[layout.flat_chain], layout, _columns_product, True)
     end = torch.ones(chains.n_chains, K, dtype=F64, device=u.device)
-    for j in range(len(layout.rounds) - 1, 0, -1):
-        now, before = layout.rounds[j], layout.rounds[j - 1][: layout.rounds[j].shape[0]]
-        beta, shift = _log_combine(end[now].log() + log_s[now], R[now], dim=2)
-        end[before] = beta * shift.exp()
+    before = torch.nonzero(layout.flat_index + 1 < layout.flat_count).flatten()
+    # beta at the end of segment j = (G_j+1 ... G_J) 1, in log space for the scales
+    w, shift = _log_combine(s[before + 1], Q[before + 1], dim=2)
+    end[layout.flat_chain[before]] = w * shift.exp()
     return end.to(u.dtype)
 
 
