@@ -251,6 +251,7 @@ def segment_length(lengths: torch.Tensor, n_states: int, device) -> int | None:
 
 # --------------------------------------------------------------------------- forward-backward
 _SERIAL_WORK = 1 << 18  # multiply-adds per step below which a step runs on one thread
+_FLUSH = 16  # steps whose pair counts add up in the compute dtype before a float64 sum
 
 
 @contextmanager
@@ -360,7 +361,8 @@ def _backward(u, A, chains: Packing, end_beta, alpha, weight=None, log_u=None):
     AT = A.mT.contiguous()
     K = u.shape[1]
     counts = torch.zeros(K, K, dtype=F64, device=u.device)
-    for t, off, bs in reversed(list(chains.steps())):
+    part = torch.zeros(K, K, dtype=u.dtype, device=u.device)  # the last _FLUSH steps' counts
+    for i, (t, off, bs) in enumerate(reversed(list(chains.steps()))):
         cur = beta[off:off + bs]
         a, b = chains.ends_at(t)
         if a:
@@ -368,7 +370,10 @@ def _backward(u, A, chains: Packing, end_beta, alpha, weight=None, log_u=None):
             un = u[nxt:nxt + a]
             torch.mm(un, AT, out=cur[:a])
             left = alpha[off:off + a] if weight is None else alpha[off:off + a] * weight[:a, None]
-            counts += (left.mT @ un).to(F64)
+            torch.addmm(part, left.mT, un, out=part)
+            if part.dtype != F64 and i % _FLUSH == _FLUSH - 1:
+                counts += part
+                part.zero_()
         if end_beta is None:
             cur[a:b].fill_(1.0)
         else:
@@ -377,7 +382,7 @@ def _backward(u, A, chains: Packing, end_beta, alpha, weight=None, log_u=None):
             u[off:off + bs].mul_(cur)
         else:
             torch.exp(log_u[off:off + bs] + cur.log(), out=u[off:off + bs])
-    return beta, counts
+    return beta, counts + part
 
 
 @_serial_steps(cube=True)
