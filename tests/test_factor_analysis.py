@@ -70,7 +70,7 @@ def test_the_posterior_is_exact_so_kl_is_zero(X):
 
 
 def test_transform_inverse_transform_and_sample(X):
-    fa = FactorAnalysis(2).fit(X)
+    fa = FactorAnalysis(2, random_state=0).fit(X)
     Z = fa.transform(X)
     assert Z.shape == (len(X), 2)
     sk = SkFactorAnalysis(2, tol=1e-8, max_iter=5000).fit(X)
@@ -80,7 +80,10 @@ def test_transform_inverse_transform_and_sample(X):
     back = fa.inverse_transform(Z)
     assert back.shape == X.shape and np.mean((back - X) ** 2) < np.var(X, 0).sum()
     S = fa.sample(20000)
-    np.testing.assert_allclose(np.cov(S.T), fa.get_covariance(), atol=0.35)
+    # sampling error of a covariance from 20000 draws: sd ~ sqrt(2 / n) relative, ~1%
+    cov = fa.get_covariance()
+    scale = np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+    assert np.abs(np.cov(S.T) - cov).max() / scale.max() < 0.05
 
 
 def test_missing_values_inside_em(X):
