@@ -337,6 +337,8 @@ def test_bad_input_gets_a_clear_error(data):
         GaussianHMM(2, n_iter=2).fit(X, lengths).score(X[:, :1])
     with pytest.raises(ValueError, match="n_components"):
         GaussianHMM(5).fit(X[:3])
+    with pytest.warns(ConvergenceWarning, match="increase n_iter"):  # its own name, not max_iter
+        GaussianHMM(2, n_iter=1, random_state=0).fit(X, lengths)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -159,6 +159,19 @@ class HMM(FamilyEMEstimator):
         """hmmlearn's ``n_iter``, under the name the EM plumbing reads."""
         return self.n_iter
 
+    def _run(self, runner, initialize, warm, common):
+        """The plumbing's restarts, with its convergence advice in hmmlearn's words (``n_iter``:
+        the parameter this estimator has; the command line then names ``--n-iter``)."""
+        from elbokit.inference.em import ConvergenceWarning
+
+        with warnings.catch_warnings(record=True) as caught:
+            run = super()._run(runner, initialize, warm, common)
+        for w in caught:
+            if issubclass(w.category, ConvergenceWarning):
+                w.message = ConvergenceWarning(str(w.message).replace("max_iter", "n_iter"))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        return run
+
     def _n_components(self):
         return self.n_components
 

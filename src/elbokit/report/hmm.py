@@ -8,7 +8,7 @@ import html
 import numpy as np
 
 from elbokit.report import plots
-from elbokit.report.common import bound_table_and_plot, decreases
+from elbokit.report.common import em_training
 from elbokit.report.html import Page, Table
 
 STAGES = 4
@@ -120,13 +120,9 @@ def hmm_page(model, X, lengths, metrics: dict, progress=None) -> Page:
     page.headline.update({"sequences": f"{len(lengths)}", "steps": f"{n_rows}", "states": f"{K}",
                           "log p(x) per step (nats)": f"{model.lower_bound_:.4f}",
                           "EM iterations": f"{model.n_iter_}"})
-    down = decreases(model.lower_bounds_)
-    truth = "it never decreased" if down == 0 else f"it decreased at {down} iterations (rounding)"
-    page.add("Training: the bound per iteration", *bound_table_and_plot(
-        page, model.lower_bounds_, int(model.n_iter_), what="iteration", unit="nats per step",
-        label="log p(x) per step", exact=True,
-        caption="The posterior over state paths is exact (forward-backward), so the bound is "
-                f"log p(x) itself (the KL gap is 0); {truth}."))
+    em_training(page, model, unit="nats per step", label="log p(x) per step",
+                why="The posterior over state paths is exact (forward-backward), so the bound is "
+                    "log p(x) itself (the KL gap is 0)")
     step("the transitions")
     transmat = np.asarray(model.transmat_, dtype=np.float64)
     startprob = np.asarray(model.startprob_, dtype=np.float64)
