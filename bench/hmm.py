@@ -366,7 +366,7 @@ def main(argv=None):
         agreement(f"CategoricalHMM (KJV, {len(lc)} verses)", "categorical", 2, Xc, lc,
                   with_pomegranate=False)
         # pomegranate batches variable lengths one tensor per distinct length: slow, so fewer verses
-        Xq, lq = kjv_characters(30 if quick else 300)
+        Xq, lq = kjv_characters(30 if quick else 100)
         agreement(f"CategoricalHMM (KJV, {len(lq)} verses)", "categorical", 2, Xq, lq)
 
     print(f"\n2. Speed ({args.clock} clock, {args.threads} threads)")
