@@ -8,6 +8,7 @@ tractable, by variational inference where it is not, or by Monte Carlo.
 __version__ = "0.1.0"
 
 from elbokit.autoencoder import VAE
+from elbokit.bayesian_mixture import BayesianGaussianMixture
 from elbokit.data.text import Corpus
 from elbokit.general_mixture import Mixture
 from elbokit.inference.em import ConvergenceWarning
@@ -17,6 +18,7 @@ from elbokit.models.gaussian_mixture import DegenerateComponentWarning, Degenera
 from elbokit.topics import LDA
 
 __all__ = [
+    "BayesianGaussianMixture",
     "ConvergenceWarning",
     "Corpus",
     "DegenerateComponentWarning",
