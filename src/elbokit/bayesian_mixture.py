@@ -42,6 +42,7 @@ from elbokit.models.gaussian_mixture import (
     precisions_from_cholesky,
 )
 from elbokit.models.kmeans import kmeans_plusplus, lloyd, squared_distances
+from elbokit.priors import data_moments
 
 F64 = torch.float64
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -242,32 +243,6 @@ class BayesianGaussianMixture(ElbokitEstimator):
         return InMemorySource(Xt, weight, batch_size=rows), kind, Xt.shape[1]
 
     # ------------------------------------------------------------ priors
-    def _data_moments(self, source, reducer, n_features, device):
-        """(total weight, mean, covariance with ddof=1) of the data, float64, two passes."""
-        def pass_sums(centre):
-            D = n_features
-            sums = {"n": torch.zeros((), dtype=F64, device=device),
-                    "s1": torch.zeros(D, dtype=F64, device=device),
-                    "s2": torch.zeros(D, D, dtype=F64, device=device)}
-            for X, w in source:
-                Xd = X.to(F64) - (0 if centre is None else centre.to(X.device))
-                wd = torch.ones(X.shape[0], dtype=F64, device=X.device) if w is None else w.to(F64)
-                sums["n"] += wd.sum().to(device)
-                sums["s1"] += (wd @ Xd).to(device)
-                if centre is not None:
-                    sums["s2"] += ((Xd * wd[:, None]).mT @ Xd).to(device)
-            return reducer(sums) if reducer is not None else sums
-
-        first = distributed.checked(reducer, lambda: pass_sums(None))
-        n = float(first["n"])
-        mean = first["s1"] / n
-        second = distributed.checked(reducer, lambda: pass_sums(mean))
-        shift = second["s1"] / n  # the rounding left in the first pass's mean
-        mean = mean + shift
-        scatter = second["s2"] - n * shift[:, None] * shift[None, :]
-        cov = scatter / (n - 1) if n > 1 else torch.full_like(scatter, float("nan"))
-        return n, mean, cov
-
     def _resolve_prior(self, n, mean, cov, n_features, device) -> BGMMPrior:
         D, ct = n_features, self.covariance_type
 
@@ -410,7 +385,7 @@ class BayesianGaussianMixture(ElbokitEstimator):
             gen.manual_seed(reducer.same_seed(gen.initial_seed()))
         sampler = torch.Generator(device=gen.device)
         sampler.manual_seed(int(torch.randint(2**62, (1,), generator=gen, device=gen.device)))
-        n, mean, cov = self._data_moments(source, reducer, n_features, device)
+        n, mean, cov = data_moments(source, reducer, n_features, device)
         if self.n_components > n:
             raise ValueError(f"n_components={self.n_components} must be <= n_samples={n:g}: "
                              "decrease n_components or provide more samples.")
@@ -469,7 +444,7 @@ class BayesianGaussianMixture(ElbokitEstimator):
         device = source.X.device
         if first:
             gen = make_generator(self.random_state, device)
-            n, mean, cov = self._data_moments(source, None, n_features, device)
+            n, mean, cov = data_moments(source, None, n_features, device)
             if self.n_components > n:
                 raise ValueError(f"n_components={self.n_components} must be <= the rows of the "
                                  f"first mini-batch ({n:g}).")
