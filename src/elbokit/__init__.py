@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 from elbokit.autoencoder import VAE
 from elbokit.bayesian_mixture import BayesianGaussianMixture
 from elbokit.data.text import Corpus
+from elbokit.factor_analysis import PPCA, FactorAnalysis
 from elbokit.general_mixture import Mixture
 from elbokit.inference.em import ConvergenceWarning
 from elbokit.io import ModelFormatError, load
@@ -23,10 +24,12 @@ __all__ = [
     "Corpus",
     "DegenerateComponentWarning",
     "DegenerateCovarianceError",
+    "FactorAnalysis",
     "GaussianMixture",
     "LDA",
     "Mixture",
     "ModelFormatError",
+    "PPCA",
     "VAE",
     "load",
     "__version__",

@@ -36,10 +36,7 @@ from elbokit.inference.em import EMRun, RobbinsMonro, fit_em, run_em, run_stepwi
 from elbokit.models.family_mixture import FamilyMixtureModel, MixtureParams
 from elbokit.models.kmeans import kmeans_plusplus, lloyd, squared_distances
 
-INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
-ALGORITHMS = ("em", "stepwise")
-_INIT_SAMPLE = 100_000
-_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
+from elbokit.mixture import _CHUNK_ELEMENTS, _INIT_SAMPLE, ALGORITHMS, INIT_METHODS  # noqa: F401
 
 
 def as_float_tensor(X, name, dtype, device, min_samples=1):
@@ -47,7 +44,7 @@ def as_float_tensor(X, name, dtype, device, min_samples=1):
 
     Returns (tensor, InputKind, feature names or None).
     """
-    names = None
+    names = getattr(X, "feature_names", None)
     if hasattr(X, "columns") and hasattr(X, "dtypes"):  # a pandas DataFrame
         names = [str(c) for c in X.columns]
         X = X.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -100,6 +97,10 @@ class FamilyEMEstimator(ElbokitEstimator):
     def _extra_checks(self):
         """Subclass-specific hyperparameter checks."""
 
+    def _init_method(self) -> str:
+        """The initialisation method's name (a subclass may keep it elsewhere)."""
+        return self.init_params
+
     # ------------------------------------------------------------ validation
     def _check_hyperparameters(self):
         check_positive_int(self._n_components(), "n_components")
@@ -111,8 +112,8 @@ class FamilyEMEstimator(ElbokitEstimator):
             check_positive_int(self.batch_size, "batch_size")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={self.algorithm!r} is not supported: use 'em' or 'stepwise'.")
-        if self.init_params not in INIT_METHODS:
-            raise ValueError(f"init_params={self.init_params!r} is not supported: use one of "
+        if self._init_method() not in INIT_METHODS:
+            raise ValueError(f"init_params={self._init_method()!r} is not supported: use one of "
                              f"{', '.join(map(repr, INIT_METHODS))}.")
         RobbinsMonro(self.step_offset, self.step_decay)
         self._extra_checks()
@@ -170,6 +171,8 @@ class FamilyEMEstimator(ElbokitEstimator):
               family=None):
         """Any accepted input as (source, kind, n_features, names, labelled)."""
         dtype = resolve_dtype(self.dtype)
+        X = self._prepare_X(X)
+        missing_ok = (family or self._make_family()).supports_missing
         if is_source_like(X):
             if sample_weight is not None or y is not None:
                 raise ValueError(
@@ -177,14 +180,13 @@ class FamilyEMEstimator(ElbokitEstimator):
                     "(X_batch, weight_batch) pairs instead."
                 )
             device = resolve_device(self.device)
-            probe = as_source(X, batch_size=1, dtype=dtype, device=device)
+            probe = as_source(X, batch_size=1, dtype=dtype, device=device, allow_missing=missing_ok)
             n_features = probe.n_features or next(iter(probe))[0].shape[1]
             source = as_source(X, batch_size=self._rows(n_features, device, stepwise, family=family),
-                               dtype=dtype, device=device)
+                               dtype=dtype, device=device, allow_missing=missing_ok)
             if not reset:
                 self._check_features(n_features)
             return source, InputKind(False, torch.device("cpu")), n_features, None, False
-        X = self._prepare_X(X)
         device = resolve_device(self.device, X)
         Xt, kind, names = as_float_tensor(X, "X", dtype, device, min_samples=0 if allow_empty else 1)
         if not reset:
@@ -214,7 +216,7 @@ class FamilyEMEstimator(ElbokitEstimator):
         X, weight = sample
         if K == 1:
             return lambda Xb: torch.ones(Xb.shape[0], 1, dtype=Xb.dtype, device=Xb.device)
-        if self.init_params == "random":
+        if self._init_method() == "random":
             def random_resp(Xb):
                 r = torch.rand(Xb.shape[0], K, generator=gen, device=gen.device).to(Xb.device)
                 return (r / r.sum(1, keepdim=True)).to(Xb.dtype)
@@ -241,19 +243,29 @@ class FamilyEMEstimator(ElbokitEstimator):
         K = self._n_components()
         centre = feats.mean(0)  # k-means on centred coordinates
         Fc = feats - centre
-        if self.init_params == "random_from_data":
+        if self._init_method() == "random_from_data":
             p = torch.ones(Fc.shape[0]) if weight is None else (weight > 0).to(F64).cpu()
             idx = torch.multinomial(p, K, replacement=False, generator=torch.Generator().manual_seed(
                 int(torch.randint(2**31, (1,), generator=gen))))
             return feats[idx.to(feats.device)]
         w = None if weight is None else weight.to(F64)
         centres = kmeans_plusplus(Fc, K, gen, w)
-        if self.init_params == "kmeans":
+        if self._init_method() == "kmeans":
             centres = lloyd(InMemorySource(Fc, w, batch_size=65536), centres)
         return centres + centre
 
     def _initialize(self, source, sample, family, gen, device, reducer, labelled):
-        """Initial parameters: an M-step from initial responsibilities (labels respected)."""
+        """Initial parameters: an M-step from initial responsibilities (labels respected),
+        then user-given values; nothing to compute when those give every parameter."""
+        given = getattr(self, "params_init", None) or {}
+        names = set(family.param_shapes(self._n_components(), self.n_features_in_pending_))
+        if getattr(self, "weights_init", None) is not None and names <= set(given):
+            K = self._n_components()
+            blank = MixtureParams(torch.full((K,), 1.0 / K, dtype=F64, device=device),
+                                  {k: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor)
+                                                      else v).to(device=device, dtype=F64)
+                                   for k, v in given.items()})
+            return self._apply_user_init(blank, device)
         model = self._model(family, labelled, device)
         resp_fn = self._initial_resp_fn(sample, family, gen, reducer, labelled, device)
         total = None

@@ -11,6 +11,8 @@ factor analysers, and a :class:`~elbokit.families.Product` (or
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -19,6 +21,65 @@ from elbokit._validation import to_output
 from elbokit.em_estimator import FamilyEMEstimator
 from elbokit.families import Family, get_family
 from elbokit.families.tables import TableEncoding
+
+
+def _is_table(X) -> bool:
+    """A pandas DataFrame or a pyarrow Table."""
+    if hasattr(X, "columns") and hasattr(X, "dtypes"):
+        return True
+    try:
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(X, pa.Table)
+
+
+def _is_table_file(X) -> bool:
+    return isinstance(X, (str, os.PathLike)) and str(X).lower().endswith(
+        (".parquet", ".pq", ".csv", ".tsv"))
+
+
+def _has_typed_columns(path) -> bool:
+    """Whether a Parquet/CSV file has any column that is not floating point."""
+    import pyarrow as pa
+
+    path = str(path)
+    if path.lower().endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(path)
+    else:
+        import pyarrow.csv as pcsv
+
+        delimiter = "\t" if path.lower().endswith(".tsv") else ","
+        with pcsv.open_csv(path, parse_options=pcsv.ParseOptions(delimiter=delimiter)) as reader:
+            schema = reader.schema
+    return any(not pa.types.is_floating(f.type) for f in schema)
+
+
+def _read_table(path):
+    """A Parquet or CSV file as a pyarrow Table, with its column types."""
+    path = str(path)
+    if path.lower().endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path)
+    import pyarrow.csv as pcsv
+
+    delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    return pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter=delimiter))
+
+
+class _NamedArray(np.ndarray):
+    """A float array that remembers its table's column names (for feature_names_in_)."""
+
+    def __new__(cls, values, names):
+        obj = np.asarray(values, dtype=np.float64).view(cls)
+        obj.feature_names = list(names)
+        return obj
+
+    def __array_finalize__(self, obj):
+        self.feature_names = getattr(obj, "feature_names", None)
 
 
 @io.register
@@ -106,22 +167,33 @@ class Mixture(FamilyEMEstimator):
         return get_family(self.family)
 
     def _prepare_X(self, X):
-        """DataFrames: categorical columns to codes (levels kept in ``encoding_``)."""
-        if not (hasattr(X, "columns") and hasattr(X, "dtypes")):
+        """Tables: categorical columns to codes (levels kept in ``encoding_``); a table
+        file whose encoding has typed columns is read whole."""
+        enc = getattr(self, "_pending_encoding", None) or getattr(self, "encoding_", None)
+        if _is_table_file(X) and enc and any(k != "gaussian" for k in enc.get("kinds", [])):
+            X = _read_table(X)
+        if not _is_table(X):
             return X
         fitted = getattr(self, "encoding_", None)
         pending = getattr(self, "_pending_encoding", None)
-        if pending is not None:
-            return TableEncoding.from_config(pending).encode(X)
-        if fitted is not None and fitted.get("kinds"):
-            return TableEncoding.from_config(fitted).encode(X)
-        return X
+        for enc in (pending, fitted):
+            if enc:
+                return _NamedArray(TableEncoding.from_config(enc).encode(X, check_kinds=bool(enc["kinds"])),
+                                   enc["columns"])
+        return _NamedArray(TableEncoding.from_frame(X).encode(X), [str(c) for c in X.column_names]
+                           if hasattr(X, "column_names") else [str(c) for c in X.columns])
 
     def fit(self, X, y=None, sample_weight=None):
-        if hasattr(X, "columns") and hasattr(X, "dtypes"):
+        """Fit by EM; see :meth:`FamilyEMEstimator.fit`. A DataFrame, a pyarrow Table or,
+        with ``family="auto"``, a Parquet file gets one family per column type."""
+        if _is_table_file(X) and isinstance(self.family, str) and self.family == "auto" \
+                and _has_typed_columns(X):
+            X = _read_table(X)  # typed columns: read whole (a float-only file streams)
+        if _is_table(X):
             self._pending_encoding = TableEncoding.from_frame(X).to_config()
-        elif isinstance(X, str) and X.lower().endswith((".parquet", ".pq")) and self.family == "auto":
-            self._pending_encoding = TableEncoding.from_parquet(X).to_config()
+            names = self._pending_encoding["columns"]
+            if not isinstance(self.family, str) or self.family != "auto":
+                self._pending_encoding = {"columns": names, "kinds": [], "categories": {}}
         else:
             self._pending_encoding = {}
         try:
@@ -133,8 +205,7 @@ class Mixture(FamilyEMEstimator):
 
     def partial_fit(self, X, y=None, sample_weight=None):
         if not self.__sklearn_is_fitted__():
-            self._pending_encoding = (TableEncoding.from_frame(X).to_config()
-                                      if hasattr(X, "columns") else {})
+            self._pending_encoding = TableEncoding.from_frame(X).to_config() if _is_table(X) else {}
             try:
                 super().partial_fit(X, y, sample_weight)
                 self.encoding_ = self._pending_encoding

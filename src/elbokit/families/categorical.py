@@ -76,7 +76,16 @@ class Categorical(Family):
         return torch.tensor(self.n_levels, dtype=torch.int64)
 
     def one_hot(self, X: torch.Tensor) -> torch.Tensor:
-        """The one-hot code of X, shape (n, sum_j L_j); missing entries all zero."""
+        """The one-hot code of X, shape (n, sum_j L_j); missing entries all zero
+        (memoised for the last X, which the E-step's density and statistics share)."""
+        cached = getattr(self, "_last", None)
+        if cached is not None and cached[0] is X:
+            return cached[1]
+        out = self._one_hot(X)
+        self._last = (X, out)
+        return out
+
+    def _one_hot(self, X: torch.Tensor) -> torch.Tensor:
         levels = self._levels().to(X.device)
         offsets = torch.cumsum(levels, 0) - levels
         X0, mask = observed(X)

@@ -89,9 +89,12 @@ class TableEncoding:
     def to_config(self) -> dict:
         return {"columns": self.columns, "kinds": self.kinds, "categories": self.categories}
 
-    def encode(self, data) -> np.ndarray:
+    def encode(self, data, check_kinds: bool = True) -> np.ndarray:
         """The table as a float64 array: codes for categorical columns, NaN for nulls."""
         table = _as_table(data)
+        if not self.kinds:
+            self.kinds = TableEncoding.from_frame(table).kinds if check_kinds else \
+                ["gaussian"] * len(self.columns)
         names = [str(n) for n in table.column_names]
         if names != self.columns:
             raise ValueError(

@@ -235,6 +235,15 @@ def write_report(model_dir, data=None, out=None, labels=None) -> Path:
         out = Path(out) if out is not None else Path(model_dir) / "report.html"
         out.write_text(page.render())
         return out
+    if name in ("Mixture", "PPCA", "FactorAnalysis"):
+        from elbokit.report.families import factor_page, load_rows_with_missing, mixture_page
+
+        rows = model._prepare_X(data) if name == "Mixture" else data
+        X = load_rows_with_missing(rows) if isinstance(rows, str) else np.asarray(rows, dtype=np.float64)
+        page = (mixture_page if name == "Mixture" else factor_page)(model, X, metrics)
+        out = Path(out) if out is not None else Path(model_dir) / "report.html"
+        out.write_text(page.render())
+        return out
     X = load_rows(data, max_rows=200_000)
     if name == "GaussianMixture":
         page = gaussian_mixture_page(model, X, metrics)
