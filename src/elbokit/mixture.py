@@ -41,7 +41,7 @@ from elbokit.models.gaussian_mixture import (
     precisions_from_cholesky,
 )
 from elbokit.models.kmeans import kmeans_plusplus, lloyd, squared_distances
-from elbokit.priors import GaussianPrior, MAPGaussianMixtureModel, check_prior, data_moments
+from elbokit import priors
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 ALGORITHMS = ("em", "stepwise")
@@ -235,7 +235,7 @@ class GaussianMixture(ElbokitEstimator):
                 "'stepwise' (online, mini-batches)."
             )
         self._schedule()
-        check_prior(self.prior, self.algorithm)
+        priors.check_prior(self.prior, self.algorithm)
         if self.init_params not in INIT_METHODS:
             raise ValueError(
                 f"init_params={self.init_params!r} is not supported: use one of "
@@ -246,7 +246,7 @@ class GaussianMixture(ElbokitEstimator):
     def _model(self) -> GaussianMixtureModel:
         prior = getattr(self, "_fit_prior", None)  # set while fitting with prior=
         if prior is not None:
-            return MAPGaussianMixtureModel(self.covariance_type, float(self.reg_covar),
+            return priors.MAPGaussianMixtureModel(self.covariance_type, float(self.reg_covar),
                                            resolve_dtype(self.dtype), prior)
         return GaussianMixtureModel(self.covariance_type, float(self.reg_covar), resolve_dtype(self.dtype))
 
@@ -444,19 +444,12 @@ class GaussianMixture(ElbokitEstimator):
         source, kind, n_features = distributed.checked(reducer, lambda: self._data(
             X, sample_weight, reset=True, stepwise=stepwise, allow_empty=reducer is not None))
         device = resolve_device(self.device, X if isinstance(X, torch.Tensor) else None)
-        self._fit_prior = distributed.checked(reducer, lambda: self._resolve_prior(
-            source, reducer, n_features, device))
+        self._fit_prior = distributed.checked(reducer, lambda: priors.resolve_for(
+            self, source, reducer, n_features, device))
         try:
             return self._fit(X, source, kind, n_features, device, reducer, stepwise)
         finally:
             del self._fit_prior
-
-    def _resolve_prior(self, source, reducer, n_features, device):
-        settings = check_prior(self.prior, self.algorithm)
-        if settings is None:
-            return None
-        _, mean, cov = data_moments(source, reducer, n_features, device)
-        return GaussianPrior.resolve(settings, self.n_components, self.covariance_type, mean, cov)
 
     def _fit(self, X, source, kind, n_features, device, reducer, stepwise):
         gen = make_generator(self.random_state, device)

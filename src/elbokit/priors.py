@@ -41,6 +41,7 @@ import torch
 from torch.distributions import Dirichlet, InverseGamma, MultivariateNormal, Normal, Wishart
 
 from elbokit.inference import distributed
+from elbokit.models.family_mixture import FamilyMixtureModel, MixtureParams
 from elbokit.models.gaussian_mixture import (
     GaussianMixtureModel,
     GaussianMixtureParams,
@@ -189,31 +190,42 @@ class GaussianPrior:
         return cls(covariance_type, shrinkage, mean.to(F64), dof, scale.to(F64), alpha)
 
     # ------------------------------------------------------------ the M-step
+    def mode_weights(self, nk: torch.Tensor) -> torch.Tensor:
+        """Posterior mode of the weights given the expected counts n_k."""
+        a, K = self.weight_concentration, nk.shape[0]
+        return (nk + (a - 1)) / (nk.sum() + K * (a - 1))
+
+    def mode_components(self, counts, means, covariances):
+        """Posterior mode (means, covariances) given weighted moments.
+
+        ``counts`` n_k is (K,), or (K, D) per column for diag and spherical
+        (columns with missing entries); ``means`` (K, D) the weighted means;
+        ``covariances`` the weighted covariances about them in the type's
+        moment shape ((K, D, D) full, (D, D) tied pooled, (K, D) otherwise).
+        """
+        ct, kappa, nu = self.covariance_type, self.shrinkage, self.dof
+        K, D = means.shape
+        n = counts if counts.ndim == 2 else counts[:, None]
+        new_means = (n * means + kappa * self.mean) / (n + kappa)
+        d = means - self.mean
+        c = kappa * n / (kappa + n)  # (K, 1) or (K, D)
+        if ct == "full":
+            scatter = n[:, :, None] * covariances + c[:, :, None] * d.unsqueeze(2) * d.unsqueeze(1)
+            cov = (self.scale + scatter) / (nu + counts + D + 2)[:, None, None]
+            return new_means, 0.5 * (cov + cov.mT)
+        if ct == "tied":
+            N = counts.sum()
+            cov = (self.scale + N * covariances + (d.mT * c[:, 0]) @ d) / (nu + N + K + D + 1)
+            return new_means, 0.5 * (cov + cov.mT)
+        spread = n * covariances + c * d.square()
+        if ct == "diag":
+            return new_means, (self.scale + spread) / (nu + n + 3)
+        return new_means, (self.scale + spread.sum(1)) / (nu + n.expand(K, D).sum(1) + D + 2)
+
     def mode(self, m: Moments):
         """Posterior mode (weights, means, covariances) given moments (n_k, x_bar_k, S_k)."""
-        ct, kappa, nu = self.covariance_type, self.shrinkage, self.dof
-        nk, xk = m.nk, m.means
-        K, D = xk.shape
-        N = nk.sum()
-        a = self.weight_concentration
-        weights = (nk + (a - 1)) / (N + K * (a - 1))
-        means = (nk[:, None] * xk + kappa * self.mean) / (nk + kappa)[:, None]
-        d = xk - self.mean
-        c = kappa * nk / (kappa + nk)
-        if ct == "full":
-            scatter = nk[:, None, None] * m.covariances + c[:, None, None] * d.unsqueeze(2) * d.unsqueeze(1)
-            cov = (self.scale + scatter) / (nu + nk + D + 2)[:, None, None]
-            cov = 0.5 * (cov + cov.mT)
-        elif ct == "tied":
-            scatter = N * m.covariances + (d.mT * c) @ d
-            cov = (self.scale + scatter) / (nu + N + K + D + 1)
-            cov = 0.5 * (cov + cov.mT)
-        elif ct == "diag":
-            cov = (self.scale + nk[:, None] * m.covariances + c[:, None] * d.square()) / (nu + nk + 3)[:, None]
-        else:
-            spread = (nk[:, None] * m.covariances + c[:, None] * d.square()).sum(1)
-            cov = (self.scale + spread) / (nu + (nk + 1) * D + 2)
-        return weights, means, cov
+        means, cov = self.mode_components(m.nk, m.means, m.covariances)
+        return self.mode_weights(m.nk), means, cov
 
     # ------------------------------------------------------------ the density
     def log_density(self, weights, means, covariances) -> torch.Tensor:
@@ -263,3 +275,59 @@ class MAPGaussianMixtureModel(GaussianMixtureModel):
 
     def log_prior(self, params: GaussianMixtureParams) -> torch.Tensor:
         return self.prior.log_density(params.weights, params.means, params.covariances)
+
+
+def resolve_for(estimator, source, reducer, n_features, device) -> GaussianPrior | None:
+    """The estimator's ``prior`` resolved on the data of ``source`` (None without one)."""
+    settings = check_prior(getattr(estimator, "prior", None), estimator.algorithm)
+    if settings is None:
+        return None
+    _, mean, cov = data_moments(source, reducer, n_features, device)
+    ct = getattr(estimator, "covariance_type", None)
+    if ct is None:  # a Mixture: the prior is for its Gaussian family
+        family = estimator._make_family()
+        if getattr(family, "name", None) != "gaussian":
+            raise ValueError("prior= is mclust's Gaussian prior: it needs family='gaussian' "
+                             f"(got {getattr(family, 'name', family)!r}).")
+        ct = family.covariance_type
+    n_components = estimator._n_components() if hasattr(estimator, "_n_components") else \
+        estimator.n_components
+    return GaussianPrior.resolve(settings, n_components, ct, mean, cov)
+
+
+class MAPFamilyMixtureModel(FamilyMixtureModel):
+    """A mixture of the Gaussian family with the posterior mode as M-step (and
+    ``log_prior`` for the EM engine), for :class:`~elbokit.Mixture`.
+
+    Reads the Gaussian family's statistics: ``nk``, ``s1`` = sum r (x - loc),
+    ``s2`` = sum r (x - loc)(x - loc)^T (full, tied), or the per-column ``n``,
+    ``s1``, ``s2`` (diag, spherical), taken against the E-step's ``loc``.
+    """
+
+    def __init__(self, family, dtype, frozen=None, labelled=False, *, prior: GaussianPrior):
+        super().__init__(family, dtype, frozen, labelled)
+        if self.frozen:
+            raise ValueError("prior= and frozen= together are not supported: fix parameters or "
+                             "give a prior.")
+        self.prior = prior
+
+    def maximize(self, stats, p):
+        fam = self.family_stats(stats)
+        anchor = p.params["loc"] if p is not None else torch.zeros_like(fam["s1"])
+        ct = self.family.covariance_type
+        eps = torch.finfo(F64).tiny
+        if ct in ("diag", "spherical"):
+            n = fam["n"]
+            shift = fam["s1"] / n.clamp_min(eps)
+            counts, cov = n, (fam["s2"] / n.clamp_min(eps) - shift.square()).clamp_min(0.0)
+        else:
+            counts = fam["nk"]
+            shift = fam["s1"] / counts.clamp_min(eps)[:, None]
+            cov = fam["s2"] / counts.clamp_min(eps)[:, None, None] - shift.unsqueeze(2) * shift.unsqueeze(1)
+            if ct == "tied":
+                cov = (counts[:, None, None] * cov).sum(0) / counts.sum()
+        means, cov = self.prior.mode_components(counts, anchor + shift, cov)
+        return MixtureParams(self.prior.mode_weights(stats["nk"]), {"loc": means, "covariance": cov})
+
+    def log_prior(self, p) -> torch.Tensor:
+        return self.prior.log_density(p.weights, p.params["loc"], p.params["covariance"])
