@@ -15,6 +15,7 @@ from elbokit.general_mixture import Mixture
 from elbokit.inference.em import ConvergenceWarning
 from elbokit.io import ModelFormatError, load
 from elbokit.mixture import GaussianMixture
+from elbokit.selection import Selection, select
 from elbokit.models.gaussian_mixture import DegenerateComponentWarning, DegenerateCovarianceError
 from elbokit.topics import LDA
 
@@ -30,7 +31,9 @@ __all__ = [
     "Mixture",
     "ModelFormatError",
     "PPCA",
+    "Selection",
     "VAE",
     "load",
+    "select",
     "__version__",
 ]
