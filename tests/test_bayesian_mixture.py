@@ -115,3 +115,15 @@ def test_across_processes_equals_one_process(three, tmp_path):
             np.testing.assert_allclose(g["bounds"], one.lower_bounds_, rtol=1e-9)
             np.testing.assert_allclose(g["means"], one.means_, rtol=1e-8, atol=1e-9)
         np.testing.assert_array_equal(got[0]["online"], got[1]["online"])  # every rank alike
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_cpu(three):
+    kw = dict(dtype="float64", random_state=0, max_iter=10, tol=0, init_params="random")
+    cpu = quiet_fit(BayesianGaussianMixture(3, **kw), torch.as_tensor(three))
+    gpu = quiet_fit(BayesianGaussianMixture(3, **kw), torch.as_tensor(three, device="cuda"))
+    assert gpu.means_.is_cuda
+    online = quiet_fit(BayesianGaussianMixture(3, algorithm="online", **kw),
+                       torch.as_tensor(three, device="cuda"))
+    assert np.isfinite(online.lower_bound_)
+    np.testing.assert_allclose(gpu.lower_bounds_[-1], cpu.lower_bounds_[-1], rtol=1e-6)
