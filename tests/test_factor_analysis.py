@@ -118,3 +118,14 @@ def test_save_load(X, tmp_path):
     np.testing.assert_allclose(back.components_, fa.components_)
     p = PPCA(3).fit(torch.as_tensor(X))
     assert isinstance(p.components_, torch.Tensor) and isinstance(p.noise_variance_, float)
+
+
+def test_frozen_loadings_keep_em_monotone(X):
+    W = np.random.default_rng(3).normal(size=(1, X.shape[1], 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = Mixture(1, family=FactorAnalyzer(2), frozen={"components": W}, dtype="float64",
+                    tol=0, max_iter=15).fit(X[:800])
+    np.testing.assert_array_equal(m.params_["components"], W)
+    assert np.all(np.diff(m.lower_bounds_) >= -1e-10)
+    np.testing.assert_allclose(m.params_["loc"][0], X[:800].mean(0), rtol=1e-6)

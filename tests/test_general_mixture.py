@@ -269,3 +269,30 @@ def test_bad_inputs_are_clear_errors():
     m = Mixture(2, family="poisson", random_state=0, max_iter=3).fit(X)
     with pytest.raises(ValueError, match="features"):
         m.predict(X[:, :1])
+
+
+# ------------------------------------------------------------------ scikit-learn's checks
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+
+class UnsupervisedMixture(Mixture):
+    """Mixture with y ignored: the checks pass class labels as y, which Mixture would read
+    as known components (its semi-supervised fit)."""
+
+    def fit(self, X, y=None, sample_weight=None):
+        return super().fit(X, None, sample_weight)
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        return super().partial_fit(X, None, sample_weight)
+
+
+@parametrize_with_checks(
+    [UnsupervisedMixture(2, family=Gaussian("diag")), elbokit.FactorAnalysis(2)],
+    expected_failed_checks=lambda e: {"check_sample_weight_equivalence_on_dense_data":
+                                      "k-means++ draws rows at random: weighted and repeated rows "
+                                      "consume the stream differently (as for GaussianMixture)"}
+    if isinstance(e, Mixture) else {})
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensor_bytes
+from safetensors.torch import save_file
 from sklearn.utils.validation import check_is_fitted
 
-from elbokit import io
+from elbokit import files, io
 from elbokit._validation import (
     as_2d_tensor,
     check_nonneg_float,
@@ -114,6 +115,12 @@ class VAE(ElbokitEstimator):
     """
 
     _fitted_attributes = ("state_dict_", "history_", "lower_bounds_", "n_epochs_", "n_features_in_")
+    _fitted_schema = {
+        "state_dict_": io.tensor_dict(lambda vae: vae._state_spec()),
+        "history_": io.json_value(check=lambda vae, h: None if isinstance(h, dict) else "must be a dict"),
+        "lower_bounds_": io.array(None), "n_epochs_": io.integer(low=0),
+        "n_features_in_": io.integer(low=1),
+    }
 
     def __init__(
         self,
@@ -266,6 +273,12 @@ class VAE(ElbokitEstimator):
                            Decoder(dec_net, self.likelihood, n_features, self.n_categories), prior)
         return module.to(device=device, dtype=dtype)
 
+    def _state_spec(self) -> dict:
+        """{name: (shape, dtype)} of the networks the hyperparameters describe (built on no memory)."""
+        with torch.device("meta"):
+            module = self._build(int(self.n_features_in_), torch.device("meta"), resolve_dtype(self.dtype))
+        return {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
+
     def _objective(self):
         if self.objective == "iwae":
             return IWAEObjective(int(self.k))
@@ -379,13 +392,20 @@ class VAE(ElbokitEstimator):
             )
         return super().save(path, overwrite=overwrite, extra_files=extra_files)
 
-    def save_weights(self, path) -> None:
-        """The trained weights alone, as one safetensors file."""
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict_.items()}, str(path))
+    def save_weights(self, path, *, overwrite: bool = False):
+        """The trained weights alone, as one safetensors file (written safely: elbokit.files)."""
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict_.items()}
+        return files.write_output(path, lambda tmp: save_file(state, str(tmp)), overwrite=overwrite,
+                                  what="weights file")
 
     def load_weights(self, path, n_features: int):
         """Load weights written by :meth:`save_weights` into this (unfitted) VAE."""
-        self.state_dict_ = load_file(str(path))
+        raw = files.read_regular(path, max_bytes=io.MAX_TENSOR_BYTES, what="weights file",
+                                 error=io.ModelFormatError)
+        try:
+            self.state_dict_ = load_tensor_bytes(raw)
+        except Exception as err:  # SafetensorError and whatever a damaged header provokes
+            raise io.ModelFormatError(f"{path} is not a safetensors weights file: {err}.") from err
         self.n_features_in_ = int(n_features)
         self.history_ = {"train": [], "validation": []}
         self.lower_bounds_ = np.zeros(0)

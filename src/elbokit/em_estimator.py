@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from elbokit._validation import (
     InputKind,
+    _numpy_2d,
     as_sample_weight,
     check_nonneg_float,
     check_positive_int,
@@ -27,6 +28,7 @@ from elbokit._validation import (
     resolve_dtype,
     to_output,
 )
+from elbokit import io
 from elbokit.base import ElbokitEstimator
 from elbokit.data.sources import InMemorySource, as_source, is_source_like, sample_rows
 from elbokit.families import Family, family_spec, get_family
@@ -40,7 +42,9 @@ from elbokit.mixture import _CHUNK_ELEMENTS, _INIT_SAMPLE, ALGORITHMS, INIT_METH
 
 
 def as_float_tensor(X, name, dtype, device, min_samples=1):
-    """X as a 2-D floating tensor on ``device``, NaN allowed (missing values), inf refused.
+    """X as a 2-D floating tensor on ``device``; NaN allowed (a missing entry), inf refused.
+
+    The checks and messages of :func:`elbokit._validation.as_2d_tensor` otherwise.
 
     Returns (tensor, InputKind, feature names or None).
     """
@@ -49,30 +53,43 @@ def as_float_tensor(X, name, dtype, device, min_samples=1):
         names = [str(c) for c in X.columns]
         X = X.to_numpy(dtype=np.float64, na_value=np.nan)
     if isinstance(X, torch.Tensor):
-        kind = InputKind(True, X.device)
-        t = X.detach()
+        if X.is_complex():
+            raise ValueError(f"Complex data not supported: {name} has complex values.")
+        kind, t = InputKind(True, X.device), X.detach()
     else:
-        if hasattr(X, "toarray"):
-            X = X.toarray()
         kind = InputKind(False, torch.device("cpu"))
-        arr = np.asarray(X)
-        if arr.dtype.kind not in "biuf":
-            try:
-                arr = arr.astype(np.float64)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{name} must hold numbers (NaN for missing values): {err}") from err
-        t = torch.from_numpy(np.array(arr, copy=True) if not arr.flags.writeable else arr)
+        arr = _numpy_2d(X, name)
+        t = torch.from_numpy(arr.copy() if not arr.flags.writeable else arr)
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features); got shape {tuple(t.shape)}. "
                          f"Reshape your data ({name}.reshape(-1, 1) for one feature).")
     if t.shape[0] < min_samples:
-        raise ValueError(f"{name} has {t.shape[0]} sample(s) while a minimum of {min_samples} is required.")
+        raise ValueError(f"{name} has {t.shape[0]} sample(s) (shape={tuple(t.shape)}) while a "
+                         f"minimum of {min_samples} is required.")
     if t.shape[1] == 0:
-        raise ValueError(f"{name} has 0 feature(s) while a minimum of 1 is required.")
+        raise ValueError(f"{name} has 0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 "
+                         "is required.")
     t = t.to(device=device, dtype=t.dtype if t.dtype in (torch.float32, torch.float64) else dtype)
     if bool(torch.isinf(t).any()):
-        raise ValueError(f"{name} contains inf: remove those rows or clip the values.")
+        raise ValueError(f"{name} contains inf: remove those rows or clip the values "
+                         "(NaN marks a missing entry).")
     return t, kind, names
+
+
+def _family_problem(config) -> str | None:
+    """None if ``config`` rebuilds a family, else why not (for the load validator)."""
+    try:
+        get_family(config)
+    except (TypeError, ValueError, KeyError) as err:
+        return f"not a component family ({err})"
+    return None
+
+
+def _expected_params(model) -> dict:
+    """{name: (shape, dtype)} of the fitted family's parameters (for the load validator)."""
+    family = get_family(model.family_config_)
+    shapes = family.param_shapes(model._n_components(), model.n_features_in_)
+    return {k: (tuple(v), F64) for k, v in shapes.items()}
 
 
 class FamilyEMEstimator(ElbokitEstimator):
@@ -86,6 +103,19 @@ class FamilyEMEstimator(ElbokitEstimator):
         "weights_", "params_", "family_config_", "lower_bounds_", "lower_bound_", "converged_",
         "n_iter_", "n_features_in_", "n_steps_",
     )
+    _fitted_schema = {
+        "family_config_": io.json_value(check=lambda m, v: _family_problem(v)),
+        "weights_": io.array(lambda m: (m._n_components(),), low=0, check=io.sums_to_one),
+        "params_": io.tensor_dict(lambda m: _expected_params(m)),
+        "lower_bounds_": io.array(None), "lower_bound_": io.real(), "converged_": io.flag(),
+        "n_iter_": io.integer(low=0), "n_features_in_": io.integer(low=1),
+        "n_steps_": io.integer(low=0),
+    }
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN is a missing entry, marginalised inside EM
+        return tags
 
     # ------------------------------------------------------------ hooks
     def _make_family(self) -> Family:
@@ -461,31 +491,20 @@ class FamilyEMEstimator(ElbokitEstimator):
 
     def _fitted_state(self):
         state = super()._fitted_state()
-        state["params_"] = {k: (v if isinstance(v, torch.Tensor) else torch.as_tensor(v))
-                            for k, v in self.params_.items()}
-        state["_params_torch"] = isinstance(next(iter(self.params_.values())), torch.Tensor)
+        state["params_"] = {k: torch.as_tensor(v).to(F64) for k, v in self.params_.items()}
         if hasattr(self, "feature_names_in_"):
             state["feature_names_in_"] = [str(n) for n in self.feature_names_in_]
         return state
 
     def _set_fitted_state(self, state):
         state = dict(state)
-        as_torch = state.pop("_params_torch", False)
         names = state.pop("feature_names_in_", None)
+        as_torch = isinstance(state["weights_"], torch.Tensor)
         params = state.pop("params_")
-        family = get_family(state["family_config_"])
-        shapes = family.param_shapes(len(np.asarray(state["weights_"])), int(state["n_features_in_"]))
-        if set(params) != set(shapes):
-            raise ValueError(f"the saved parameters {sorted(params)} do not match the family's "
-                             f"{sorted(shapes)}: the model is corrupted.")
-        for k, shape in shapes.items():
-            got = tuple(params[k].shape)
-            if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
-                raise ValueError(f"saved parameter {k!r} has shape {got}, expected {shape}.")
-            if not bool(torch.isfinite(torch.as_tensor(params[k])).all()):
-                raise ValueError(f"saved parameter {k!r} holds NaN or inf: the model is corrupted.")
         super()._set_fitted_state(state)
-        self.params_ = {k: (v if as_torch else torch.as_tensor(v).numpy()) for k, v in params.items()}
+        device = state["weights_"].device if as_torch else None
+        self.params_ = {k: (torch.as_tensor(v).to(device) if as_torch else torch.as_tensor(v).numpy())
+                        for k, v in params.items()}
         if names is not None:
             self.feature_names_in_ = np.asarray(names, dtype=object)
 

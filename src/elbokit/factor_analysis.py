@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.base import TransformerMixin
 
 from elbokit import io
 from elbokit._validation import check_positive_int, resolve_device, resolve_dtype, to_output
@@ -110,7 +111,7 @@ class _ScatterModel:
         return MixtureParams(p.weights, best)
 
 
-class _FactorModel(FamilyEMEstimator):
+class _FactorModel(TransformerMixin, FamilyEMEstimator):
     """What PPCA and FactorAnalysis share (a one-component FactorAnalyzer mixture)."""
 
     _noise = "diag"
@@ -171,6 +172,12 @@ class _FactorModel(FamilyEMEstimator):
         self._store_factors()
         return self
 
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """One stepwise-EM update from the mini-batch X (y is ignored)."""
+        super().partial_fit(X, None, sample_weight)
+        self._store_factors()
+        return self
+
     def _use_scatter(self, X) -> bool:
         if self.solver == "em" or self.algorithm == "stepwise" or self.warm_start and \
                 self.__sklearn_is_fitted__() or getattr(self, "frozen", None):
@@ -184,8 +191,12 @@ class _FactorModel(FamilyEMEstimator):
         shape = getattr(X, "shape", None)
         if shape is None or len(shape) != 2 or shape[1] > self.scatter_max_features:
             return False
-        arr = X if isinstance(X, torch.Tensor) else np.asarray(X, dtype=np.float64)
-        return not bool(np.isnan(arr).any() if isinstance(arr, np.ndarray) else torch.isnan(arr).any())
+        if isinstance(X, torch.Tensor):
+            return X.is_complex() or not bool(torch.isnan(X).any())
+        if hasattr(X, "toarray"):
+            return True  # refused with its message by the validation of the scatter path
+        arr = np.asarray(X)
+        return arr.dtype.kind not in "biuf" or not bool(np.isnan(arr).any())
 
     def _summary(self, X, sample_weight, reducer):
         """(n, mean, S): weighted count, mean and scatter (1/n), float64, over all ranks."""

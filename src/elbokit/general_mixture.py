@@ -129,6 +129,7 @@ class Mixture(FamilyEMEstimator):
     """
 
     _fitted_attributes = FamilyEMEstimator._fitted_attributes + ("encoding_",)
+    _fitted_schema = {"encoding_": io.json_value()}
 
     def __init__(self, n_components=1, *, family="auto", tol=1e-3, max_iter=100, n_init=1,
                  init_params="kmeans", weights_init=None, params_init=None, frozen=None,

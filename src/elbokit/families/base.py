@@ -99,7 +99,7 @@ class Family(ABC):
     # ------------------------------------------------------------ defaults
     def check(self, X: torch.Tensor, name: str = "X") -> torch.Tensor:
         """Check that the observed entries of X lie in the family's support; returns X."""
-        if not self.supports_missing and bool(torch.isnan(X).any()):
+        if not self.supports_missing and has_missing(X):
             raise ValueError(
                 f"{name} contains NaN, which the {self.name!r} family cannot marginalise: "
                 "impute those entries first (e.g. sklearn.impute.SimpleImputer)."
@@ -159,12 +159,28 @@ class Family(ABC):
 
 
 # --------------------------------------------------------------------------- helpers
-def observed(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(X with NaN replaced by 0, mask of observed entries in X's dtype)."""
-    miss = torch.isnan(X)
-    if not bool(miss.any()):
-        return X, None
-    return X.masked_fill(miss, 0.0), (~miss).to(X.dtype)
+_LAST_OBSERVED: list = [None, None]  # the last batch seen and its result
+
+
+def has_missing(X: torch.Tensor) -> bool:
+    """Whether X holds a NaN: one sum (a NaN propagates; inf is refused upstream, and
+    an overflow or inf - inf only sends the batch down the exact masked path)."""
+    return X.numel() > 0 and bool(torch.isnan(X.sum()))
+
+
+def observed(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(X with NaN replaced by 0, mask of observed entries in X's dtype, or None when
+    every entry is observed).  Memoised for the last batch (density and statistics
+    of one E-step ask for the same one)."""
+    if _LAST_OBSERVED[0] is X:
+        return _LAST_OBSERVED[1]
+    if not has_missing(X):
+        out = (X, None)
+    else:
+        miss = torch.isnan(X)
+        out = (X.masked_fill(miss, 0.0), (~miss).to(X.dtype)) if bool(miss.any()) else (X, None)
+    _LAST_OBSERVED[0], _LAST_OBSERVED[1] = X, out
+    return out
 
 
 def column_counts(resp: torch.Tensor, mask: torch.Tensor | None, n_features: int) -> torch.Tensor:

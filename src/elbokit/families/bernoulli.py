@@ -29,8 +29,7 @@ class Bernoulli(Family):
 
     def check(self, X, name="X"):
         super().check(X, name)
-        obs = X[~torch.isnan(X)]
-        if obs.numel() and not bool(((obs == 0) | (obs == 1)).all()):
+        if X.numel() and not bool(((X == 0) | (X == 1) | torch.isnan(X)).all()):
             raise ValueError(
                 f"{name} must hold 0/1 values for the 'bernoulli' family: binarise it first "
                 "(e.g. X > threshold)."

@@ -198,7 +198,17 @@ class FactorAnalyzer(Family):
         K, D, q = s_xz.shape
         anchor = params["loc"].to(F64)
         safe = nk.clamp_min(1e-300)
-        if "loc" in fixed:
+        if "components" in fixed:  # W given: the mean and the noise maximised around it
+            W = fixed["components"].to(F64)
+            if "loc" in fixed:
+                m = fixed["loc"].to(F64) - anchor
+            else:
+                m = (s_x - torch.einsum("kdq,kq->kd", W, s_z)) / safe[:, None]
+            Wz = torch.einsum("kdq,kq->kd", W, s_z)
+            psi = (s_xx - 2 * m * s_x - 2 * (W * s_xz).sum(-1) + nk[:, None] * m.square()
+                   + 2 * m * Wz + torch.einsum("kdq,kqr,kdr->kd", W, s_zz, W)) / safe[:, None]
+            loc = anchor + m
+        elif "loc" in fixed:
             e = fixed["loc"].to(F64) - anchor  # regress around the fixed means, no intercept
             B = s_xz - e[:, :, None] * s_z[:, None, :]
             W = torch.linalg.solve(s_zz, B.mT).mT
@@ -221,8 +231,6 @@ class FactorAnalyzer(Family):
         psi = psi.clamp_min(0) + self.reg_covar
         if self.noise == "spherical":
             psi = psi.mean(1)
-        if "components" in fixed:
-            W = fixed["components"]
         return {"loc": loc, "components": W, "noise_variance": fixed.get("noise_variance", psi)}
 
     def statistics_of(self, params, weights):

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from elbokit.families.base import F64, LOG_2PI, Family, observed
+from elbokit.families.base import F64, LOG_2PI, Family, has_missing, observed
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -145,7 +145,6 @@ class Gaussian(Family):
             return c[3]
         loc = params["loc"]
         K, D = loc.shape
-        miss = torch.isnan(X)
         if self.factorised:
             var = params["covariance"]
             var = var[:, None].expand(K, D) if self.covariance_type == "spherical" else var
@@ -157,7 +156,7 @@ class Gaussian(Family):
             maha = (X0.square() @ prec.mT - 2 * X0 @ (m * prec).mT + o @ (m.square() * prec).mT)
             log_det = o @ var.log().mT.to(X.dtype)
             out = (maha.clamp_min(0.0), log_det, o.sum(1), None, None)
-        elif bool(miss.any()):
+        elif has_missing(X):
             need_moments = True  # the statistics of this batch follow its log-density
             out = masked_gaussian(loc, self._dense(params), X, need_moments)
         else:
@@ -190,14 +189,14 @@ class Gaussian(Family):
             return {"n": n, "s1": s1, "s2": s2}
         r = resp.to(F64)
         nk = r.sum(0)
-        if params is not None and bool(torch.isnan(X).any()):
+        if params is not None and has_missing(X):
             _, _, _, shift, A = self._terms(params, X, need_moments=True)
             cov = self._dense(params)
             s1 = torch.einsum("nk,nkd->kd", r, shift)
             s2 = torch.einsum("nk,nkd,nke->kde", r, shift, shift)
             s2 = s2 + nk[:, None, None] * cov - torch.einsum("nk,nkde->kde", r, A) @ cov
         else:
-            if bool(torch.isnan(X).any()):  # initialisation: observed entries at the means
+            if has_missing(X):  # initialisation: observed entries at the means
                 from elbokit.families.base import fill_nan_with_column_means
                 X = fill_nan_with_column_means(X)
             Xc = X.to(F64)[None] - loc[:, None, :]  # (K, n, D)
@@ -268,7 +267,7 @@ class Gaussian(Family):
         return params["loc"]
 
     def conditional_mean(self, params, X):
-        if self.factorised or not bool(torch.isnan(X).any()):
+        if self.factorised or not has_missing(X):
             return super().conditional_mean(params, X)
         _, _, _, shift, _ = masked_gaussian(params["loc"], self._dense(params), X, True)
         return (params["loc"][None] + shift).to(X.dtype)

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from elbokit.families.base import F64, Family
+from elbokit.families.base import F64, Family, has_missing
 from elbokit.families.gaussian import Gaussian
 
 DF_MAX = 1e6
@@ -102,7 +102,7 @@ class StudentT(Family):
         r = resp.to(F64)
         ru = r * u.to(F64)
         stats = self._gaussian.statistics(params, X, ru)
-        if not self._gaussian.factorised and bool(torch.isnan(X).any()):
+        if not self._gaussian.factorised and has_missing(X):
             # the conditional covariance enters with weight r, not r u
             _, _, _, _, A = self._gaussian._terms(params, X, need_moments=True)
             cov = self._gaussian._dense(params)
