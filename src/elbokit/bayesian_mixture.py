@@ -41,6 +41,7 @@ from elbokit.models.gaussian_mixture import (
     precisions_cholesky_from_covariances,
     precisions_from_cholesky,
 )
+from elbokit.mixture import _positive_diagonal
 from elbokit.models.kmeans import kmeans_plusplus, lloyd, squared_distances
 from elbokit.priors import data_moments
 
@@ -134,6 +135,28 @@ class BayesianGaussianMixture(ElbokitEstimator):
         "lower_bounds_", "lower_bound_", "converged_", "n_iter_", "n_features_in_", "n_steps_",
     )
 
+    _fitted_schema = {
+        "weights_": io.array("n_components", low=0, check=io.sums_to_one),
+        "means_": io.array("n_components", "n_features_in_"),
+        "covariances_": io.array(lambda m: m._cov_shape(), check=_positive_diagonal),
+        "precisions_": io.array(lambda m: m._cov_shape(), check=_positive_diagonal),
+        "precisions_cholesky_": io.array(lambda m: m._cov_shape(), check=_positive_diagonal),
+        "weight_concentration_": io.array(
+            lambda m: (2, m.n_components) if m.weight_concentration_prior_type == "dirichlet_process"
+            else (m.n_components,), positive=True),
+        "mean_precision_": io.array("n_components", positive=True),
+        "degrees_of_freedom_": io.array(
+            lambda m: () if m.covariance_type == "tied" else (m.n_components,), positive=True),
+        "weight_concentration_prior_": io.real(positive=True),
+        "mean_precision_prior_": io.real(positive=True),
+        "mean_prior_": io.array("n_features_in_"),
+        "degrees_of_freedom_prior_": io.real(positive=True),
+        "covariance_prior_": io.array(lambda m: m._cov_shape(prior=True), check=_positive_diagonal),
+        "lower_bounds_": io.array(None), "lower_bound_": io.real(), "converged_": io.flag(),
+        "n_iter_": io.integer(low=0), "n_features_in_": io.integer(low=1),
+        "n_steps_": io.integer(low=0),
+    }
+
     def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6,
                  max_iter=100, n_init=1, init_params="kmeans",
                  weight_concentration_prior_type="dirichlet_process",
@@ -194,6 +217,12 @@ class BayesianGaussianMixture(ElbokitEstimator):
                              "VI to converge.")
         if self.total_samples is not None:
             check_nonneg_float(self.total_samples, "total_samples", strict=True)
+
+    def _cov_shape(self, prior=False):
+        K, D = self.n_components, self.n_features_in_
+        if prior:
+            return {"full": (D, D), "tied": (D, D), "diag": (D,), "spherical": ()}[self.covariance_type]
+        return {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[self.covariance_type]
 
     # ------------------------------------------------------------ data
     def _rows(self, n_features, device, online=False):
@@ -474,7 +503,7 @@ class BayesianGaussianMixture(ElbokitEstimator):
         self.mean_precision_ = out(params.mean_precision)
         self.means_ = out(params.means)
         nu = params.degrees_of_freedom
-        self.degrees_of_freedom_ = float(nu[0]) if ct == "tied" else out(nu)
+        self.degrees_of_freedom_ = out(nu[0] if ct == "tied" else nu)  # tied: one, 0-d
         self.covariances_ = out(params.covariances)
         self.precisions_cholesky_ = out(params.precisions_cholesky)
         self.precisions_ = out(precisions_from_cholesky(params.precisions_cholesky, ct))
@@ -483,7 +512,7 @@ class BayesianGaussianMixture(ElbokitEstimator):
         self.mean_precision_prior_ = float(prior.mean_precision)
         self.mean_prior_ = out(prior.mean)
         self.degrees_of_freedom_prior_ = float(prior.degrees_of_freedom)
-        self.covariance_prior_ = float(prior.covariance) if ct == "spherical" else out(prior.covariance)
+        self.covariance_prior_ = out(prior.covariance)  # spherical: 0-d
         self.lower_bounds_ = np.asarray(bounds, dtype=np.float64)
         self.lower_bound_ = float(bounds[-1]) if len(bounds) else float("-inf")
         self.converged_ = bool(converged)
@@ -510,20 +539,6 @@ class BayesianGaussianMixture(ElbokitEstimator):
                          float(self.weight_concentration_prior_), float(self.mean_precision_prior_),
                          self._tensor(self.mean_prior_, device), float(self.degrees_of_freedom_prior_),
                          self._tensor(self.covariance_prior_, device))
-
-    def _set_fitted_state(self, state):
-        super()._set_fitted_state(state)
-        params = self._params("cpu")
-        K, D = int(np.asarray(state["weights_"]).shape[0]), int(state["n_features_in_"])
-        shapes = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}
-        if tuple(params.covariances.shape) != shapes[self.covariance_type] or \
-                tuple(params.means.shape) != (K, D):
-            raise ValueError("the saved parameters do not match covariance_type and n_components: "
-                             "the model is corrupted.")
-        for name in ("weight_concentration_", "mean_precision_", "means_", "covariances_",
-                     "precisions_cholesky_", "degrees_of_freedom_"):
-            if not bool(torch.isfinite(self._tensor(getattr(self, name), "cpu")).all()):
-                raise ValueError(f"saved {name} holds NaN or inf: the model is corrupted.")
 
     # ------------------------------------------------------------ inference
     def _chunked(self, X, fn):
