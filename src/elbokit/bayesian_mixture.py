@@ -101,7 +101,7 @@ class BayesianGaussianMixture(ElbokitEstimator):
         Batch VI: rows per chunk (memory only). Online: the mini-batch size
         (default 1024).
     algorithm : {"batch", "online"}, default="batch"
-    step_offset, step_decay : float, default=1.0, 0.6
+    step_offset, step_decay : float, default=10.0, 0.6
         The online step rho_t = (step_offset + t)^-step_decay, t = 1, 2, ...
     total_samples : float, optional
         The data set's size (sum of weights), needed by ``partial_fit``.
@@ -163,7 +163,7 @@ class BayesianGaussianMixture(ElbokitEstimator):
                  weight_concentration_prior=None, mean_precision_prior=None, mean_prior=None,
                  degrees_of_freedom_prior=None, covariance_prior=None, random_state=None,
                  warm_start=False, verbose=0, device=None, dtype="float32", batch_size=None,
-                 algorithm="batch", step_offset=1.0, step_decay=0.6, total_samples=None,
+                 algorithm="batch", step_offset=10.0, step_decay=0.6, total_samples=None,
                  distributed=None):
         self.n_components = n_components
         self.covariance_type = covariance_type
