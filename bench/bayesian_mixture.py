@@ -12,7 +12,11 @@
 3. What a user waits for: default fits (initialisation included) and where
    they end (iterations, per-sample ELBO).
 
-    python bench/bayesian_mixture.py [--n 100000 --d 32 --k 32 --types full,diag]
+    python bench/bayesian_mixture.py [--n 100000 --d 32 --k 32 --types full,diag] [--threads 1]
+
+``--threads`` limits torch and scikit-learn's BLAS (threadpoolctl) alike; on a
+machine shared with other jobs, 1 thread each gives comparable figures (torch's
+OpenMP threads wait on descheduled siblings under oversubscription).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import warnings
 import numpy as np
 import torch
 from sklearn.mixture import BayesianGaussianMixture as SklearnBGMM
+from threadpoolctl import threadpool_limits
 
 import elbokit
 from elbokit.models.bayesian_mixture import sklearn_bound_offset
@@ -98,20 +103,40 @@ def main():
     ap.add_argument("--types", default="full,tied,diag,spherical")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-defaults", action="store_true")
+    ap.add_argument("--skip-agreement", action="store_true")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(args.threads)
+    with threadpool_limits(args.threads):
+        run(args)
+
+
+def run(args):
     print(f"# BayesianGaussianMixture vs scikit-learn: {args.n} x {args.d}, K={args.k}; "
-          f"torch {torch.__version__}, {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f} at start (GPU: none on this machine, not measured)")
+          f"torch {torch.__version__}, {os.cpu_count()} cores, {args.threads} thread(s) each, "
+          f"load average {os.getloadavg()[0]:.1f} at start (GPU: none on this machine, not measured)")
     X = data(args.n, args.d, args.k)
     X32 = X.astype(np.float32)
     small = data(20_000, 8, 6, seed=1)
+    if not args.skip_agreement:
+        agreements(args, X, small)
+    timings(args, X, X32)
+    calibration(args, X32)
+    if not args.skip_defaults:
+        defaults(args, X, X32)
+    print(f"\n(load average {os.getloadavg()[0]:.1f} at the end)")
+
+
+def agreements(args, X, small):
     print("\n## Same start, float64, reg_covar=0 (20k x 8, K=6, 20 iterations; and the big data, 3)")
     for ct in args.types.split(","):
         for name, Xa, k, it in (("20k x 8", small, 6, 20), ("big", X, args.k, 3)):
             diffs, rel = agreement(Xa, k, ct, it)
             print(f"{ct:9s} {name:8s} max |diff|: " + ", ".join(f"{n} {v:.1e}" for n, v in diffs.items())
                   + f"; bound rel. diff {rel:.1e}", flush=True)
+
+
+def timings(args, X, X32):
     print("\n## Seconds per iteration from the same start (best of "
           f"{args.repeats}; per-iteration = difference of 1 and 4 iterations / 3)")
     print(f"{'type':9s} {'elbokit f32':>12s} {'elbokit f64':>12s} {'sklearn f64':>12s} "
@@ -124,23 +149,43 @@ def main():
                  per_iteration(lambda i: sklearn_from(b0, X32, i), 1, 4, args.repeats)]
         print(f"{ct:9s} " + " ".join(f"{t:12.3f}" for t in times)
               + f" {times[2] / times[0]:16.1f} {times[3] / times[0]:10.1f}", flush=True)
-    if not args.skip_defaults:
-        print("\n## Default fits, initialisation included (elbokit float32; scikit-learn float32 "
-              "input; tol 1e-3: per sample for elbokit, on the total bound for scikit-learn)")
-        for ct in args.types.split(","):
-            t = time.perf_counter()
-            ours = elbokit.BayesianGaussianMixture(args.k, covariance_type=ct, random_state=0).fit(X32)
-            t_ours = time.perf_counter() - t
-            t = time.perf_counter()
-            sk = SklearnBGMM(n_components=args.k, covariance_type=ct, random_state=0).fit(X32)
-            t_sk = time.perf_counter() - t
-            sk_elbo = (float(np.ravel(sk.lower_bound_)[0]) + sklearn_bound_offset(
-                ours._prior("cpu"), args.k, args.d, len(X))) / len(X)
-            print(f"{ct:9s} elbokit {t_ours:7.1f} s, {ours.n_iter_:3d} iterations, ELBO/sample "
-                  f"{ours.lower_bound_:.4f}, {int((ours.weights_ > 1e-3).sum())} active | "
-                  f"scikit-learn {t_sk:7.1f} s, {sk.n_iter_:3d} iterations, ELBO/sample ~{sk_elbo:.4f}"
-                  f", {int((sk.weights_ > 1e-3).sum())} active | ratio {t_sk / t_ours:.1f}", flush=True)
-    print(f"\n(load average {os.getloadavg()[0]:.1f} at the end)")
+
+
+def calibration(args, X32):
+    """The same ratio for GaussianMixture (whose E-step this one shares), in the same run:
+    how much of a low ratio is the machine's load."""
+    from sklearn.mixture import GaussianMixture as SklearnGMM
+
+    g0 = elbokit.GaussianMixture(args.k, max_iter=1, tol=0, random_state=0).fit(X32)
+    init = dict(weights_init=g0.weights_, means_init=g0.means_, precisions_init=g0.precisions_)
+
+    def timed(cls, it):
+        t = time.perf_counter()
+        cls(args.k, max_iter=it, tol=0, **init).fit(X32)
+        return time.perf_counter() - t, None
+
+    ours = per_iteration(lambda i: timed(elbokit.GaussianMixture, i), 1, 4, args.repeats)
+    theirs = per_iteration(lambda i: timed(SklearnGMM, i), 1, 4, args.repeats)
+    print(f"\nGaussianMixture, full, float32, same run: elbokit {ours:.3f} s, scikit-learn "
+          f"{theirs:.3f} s per iteration, ratio {theirs / ours:.1f}", flush=True)
+
+
+def defaults(args, X, X32):
+    print("\n## Default fits, initialisation included (elbokit float32; scikit-learn float32 "
+          "input; tol 1e-3: per sample for elbokit, on the total bound for scikit-learn)")
+    for ct in args.types.split(","):
+        t = time.perf_counter()
+        ours = elbokit.BayesianGaussianMixture(args.k, covariance_type=ct, random_state=0).fit(X32)
+        t_ours = time.perf_counter() - t
+        t = time.perf_counter()
+        sk = SklearnBGMM(n_components=args.k, covariance_type=ct, random_state=0).fit(X32)
+        t_sk = time.perf_counter() - t
+        sk_elbo = (float(np.ravel(sk.lower_bound_)[0]) + sklearn_bound_offset(
+            ours._prior("cpu"), args.k, args.d, len(X))) / len(X)
+        print(f"{ct:9s} elbokit {t_ours:7.1f} s, {ours.n_iter_:3d} iterations, ELBO/sample "
+              f"{ours.lower_bound_:.4f}, {int((ours.weights_ > 1e-3).sum())} active | "
+              f"scikit-learn {t_sk:7.1f} s, {sk.n_iter_:3d} iterations, ELBO/sample ~{sk_elbo:.4f}"
+              f", {int((sk.weights_ > 1e-3).sum())} active | ratio {t_sk / t_ours:.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -407,7 +407,7 @@ class BayesianGaussianMixture(ElbokitEstimator):
         online = self.algorithm == "online"
         reducer = distributed.resolve(self.distributed)
         source, kind, n_features = distributed.checked(reducer, lambda: self._data(
-            X, sample_weight, reset=True, allow_empty=reducer is not None))
+            X, sample_weight, reset=True, online=online, allow_empty=reducer is not None))
         device = resolve_device(self.device, X if isinstance(X, torch.Tensor) else None)
         gen = make_generator(self.random_state, device)
         if reducer is not None:
