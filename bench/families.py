@@ -203,6 +203,7 @@ def main():
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only", default="", help="run the data sets whose name contains this")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"load: {os.getloadavg()}  torch threads {torch.get_num_threads()}")
@@ -214,6 +215,8 @@ def main():
             ("KJV gospels, 100 words", "poisson", kjv_counts()),
             ("fortunes, 100 words", "poisson", fortune_counts())]
     for name, family, X in sets:
+        if args.only not in name:
+            continue
         if X is None:
             print(f"{name}: not found (see the module docstring)")
             continue

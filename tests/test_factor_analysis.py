@@ -70,7 +70,7 @@ def test_the_posterior_is_exact_so_kl_is_zero(X):
 
 
 def test_transform_inverse_transform_and_sample(X):
-    fa = FactorAnalysis(2).fit(X)
+    fa = FactorAnalysis(2, random_state=0).fit(X)
     Z = fa.transform(X)
     assert Z.shape == (len(X), 2)
     sk = SkFactorAnalysis(2, tol=1e-8, max_iter=5000).fit(X)
@@ -80,7 +80,10 @@ def test_transform_inverse_transform_and_sample(X):
     back = fa.inverse_transform(Z)
     assert back.shape == X.shape and np.mean((back - X) ** 2) < np.var(X, 0).sum()
     S = fa.sample(20000)
-    np.testing.assert_allclose(np.cov(S.T), fa.get_covariance(), atol=0.35)
+    # sampling error of a covariance from 20000 draws: sd ~ sqrt(2 / n) relative, ~1%
+    cov = fa.get_covariance()
+    scale = np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+    assert np.abs(np.cov(S.T) - cov).max() / scale.max() < 0.05
 
 
 def test_missing_values_inside_em(X):
@@ -129,3 +132,15 @@ def test_frozen_loadings_keep_em_monotone(X):
     np.testing.assert_array_equal(m.params_["components"], W)
     assert np.all(np.diff(m.lower_bounds_) >= -1e-10)
     np.testing.assert_allclose(m.params_["loc"][0], X[:800].mean(0), rtol=1e-6)
+
+
+def test_streamed_batches_equal_in_memory_em(X):
+    kw = dict(solver="em", tol=0, max_iter=20, batch_size=250)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = FactorAnalysis(2, **kw).fit(X[:900])
+        b = FactorAnalysis(2, **kw).fit([X[:300], X[300:600], X[600:900]])
+        c = PPCA(2, algorithm="stepwise", batch_size=100, max_iter=3).fit(X[:900])
+    np.testing.assert_allclose(b.lower_bounds_, a.lower_bounds_, rtol=1e-10)
+    np.testing.assert_allclose(b.get_covariance(), a.get_covariance(), rtol=1e-8)
+    assert c.score(X[:900]) > PPCA(2).fit(X[:900]).score(X[:900]) - 0.5

@@ -161,8 +161,8 @@ def test_gaussian_family_equals_gaussian_mixture_from_the_same_start(ct, wine):
 
 
 # ------------------------------------------------------------------ plumbing
-@pytest.mark.parametrize("key", ["bernoulli", "categorical", "gaussian-full", "student_t", "vmf",
-                                 "factor", "product"])
+@pytest.mark.parametrize("key", ["bernoulli", "categorical", "multinomial", "poisson", "gaussian-tied",
+                                 "student_t", "vmf", "factor", "product"])
 def test_save_load_round_trip(key, tmp_path):
     X = dataset(data_name(key))
     with quiet():
@@ -175,7 +175,8 @@ def test_save_load_round_trip(key, tmp_path):
     np.testing.assert_array_equal(back.lower_bounds_, m.lower_bounds_)
 
 
-@pytest.mark.parametrize("key", ["bernoulli", "gaussian-full", "product"])
+@pytest.mark.parametrize("key", ["bernoulli", "categorical", "multinomial", "poisson", "gaussian-full",
+                                 "student_t", "vmf", "factor", "product"])
 def test_streamed_batches_equal_in_memory(key):
     X = dataset(data_name(key))
     kw = dict(n_components=3, family=FAMILIES[key](), random_state=0, dtype="float64", tol=0,
@@ -296,3 +297,19 @@ def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("key", ["bernoulli", "categorical", "gaussian-full", "factor", "product"])
+def test_cuda_tensors_fit_on_the_gpu(key):
+    X = dataset(data_name(key))
+    Xg = torch.as_tensor(X, device="cuda")
+    with quiet():
+        m = Mixture(3, family=FAMILIES[key](), random_state=0, dtype="float64", max_iter=5,
+                    init_params="random_from_data").fit(Xg)
+        c = Mixture(3, family=FAMILIES[key](), random_state=0, dtype="float64", max_iter=5,
+                    init_params="random_from_data").fit(torch.as_tensor(X))
+    assert m.weights_.device.type == "cuda"
+    assert m.lower_bound_ == pytest.approx(c.lower_bound_, rel=1e-6)
+    fa = elbokit.FactorAnalysis(1).fit(torch.as_tensor(dataset("gaussian"), device="cuda"))
+    assert fa.transform(torch.as_tensor(dataset("gaussian"), device="cuda")).device.type == "cuda"

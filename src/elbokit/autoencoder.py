@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -414,14 +415,21 @@ class VAE(ElbokitEstimator):
         return self
 
     # ------------------------------------------------------------ inference
-    def _batched(self, X, fn, batch_size=1024):
+    def _batched(self, X, fn, batch_size=1024, desc=None):
         """``fn`` over row blocks, without gradients, with draws seeded by
-        ``random_state`` (so scores and sampled codes are repeatable)."""
+        ``random_state`` (so scores and sampled codes are repeatable); with
+        ``desc`` and ``verbose`` 1, a progress bar over the rows."""
         seed = int(make_generator(self.random_state, torch.device("cpu")).initial_seed())
         devices = [X.device] if X.is_cuda else []
+        starts = range(0, X.shape[0], batch_size)
+        if desc is not None and self.verbose == 1:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=desc, leave=False, file=sys.stderr, unit="block",
+                          disable=None)
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed + 2)
-            return torch.cat([fn(X[s:s + batch_size]) for s in range(0, X.shape[0], batch_size)])
+            return torch.cat([fn(X[s:s + batch_size]) for s in starts])
 
     def transform(self, X, sample: bool = False):
         """Latent codes: posterior means E_q[z | x] (or a draw with ``sample=True``), (n, latent)."""
@@ -505,7 +513,8 @@ class VAE(ElbokitEstimator):
         Xt = self._evaluation_data(Xt)
         m = self.module_
         rows = max(1, 2 ** 22 // max(1, n_samples * Xt.shape[1]))
-        return to_output(self._batched(Xt, lambda x: m.iwae(x, n_samples), rows), kind)
+        return to_output(self._batched(Xt, lambda x: m.iwae(x, n_samples), rows,
+                                       desc="importance sampling"), kind)
 
     def score(self, X, y=None, n_samples: int = 100):
         """Mean importance-sampled log p(x) per sample."""

@@ -230,8 +230,8 @@ class _FactorModel(TransformerMixin, FamilyEMEstimator):
             raise ValueError(f"n_components={self.n_components} must be <= n_features={D}.")
         family = self._make_family()
         start = family._from_scatter(mean[None], S[None])
-        start = MixtureParams(torch.ones(1, dtype=F64), start)
-        source = [(S, torch.tensor([n], dtype=F64))]
+        start = MixtureParams(torch.ones(1, dtype=F64, device=S.device), start)
+        source = [(S, torch.tensor([n], dtype=F64, device=S.device))]
         model = _ScatterModel(family, mean)
         if self._noise == "spherical":  # PPCA: the closed form is the maximum
             ll = model.log_likelihood(start.params, S, n)

@@ -174,11 +174,11 @@ class FactorAnalyzer(Family):
         q = min(self.n_factors, D)
         vals, vecs = torch.linalg.eigh(scatter)
         vals, vecs = vals.flip(-1), vecs.flip(-1)
-        rest = vals[:, q:].mean(-1) if q < D else torch.full((K,), 1e-3, dtype=F64)
+        rest = vals[:, q:].mean(-1) if q < D else torch.full((K,), 1e-3, dtype=F64, device=vals.device)
         sigma2 = rest.clamp_min(self.reg_covar) + self.reg_covar
         W = vecs[:, :, :q] * (vals[:, :q] - sigma2[:, None]).clamp_min(0).sqrt()[:, None, :]
         if q < self.n_factors:
-            W = torch.cat([W, torch.zeros(K, D, self.n_factors - q, dtype=F64)], 2)
+            W = torch.cat([W, torch.zeros(K, D, self.n_factors - q, dtype=F64, device=W.device)], 2)
         if self.noise == "diag":
             psi = (scatter.diagonal(dim1=1, dim2=2) - W.square().sum(-1)).clamp_min(0) + self.reg_covar
             psi = torch.maximum(psi, sigma2[:, None] * 1e-3)

@@ -25,6 +25,9 @@ Sigma~ = Sigma o o^T + diag(1 - o) (the missing coordinates become
 independent unit ones): its Cholesky factor gives log det Sigma_oo, and with
 P = Sigma~^-1 (o o^T), E[x] - mu = Sigma P (x - mu)_o and
 Cov = Sigma - Sigma P Sigma.
+
+The family computes in float64 whatever the compute dtype (its quadratic
+forms are taken on uncentred rows); ``GaussianMixture`` is the float32 path.
 """
 
 from __future__ import annotations
@@ -143,31 +146,33 @@ class Gaussian(Family):
         c = self._cache
         if c is not None and c[0] is params and c[1] is X and (c[2] or not need_moments):
             return c[3]
+        key = X
+        X = X.to(F64)  # quadratic forms of uncentred data lose too much in float32
         loc = params["loc"]
         K, D = loc.shape
         if self.factorised:
             var = params["covariance"]
             var = var[:, None].expand(K, D) if self.covariance_type == "spherical" else var
             X0, mask = observed(X)
-            prec = var.reciprocal().to(X.dtype)
-            m = loc.to(X.dtype)
+            prec = var.reciprocal()
+            m = loc
             o = torch.ones_like(X0) if mask is None else mask
             # sum_j o_j (x_j - mu_kj)^2 / var_kj as GEMMs
             maha = (X0.square() @ prec.mT - 2 * X0 @ (m * prec).mT + o @ (m.square() * prec).mT)
-            log_det = o @ var.log().mT.to(X.dtype)
+            log_det = o @ var.log().mT
             out = (maha.clamp_min(0.0), log_det, o.sum(1), None, None)
         elif has_missing(X):
             need_moments = True  # the statistics of this batch follow its log-density
             out = masked_gaussian(loc, self._dense(params), X, need_moments)
         else:
-            L = _cholesky(self._dense(params).to(X.dtype), self.covariance_type)
-            diff = (X[None] - loc.to(X.dtype)[:, None, :]).mT  # (K, D, n)
+            L = _cholesky(self._dense(params), self.covariance_type)
+            diff = (X[None] - loc[:, None, :]).mT  # (K, D, n)
             y = torch.linalg.solve_triangular(L, diff, upper=False)
             maha = y.square().sum(1).mT  # (n, K)
             log_det = (2 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1))[None].expand_as(maha)
             out = (maha, log_det, torch.full((X.shape[0],), float(D), dtype=X.dtype,
                                              device=X.device), None, None)
-        self._cache = (params, X, need_moments, out)
+        self._cache = (params, key, need_moments, out)
         return out
 
     def log_prob(self, params, X):
