@@ -110,3 +110,27 @@ def test_the_family_path_agrees_with_gaussian_mixture(ct):
     run = run_em(model, p0, InMemorySource(Xt), tol=0, max_iter=8)
     np.testing.assert_allclose(run.lower_bounds, gm.lower_bounds_, rtol=1e-10)
     np.testing.assert_allclose(run.params.params["covariance"].numpy(), gm.covariances_, rtol=1e-8)
+
+
+def test_mixture_takes_the_prior_too(duplicated):
+    from elbokit import Mixture
+
+    kw = dict(n_components=4, tol=0, max_iter=15, random_state=0)
+    gm = fit(duplicated, covariance_type="diag", prior="default", **kw)
+    kw["dtype"] = "float64"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mx = Mixture(family={"name": "gaussian", "config": {"covariance_type": "diag"}},
+                     prior="default", **kw).fit(duplicated)
+    assert np.diff(mx.lower_bounds_).min() >= -1e-12
+    assert mx.lower_bound_ == pytest.approx(gm.lower_bound_, rel=1e-6)
+    with pytest.raises(ValueError, match="family='gaussian'"):
+        Mixture(2, family="poisson", prior="default").fit(np.abs(duplicated).round())
+    # missing entries: the prior's defaults come from the observed ones
+    X = duplicated.copy()
+    X[::7, 1] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = Mixture(family={"name": "gaussian", "config": {"covariance_type": "diag"}},
+                    prior="default", **kw).fit(X)
+    assert np.isfinite(m.lower_bounds_).all() and np.diff(m.lower_bounds_).min() >= -1e-9

@@ -91,32 +91,44 @@ def check_prior(prior, algorithm: str = "em") -> dict | None:
 def data_moments(source, reducer, n_features: int, device):
     """(total weight, mean, covariance with ddof=1) of a source's rows, float64, in two passes.
 
-    Summed across ranks with ``reducer``; the second pass is centred on the
-    first one's mean, so a large offset costs no accuracy.
+    Only the first ``n_features`` columns count (a labelled source carries its labels
+    last). NaN entries are left out: means over the observed entries of each column,
+    covariances over the rows where both columns are observed. Summed across ranks
+    with ``reducer``; the second pass is centred on the first one's mean, so a large
+    offset costs no accuracy.
     """
+    D = n_features
+
     def pass_sums(centre):
-        D = n_features
         sums = {"n": torch.zeros((), dtype=F64, device=device),
+                "c1": torch.zeros(D, dtype=F64, device=device),
                 "s1": torch.zeros(D, dtype=F64, device=device),
+                "c2": torch.zeros(D, D, dtype=F64, device=device),
                 "s2": torch.zeros(D, D, dtype=F64, device=device)}
         for X, w in source:
-            Xd = X.to(F64) - (0 if centre is None else centre.to(X.device))
+            X = X[:, :D].to(F64)
+            o = (~torch.isnan(X)).to(F64)
             wd = torch.ones(X.shape[0], dtype=F64, device=X.device) if w is None else w.to(F64)
+            Xd = (X - (0 if centre is None else centre.to(X.device))).nan_to_num(0.0)
+            wo = o * wd[:, None]
             sums["n"] += wd.sum().to(device)
-            sums["s1"] += (wd @ Xd).to(device)
+            sums["c1"] += wo.sum(0).to(device)
+            sums["s1"] += (wo * Xd).sum(0).to(device)
             if centre is not None:
-                sums["s2"] += ((Xd * wd[:, None]).mT @ Xd).to(device)
+                sums["c2"] += (wo.mT @ o).to(device)
+                sums["s2"] += ((Xd * wo).mT @ Xd).to(device)
         return reducer(sums) if reducer is not None else sums
 
     first = distributed.checked(reducer, lambda: pass_sums(None))
-    n = float(first["n"])
-    mean = first["s1"] / n
+    counts = first["c1"].clamp_min(torch.finfo(F64).tiny)
+    mean = first["s1"] / counts
     second = distributed.checked(reducer, lambda: pass_sums(mean))
-    shift = second["s1"] / n  # the rounding left in the first pass's mean
+    shift = second["s1"] / counts  # the rounding left in the first pass's mean
     mean = mean + shift
-    scatter = second["s2"] - n * shift[:, None] * shift[None, :]
-    cov = scatter / (n - 1) if n > 1 else torch.full_like(scatter, float("nan"))
-    return n, mean, cov
+    pairs = second["c2"]
+    scatter = second["s2"] - pairs * shift[:, None] * shift[None, :]
+    cov = torch.where(pairs > 1, scatter / (pairs - 1).clamp_min(1.0), torch.full_like(scatter, float("nan")))
+    return float(first["n"]), mean, cov
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,11 @@ class Selection:
         return self.settings[self.best]
 
     @property
+    def best_model(self):
+        """The chosen cell's model as fitted in the sweep."""
+        return self.models[self.best]
+
+    @property
     def table(self) -> list[dict]:
         """The rows as dicts keyed by ``header``."""
         return [dict(zip(self.header, r)) for r in self.rows]
@@ -202,8 +207,8 @@ def _objective(model) -> float:
 # --------------------------------------------------------------------------- the sweep
 def select(X, n_components=range(1, 10), covariance_types=COVARIANCE_TYPES, *, families=None,
            criterion: str = "bic", prior=None, init: str = "auto", n_init: int = 1,
-           validation_fraction: float = 0.0, random_state: int = 0, refit: bool = True,
-           progress=None, **params) -> Selection:
+           validation_fraction: float = 0.0, X_validation=None, random_state: int = 0,
+           refit: bool = True, progress=None, **params) -> Selection:
     """Fit a mixture for every K x covariance type (x family) and choose one.
 
     Parameters
@@ -229,6 +234,8 @@ def select(X, n_components=range(1, 10), covariance_types=COVARIANCE_TYPES, *, f
     validation_fraction : float in [0, 1)
         Rows held out (seeded shuffle): BIC/ICL/AIC on the others, held-out
         log p(x) on these. 0: everything on all rows (required for mclust's BIC).
+    X_validation : array of shape (m, n_features), optional
+        Held-out rows given instead of a split: X is then all fitted on.
     random_state : int
     refit : bool
         With a validation split, refit the chosen cell on all rows.
@@ -247,8 +254,11 @@ def select(X, n_components=range(1, 10), covariance_types=COVARIANCE_TYPES, *, f
         raise ValueError(f"init={init!r}: use 'auto', 'kmeans' or 'ward'.")
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction={validation_fraction!r} must lie in [0, 1).")
-    if criterion == "heldout" and validation_fraction == 0:
-        raise ValueError("criterion='heldout' needs validation_fraction > 0 (e.g. 0.2).")
+    if X_validation is not None and validation_fraction > 0:
+        raise ValueError("give either validation_fraction or X_validation, not both.")
+    if criterion == "heldout" and validation_fraction == 0 and X_validation is None:
+        raise ValueError("criterion='heldout' needs validation_fraction > 0 (e.g. 0.2) or "
+                         "X_validation.")
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or len(X) < 2:
         raise ValueError("X must be a 2-D array with at least 2 rows.")
@@ -260,7 +270,7 @@ def select(X, n_components=range(1, 10), covariance_types=COVARIANCE_TYPES, *, f
         if t not in COVARIANCE_TYPES:
             raise ValueError(f"covariance type {t!r}: use {', '.join(COVARIANCE_TYPES)}.")
     names = ["gaussian"] if families is None else list(families)
-    X_fit, X_val = X, None
+    X_fit, X_val = X, None if X_validation is None else np.asarray(X_validation, dtype=np.float64)
     if validation_fraction > 0:
         order = np.random.default_rng(random_state).permutation(len(X))
         n_val = max(1, int(round(validation_fraction * len(X))))
@@ -327,7 +337,7 @@ def _gaussian_cells(X_fit, X_val, ks, types, prior, init, n_init, seed, progress
             model, note, seconds = best
             cell = {"family": "gaussian", "covariance_type": ct, "K": k}
             out.append((cell, model, {} if model is None else _scores(model, X_fit, X_val),
-                        seconds, note.strip(), dict(covariance_type=ct, prior=prior)))
+                        seconds, note.strip(), {} if prior is None else {"prior": prior}))
             if progress is not None:
                 progress(f"gaussian {ct} K={k}")
     return out
@@ -364,7 +374,7 @@ def _assemble(results, criterion, X_all, refit, params) -> Selection:
         rows.append([cell["family"], cell["covariance_type"], cell["K"]]
                     + [scores.get(s, float("nan")) for s in names] + [round(seconds, 3), note])
         models.append(model)
-        settings.append(dict(cell, **{k: v for k, v in how.items() if k != "covariance_type"}))
+        settings.append(dict(cell, **how))
     column, lower = CRITERIA[criterion]
     if column not in header:
         raise ValueError(f"criterion={criterion!r} needs a validation split.")
