@@ -13,7 +13,7 @@ from elbokit.families import get_family
 from elbokit.inference.em import run_em
 from elbokit.data.sources import InMemorySource
 from elbokit.models.family_mixture import MixtureParams
-from elbokit.models.gaussian_mixture import GaussianMixtureModel, Moments
+from elbokit.models.gaussian_mixture import GaussianMixtureModel
 from elbokit.priors import GaussianPrior, MAPFamilyMixtureModel, data_moments
 
 from .conftest import COVARIANCE_TYPES, make_blobs_data

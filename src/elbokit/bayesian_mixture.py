@@ -37,11 +37,11 @@ from elbokit.models.bayesian_mixture import (
 )
 from elbokit.models.gaussian_mixture import (
     COVARIANCE_TYPES,
+    GaussianMixtureModel,
     GaussianMixtureParams,
-    precisions_cholesky_from_covariances,
     precisions_from_cholesky,
 )
-from elbokit.mixture import _positive_diagonal
+from elbokit.mixture import GaussianMixture, _positive_diagonal
 from elbokit.models.kmeans import kmeans_plusplus, lloyd, squared_distances
 from elbokit.priors import data_moments
 
@@ -49,7 +49,6 @@ F64 = torch.float64
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 ALGORITHMS = ("batch", "online")
 _INIT_SAMPLE = 100_000
-_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 
 
 @io.register
@@ -225,17 +224,12 @@ class BayesianGaussianMixture(ElbokitEstimator):
         return {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[self.covariance_type]
 
     # ------------------------------------------------------------ data
-    def _rows(self, n_features, device, online=False):
-        if self.batch_size:
-            return int(self.batch_size)
-        if online:
-            return 1024
-        K, D = self.n_components, n_features
-        per_row = K * D if self.covariance_type == "full" else K + D
-        budget = _CHUNK_ELEMENTS.get(torch.device(device).type, _CHUNK_ELEMENTS["cpu"])
-        if torch.device(device).type != "cuda" and self.covariance_type == "full":
-            budget *= 2
-        return max(256, budget // per_row)
+    # chunks as GaussianMixture's, whose E-step this is (``online``: the mini-batch size)
+    _rows = GaussianMixture._rows
+
+    def _model(self) -> GaussianMixtureModel:
+        """The Gaussian-mixture model of the E-step (its work per row sizes the chunks)."""
+        return GaussianMixtureModel(self.covariance_type, float(self.reg_covar), resolve_dtype(self.dtype))
 
     def _check_features(self, n_features, names=None):
         check_is_fitted(self)
@@ -319,7 +313,7 @@ class BayesianGaussianMixture(ElbokitEstimator):
                          1.0 if self.mean_precision_prior is None else float(self.mean_precision_prior),
                          m0.to(F64), dof, prior_cov.to(F64))
 
-    def _model(self, prior) -> BayesianGaussianMixtureModel:
+    def _vi_model(self, prior) -> BayesianGaussianMixtureModel:
         return BayesianGaussianMixtureModel(prior, float(self.reg_covar), resolve_dtype(self.dtype))
 
     # ------------------------------------------------------------ initialisation
@@ -419,13 +413,13 @@ class BayesianGaussianMixture(ElbokitEstimator):
             raise ValueError(f"n_components={self.n_components} must be <= n_samples={n:g}: "
                              "decrease n_components or provide more samples.")
         prior = self._resolve_prior(n, mean, cov, n_features, device)
-        model = self._model(prior)
+        model = self._vi_model(prior)
         warm = self.warm_start and self.__sklearn_is_fitted__()
         if warm and n_features != self.n_features_in_:
             raise ValueError(f"warm_start: X has {n_features} features, the fitted model "
                              f"{self.n_features_in_}: refit with warm_start=False.")
         sample = None if warm else sample_rows(source, max(_INIT_SAMPLE, self.n_components), sampler)
-        batches = _MiniBatches(source, self._rows(n_features, device, online=True), gen, reducer,
+        batches = _MiniBatches(source, self._rows(n_features, device, True), gen, reducer,
                                n_features, resolve_dtype(self.dtype)) if online else None
         best, t0 = None, self.n_steps_ if warm else 0
         for _ in range(1 if warm else self.n_init):
@@ -478,13 +472,13 @@ class BayesianGaussianMixture(ElbokitEstimator):
                 raise ValueError(f"n_components={self.n_components} must be <= the rows of the "
                                  f"first mini-batch ({n:g}).")
             prior = self._resolve_prior(n, mean, cov, n_features, device)
-            model = self._model(prior)
+            model = self._vi_model(prior)
             params = self._initialize(model, source, (source.X, source.weight), gen, n_features,
                                       device, None, mean)
             t, history = 0, []
         else:
             prior = self._prior(device)
-            model = self._model(prior)
+            model = self._vi_model(prior)
             params, t, history = self._params(device), self.n_steps_, list(self.lower_bounds_)
         params, b, u = online_step(model, params, (source.X, source.weight),
                                    total=float(self.total_samples), t=t,
@@ -548,7 +542,7 @@ class BayesianGaussianMixture(ElbokitEstimator):
         outs, model, params = [], None, None
         for Xb, _ in source:
             if model is None:
-                model, params = self._model(self._prior(Xb.device)), self._params(Xb.device)
+                model, params = self._vi_model(self._prior(Xb.device)), self._params(Xb.device)
             outs.append(fn(model, params, Xb))
         return torch.cat(outs), kind
 
@@ -582,7 +576,7 @@ class BayesianGaussianMixture(ElbokitEstimator):
         """
         check_is_fitted(self)
         source, _, _ = self._data(X, sample_weight)
-        model = self._model(self._prior(source.X.device))
+        model = self._vi_model(self._prior(source.X.device))
         params = self._params(source.X.device)
         parts = [variational_bound(model.log_joint(params, Xb), None, weight=wb) for Xb, wb in source]
         kl = {"weights": model.kl_weights(params), "components": model.kl_components(params).sum()}
@@ -598,7 +592,7 @@ class BayesianGaussianMixture(ElbokitEstimator):
         is_torch = isinstance(self.means_, torch.Tensor)
         device = self.means_.device if is_torch else torch.device("cpu")
         p = self._params(device)
-        gm = self._model(self._prior(device)).gm
+        gm = self._vi_model(self._prior(device)).gm
         gp = GaussianMixtureParams(self._tensor(self.weights_, device), p.means, p.covariances,
                                    p.precisions_cholesky)
         X, z = gm.sample(gp, int(n_samples), make_generator(self.random_state, device))

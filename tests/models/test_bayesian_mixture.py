@@ -83,7 +83,7 @@ def test_elbo_terms_add_up_to_the_reported_bound(data, ct):
     assert float(terms.per_sample) == pytest.approx(bgm.lower_bound_, rel=1e-12)
     assert set(terms.kl) == {"weights", "components"} and all(float(v) >= 0 for v in terms.kl.values())
     # per sample: the local bound at the optimal q(z) touches logsumexp of the expected log joint
-    model, params = bgm._model(bgm._prior("cpu")), bgm._params("cpu")
+    model, params = bgm._vi_model(bgm._prior("cpu")), bgm._params("cpu")
     table = model.log_joint(params, torch.as_tensor(data))
     parts = decompose_discrete(table)
     np.testing.assert_allclose(parts.kl.numpy(), 0.0, atol=1e-10)
