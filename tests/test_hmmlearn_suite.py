@@ -42,9 +42,15 @@ pytest.importorskip("hmmlearn")
 
 @pytest.fixture(autouse=True)
 def _seeded():
-    """hmmlearn's conftest seeds NumPy's global generator (with a random seed); here a fixed one."""
+    """hmmlearn's conftest seeds NumPy's global generator (with a random seed); here a fixed one.
+
+    hmmlearn's tests run under the floating-point error state its package sets
+    (``np.seterr(all="warn")``), for these tests only.
+    """
     np.random.seed(0)
     random.seed(0)
+    with np.errstate(all="warn"):
+        yield
 
 SUITES = ["test_gaussian_hmm", "test_categorical_hmm", "test_poisson_hmm", "test_gmm_hmm_new"]
 ADAPTER = "tests.hmmlearn_adapter"
@@ -89,9 +95,14 @@ def _marked(cls):
     return cls
 
 
+# importing hmmlearn.tests calls np.seterr(all="warn") for the whole process, which
+# turns every later underflow in the suite into an error (pyproject: error::RuntimeWarning);
+# the process's state is put back after the import
+_errors = np.geterr()
 for _name in SUITES:
     _module = _load(_name)
     for _attr, _obj in vars(_module).items():
         if _attr.startswith("Test") and isinstance(_obj, type):
             globals()[f"Test_{_name[5:]}_{_attr[4:]}"] = _marked(
                 type(_attr, (_obj,), {"__module__": __name__}))
+np.seterr(**_errors)
