@@ -223,6 +223,9 @@ def test_signal_other_than_kill_during_a_commit_cleans_up(gmms, tmp_path):
             if step == "written":
                 os.kill(os.getpid(), signal.SIGINT)  # KeyboardInterrupt in the child
 
+        # a shell starting a job in the background makes it ignore SIGINT: Python's own
+        # handler is installed again so that the signal raises KeyboardInterrupt here
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         files._reached = reached
         gmms[3].save(tmp_path / "m")
 
