@@ -25,6 +25,7 @@ import torch
 from sklearn.base import TransformerMixin
 
 from elbokit import io
+from elbokit._linalg import top_eigh
 from elbokit._validation import check_positive_int, resolve_device, resolve_dtype, to_output
 from elbokit.bounds import BoundDecomposition
 from elbokit.em_estimator import FamilyEMEstimator, as_float_tensor
@@ -35,6 +36,10 @@ from elbokit.inference.em import EMRun, fit_em, run_em
 from elbokit.models.family_mixture import MixtureParams
 
 SOLVERS = ("auto", "scatter", "em")
+#: sweeps of the warm-started eigensolver per ECME step stop at this relative change of the
+#: Ritz values (or after ECME_SWEEPS): the steps need not be exact to climb (see _ecme)
+ECME_RTOL = 1e-10
+ECME_SWEEPS = 20
 
 
 class _ScatterModel:
@@ -55,6 +60,7 @@ class _ScatterModel:
     def __init__(self, family: FactorAnalyzer, mean: torch.Tensor):
         self.family = family
         self.mean = mean
+        self._basis = None  # the eigensolver's last block (unwhitened), its warm start
 
     def log_likelihood(self, params, S, n):
         W = params["components"][0]
@@ -71,15 +77,35 @@ class _ScatterModel:
         n = weight.sum()
         return {"S": S * n, "n": n.reshape(1)}, self.log_likelihood(p.params, S, float(n))
 
-    def _ecme(self, S, psi):
-        """One ECME step from Psi: (W maximising given Psi, Psi's update given that W)."""
+    def _ecme(self, S, W, psi):
+        """One ECME step from (W, Psi): W maximising the likelihood given Psi, then
+        Psi's EM update given that W.
+
+        W = Psi^1/2 U (Lambda - I)_+^1/2 from the top q eigenpairs of
+        Psi^-1/2 S Psi^-1/2 (:func:`~elbokit._linalg.top_eigh`, warm-started
+        from the previous step's vectors, the current W among its directions:
+        the likelihood cannot fall even when the pairs are not converged).
+        Psi = diag(E[(x - W z)(x - W z)^T]) under the posterior at (W, Psi), the
+        conditional maximiser of EM's expected log-likelihood given W (ECM), so
+        it cannot fall either; at the exact W it is diag(S - W W^T).
+        """
         fam = self.family
-        q = fam.n_factors
         root = psi.sqrt()
-        vals, vecs = torch.linalg.eigh(S / root[:, None] / root[None, :])
-        vals, vecs = vals.flip(0)[:q], vecs.flip(1)[:, :q]
-        W = root[:, None] * vecs * (vals - 1).clamp_min(0).sqrt()
-        psi_new = (S.diagonal() - W.square().sum(1)).clamp_min(0) + fam.reg_covar
+        start = W if self._basis is None else self._basis
+        vals, vecs, basis, Avecs = top_eigh(S, fam.n_factors, scale=1 / root, start=start / root[:, None],
+                                            include=W / root[:, None], rtol=ECME_RTOL,
+                                            max_sweeps=ECME_SWEEPS)
+        self._basis = None if basis is None else basis * root[:, None]
+        gain = (vals - 1).clamp_min(0).sqrt()
+        W = root[:, None] * vecs * gain
+        Wp = W / psi[:, None]
+        M = torch.eye(W.shape[1], dtype=F64, device=W.device) + W.mT @ Wp
+        Minv = torch.linalg.inv(M)
+        beta = Minv @ Wp.mT  # E[z | x] = beta (x - mu), (q, D)
+        SB = (root[:, None] * Avecs * gain) @ Minv  # S beta^T, from the eigensolver's product
+        Ezz = Minv + beta @ SB
+        psi_new = (S.diagonal() - 2 * (W * SB).sum(1) + (W @ Ezz * W).sum(1)).clamp_min(0)
+        psi_new = psi_new + fam.reg_covar
         if fam.noise == "spherical":
             psi_new = psi_new.mean().expand_as(psi_new)
         return W, psi_new
@@ -94,9 +120,9 @@ class _ScatterModel:
         plain steps, so the bound still never decreases."""
         S = stats["S"] / stats["n"]
         psi0 = self.family._psi(p.params)[0]
-        _, psi1 = self._ecme(S, psi0)
-        _, psi2 = self._ecme(S, psi1)
-        plain = self._ecme(S, psi2)
+        W1, psi1 = self._ecme(S, p.params["components"][0], psi0)
+        W2, psi2 = self._ecme(S, W1, psi1)
+        plain = self._ecme(S, W2, psi2)
         best = self._params(*plain)
         r = psi1.log() - psi0.log()
         v = psi2.log() - psi1.log() - r
@@ -104,11 +130,35 @@ class _ScatterModel:
             alpha = -min(-1.0, -float(r.norm() / v.norm()))
             alpha = -abs(alpha)
             jump = (psi0.log() - 2 * alpha * r + alpha**2 * v).exp().clamp_min(self.family.reg_covar)
-            candidate = self._params(*self._ecme(S, jump))
+            candidate = self._params(*self._ecme(S, plain[0], jump))
             n = float(stats["n"])
             if float(self.log_likelihood(candidate, S, n)) > float(self.log_likelihood(best, S, n)):
                 best = candidate
         return MixtureParams(p.weights, best)
+
+
+_SCATTER_CHUNK = 4096  # rows per float64 block of the scatter matrix
+
+
+def _scatter(X: torch.Tensor, mean: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """sum_n w_n (x_n - mean)(x_n - mean)^T in float64, shape (D, D), by blocks of rows.
+
+    On the CPU each block goes through NumPy's ``A.T @ A``, which BLAS computes
+    as one symmetric rank-k update (syrk: half the multiplications of a general
+    product; 2.2x faster than ``torch.mm`` at 60000 x 784, measured).
+    """
+    D = X.shape[1]
+    root = weight.sqrt()
+    on_cpu = X.device.type == "cpu"
+    S = np.zeros((D, D)) if on_cpu else torch.zeros(D, D, dtype=F64, device=X.device)
+    for i in range(0, X.shape[0], _SCATTER_CHUNK):
+        block = (X[i:i + _SCATTER_CHUNK].to(F64) - mean) * root[i:i + _SCATTER_CHUNK, None]
+        if on_cpu:
+            b = block.numpy()
+            S += b.T @ b
+        else:
+            S.addmm_(block.mT, block)
+    return torch.from_numpy(S) if on_cpu else S
 
 
 class _FactorModel(TransformerMixin, FamilyEMEstimator):
@@ -210,14 +260,12 @@ class _FactorModel(TransformerMixin, FamilyEMEstimator):
         w = as_sample_weight(sample_weight, Xt.shape[0], dtype=F64, device=Xt.device,
                              allow_empty=reducer is not None)
         w = torch.ones(Xt.shape[0], dtype=F64, device=Xt.device) if w is None else w
-        Xd = Xt.to(F64)
-        sums = {"n": w.sum().reshape(1), "sx": w @ Xd}
+        sums = {"n": w.sum().reshape(1), "sx": w @ Xt.to(F64)}
         if reducer is not None:
             sums = reducer(sums)
         n = float(sums["n"])
         mean = sums["sx"] / n
-        Xc = Xd - mean
-        S = {"S": (Xc * w[:, None]).mT @ Xc}
+        S = {"S": _scatter(Xt, mean, w)}
         if reducer is not None:
             S = reducer(S)
         return n, mean, S["S"] / n, kind, names, Xt.shape[1]
