@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 #: up to this many columns the dense eigh is faster than subspace iteration
-EXACT_MAX_FEATURES = 256
+EXACT_MAX_FEATURES = 128
 
 
 def block_size(q: int, n_features: int) -> int:
