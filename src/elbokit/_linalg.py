@@ -19,6 +19,14 @@ import torch
 EXACT_MAX_FEATURES = 128
 
 
+def _orthogonal_to(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis of span(P) with span(Q) projected out (twice is enough:
+    Giraud et al., 2005); Q has orthonormal columns."""
+    for _ in range(2):
+        P = torch.linalg.qr(P - Q @ (Q.mT @ P)).Q
+    return P
+
+
 def block_size(q: int, n_features: int) -> int:
     """Columns of the iterated block for the top q pairs: q plus oversampling."""
     return min(n_features, q + max(q, 10))
@@ -49,7 +57,7 @@ def top_eigh(A: torch.Tensor, q: int, *, scale: torch.Tensor | None = None,
         The sweeps stop when no top-q Ritz value changes by more than
         ``rtol`` times the largest one.
     max_sweeps : int
-        At most this many multiplications of the block (at least one).
+        At most this many sweeps (products of the block) after the first product.
 
     Returns
     -------
@@ -90,9 +98,7 @@ def top_eigh(A: torch.Tensor, q: int, *, scale: torch.Tensor | None = None,
         if bool(((top - old).abs() <= rtol * top[..., :1]).all()):
             break
     if include is not None:  # Rayleigh-Ritz on span(Q, include), Q's product reused
-        P = include
-        for _ in range(2):  # orthogonal to Q (twice is enough: Giraud et al., 2005)
-            P = torch.linalg.qr(P - Q @ (Q.mT @ P)).Q
+        P = _orthogonal_to(include, Q)
         Q, Y = torch.cat([Q, P], -1), torch.cat([Y, times(P)], -1)
         vals, vecs = torch.linalg.eigh(Q.mT @ Y)
     vals, vecs = vals.flip(-1), vecs.flip(-1)

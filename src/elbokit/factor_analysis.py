@@ -104,14 +104,16 @@ class _ScatterModel:
         self._basis = None if basis is None else basis * root[:, None]
         gain = (vals - 1).clamp_min(0).sqrt()
         W = root[:, None] * vecs * gain
-        Wp = W / psi[:, None]
-        M = torch.eye(W.shape[1], dtype=F64, device=W.device) + W.mT @ Wp
-        Minv = torch.linalg.inv(M)
-        beta = Minv @ Wp.mT  # E[z | x] = beta (x - mu), (q, D)
-        SB = (root[:, None] * Avecs * gain) @ Minv  # S beta^T, from the eigensolver's product
-        Ezz = Minv + beta @ SB
-        psi_new = (S.diagonal() - 2 * (W * SB).sum(1) + (W @ Ezz * W).sum(1)).clamp_min(0)
-        psi_new = psi_new + fam.reg_covar
+        if basis is None:  # the dense eigh: W is exact, and the update diag(S - W W^T)
+            psi_new = S.diagonal() - W.square().sum(1)
+        else:
+            Wp = W / psi[:, None]
+            Minv = torch.linalg.inv(torch.eye(W.shape[1], dtype=F64, device=W.device) + W.mT @ Wp)
+            beta = Minv @ Wp.mT  # E[z | x] = beta (x - mu), (q, D)
+            SB = (root[:, None] * Avecs * gain) @ Minv  # S beta^T, from the eigensolver's product
+            Ezz = Minv + beta @ SB
+            psi_new = S.diagonal() - 2 * (W * SB).sum(1) + (W @ Ezz * W).sum(1)
+        psi_new = psi_new.clamp_min(0) + fam.reg_covar
         if fam.noise == "spherical":
             psi_new = psi_new.mean().expand_as(psi_new)
         return W, psi_new
@@ -399,8 +401,10 @@ _COMMON_DOC = """
         floor; a larger value moves the optimum of a Heywood case, where a
         noise variance goes to 0).
     solver : {"auto", "scatter", "em"}, default="auto"
-        ``"scatter"``: one pass for the mean and scatter matrix, then EM on it
-        (PPCA: the closed-form maximum); ``"em"``: EM over the rows each
+        ``"scatter"``: one pass for the mean and scatter matrix, then ECME on it
+        with only its top q eigenpairs (PPCA: the closed-form maximum; factor
+        analysis from two starts, PPCA's solution and W = 0, Psi = diag(S), the
+        better kept); ``"em"``: EM over the rows each
         iteration (needed for missing values and streams); ``"auto"``:
         scatter for complete in-memory data with at most
         ``scatter_max_features`` columns, EM otherwise.
