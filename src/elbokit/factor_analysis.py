@@ -15,7 +15,8 @@ the same maximum: every statistic of the E-step is linear in the data's
 scatter matrix S, so one pass computes the mean and S (float64, centred),
 after which no iteration touches the rows; PPCA's maximum-likelihood solution
 is closed form (the top q eigenvectors of S, sigma^2 the mean of the remaining
-eigenvalues, found without the full eigendecomposition), factor analysis iterates ECME steps on S (see ``_ScatterModel``).
+eigenvalues, found without the full eigendecomposition), factor analysis
+iterates ECME steps on S (see ``_ScatterModel``).
 """
 
 from __future__ import annotations
