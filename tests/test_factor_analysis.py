@@ -144,3 +144,44 @@ def test_streamed_batches_equal_in_memory_em(X):
     np.testing.assert_allclose(b.lower_bounds_, a.lower_bounds_, rtol=1e-10)
     np.testing.assert_allclose(b.get_covariance(), a.get_covariance(), rtol=1e-8)
     assert c.score(X[:900]) > PPCA(2).fit(X[:900]).score(X[:900]) - 0.5
+
+
+@pytest.fixture(scope="module")
+def wide():
+    """More columns than the dense eigh threshold: the warm-started eigensolver runs."""
+    from elbokit._linalg import EXACT_MAX_FEATURES
+
+    return low_rank_data(n=500, d=EXACT_MAX_FEATURES + 44, q=3, seed=5)
+
+
+@pytest.mark.parametrize("sweeps", [1, 20])
+def test_high_dimensional_fa_climbs_and_reaches_the_dense_maximum(wide, sweeps, monkeypatch):
+    import elbokit._linalg
+    import elbokit.factor_analysis as fa_module
+
+    monkeypatch.setattr(fa_module, "ECME_SWEEPS", sweeps)  # 1: steps far from exact still climb
+    fast = FactorAnalysis(3, tol=1e-9, max_iter=5000).fit(wide)
+    assert np.all(np.diff(fast.lower_bounds_) >= -1e-10 * abs(fast.lower_bound_))
+    monkeypatch.setattr(elbokit._linalg, "EXACT_MAX_FEATURES", 10**6)
+    dense = FactorAnalysis(3, tol=1e-9, max_iter=5000).fit(wide)
+    assert fast.score(wide) == pytest.approx(dense.score(wide), abs=1e-6)
+    np.testing.assert_allclose(fast.get_covariance(), dense.get_covariance(), rtol=1e-4, atol=1e-6)
+
+
+def test_high_dimensional_ppca_equals_sklearn_pca_score(wide):
+    ours, sk = PPCA(3).fit(wide), PCA(3, svd_solver="full").fit(wide)
+    n, d = wide.shape
+    assert ours.score(wide) - sk.score(wide) == pytest.approx(d / (4 * n * n), rel=2e-2)
+    np.testing.assert_allclose(ours.noise_variance_, sk.noise_variance_ * (n - 1) / n, rtol=1e-8)
+
+
+def test_two_starts_reach_scikit_learns_maximum_where_ppcas_start_does_not():
+    """breast_cancer, q = 10: from PPCA's solution ECME climbs to a lower maximum
+    (-11.4916 per sample); from W = 0 (scikit-learn's start) to -11.3550."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.preprocessing import StandardScaler
+
+    X = StandardScaler().fit_transform(load_breast_cancer().data)
+    ours, sk = FactorAnalysis(10).fit(X), SkFactorAnalysis(10).fit(X)
+    assert ours.score(X) >= sk.score(X) - 1e-4
+    assert np.all(np.diff(ours.lower_bounds_) >= -1e-10)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from elbokit._linalg import top_eigh
 from elbokit.families.base import F64, LOG_2PI, Family, observed
 
 
@@ -172,9 +173,10 @@ class FactorAnalyzer(Family):
         starting point of FA too."""
         K, D, _ = scatter.shape
         q = min(self.n_factors, D)
-        vals, vecs = torch.linalg.eigh(scatter)
-        vals, vecs = vals.flip(-1), vecs.flip(-1)
-        rest = vals[:, q:].mean(-1) if q < D else torch.full((K,), 1e-3, dtype=F64, device=vals.device)
+        vals, vecs, _, _ = top_eigh(scatter, q)  # descending
+        trace = scatter.diagonal(dim1=1, dim2=2).sum(-1)
+        rest = ((trace - vals.sum(-1)) / (D - q)).clamp_min(0) if q < D else \
+            torch.full((K,), 1e-3, dtype=F64, device=vals.device)
         sigma2 = rest.clamp_min(self.reg_covar) + self.reg_covar
         W = vecs[:, :, :q] * (vals[:, :q] - sigma2[:, None]).clamp_min(0).sqrt()[:, None, :]
         if q < self.n_factors:
