@@ -13,6 +13,7 @@ from elbokit.inference.em import ConvergenceWarning
 from elbokit.io import ModelFormatError, load
 from elbokit.mixture import GaussianMixture
 from elbokit.models.gaussian_mixture import DegenerateComponentWarning, DegenerateCovarianceError
+from elbokit.neural_topics import ProdLDA
 from elbokit.topics import LDA
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "GaussianMixture",
     "LDA",
     "ModelFormatError",
+    "ProdLDA",
     "VAE",
     "load",
     "__version__",

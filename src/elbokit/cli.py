@@ -321,8 +321,10 @@ def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features,
 @click.option("--latent-dim", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--hidden", default="512,256", show_default=True, help="Hidden layer sizes.")
 @click.option("--likelihood", type=click.Choice(["bernoulli", "continuous_bernoulli", "gaussian"]),
-              default="continuous_bernoulli", show_default=True)
-@click.option("--binarize", type=click.Choice(["none", "dynamic"]), default="none", show_default=True)
+              default="bernoulli", show_default=True,
+              help="The Python default (chosen by measurement, see the VAE's docstring).")
+@click.option("--binarize", type=click.Choice(["auto", "dynamic", "none"]), default="auto",
+              show_default=True, help="auto: dynamic binarisation of grey levels (Bernoulli).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)

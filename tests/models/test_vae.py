@@ -30,10 +30,10 @@ class LinearEncoderNet(nn.Module):
         return torch.cat([x @ self.A.T + self.c, self.pre.expand(x.shape[0], -1)], -1)
 
 
-def ppca(perturb=0.0):
+def ppca(perturb=0.0, scales=(2.0, 1.0), n=64):
     g = torch.Generator().manual_seed(0)
     Q, _ = torch.linalg.qr(torch.randn(D, L, generator=g, dtype=F64))
-    W = Q * torch.tensor([2.0, 1.0], dtype=F64)
+    W = Q * torch.tensor(scales, dtype=F64)
     b = torch.randn(D, generator=g, dtype=F64)
     dec_net = nn.Linear(L, D).double()
     with torch.no_grad():
@@ -49,7 +49,7 @@ def ppca(perturb=0.0):
     encoder = GaussianEncoder(LinearEncoderNet(A, -A @ b + perturb, scale * (1 + 2 * perturb)))
     module = VAEModule(encoder, decoder, StandardNormalPrior(L).double())
     marginal = MultivariateNormal(b, W @ W.T + S**2 * torch.eye(D, dtype=F64))
-    X = marginal.sample((64,))
+    X = marginal.sample((n,))
     log_px = marginal.log_prob(X)
     return module, X, log_px
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from elbokit.models.vae import diagonal_normal_log_prob, mixture_log_prob
@@ -53,7 +53,8 @@ _CHECKPOINT_KEY = "elbokit-checkpoint"
 _CHECKPOINT_VERSION = 2
 _GRAD_EVERY = 50          # steps between sampled gradient norms
 _GRAD_EXPLOSION = 1e4     # a sampled gradient norm this many times the first one: diverged
-_DIAGNOSTIC_ROWS = 2048   # rows the collapse diagnostics are computed on
+_DIAGNOSTIC_ROWS = 2048   # rows the collapse diagnostics are computed on ...
+_MI_ROWS = 1024           # ... and the aggregate posterior of I(x; z) (a cost quadratic in rows)
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016): Cov_x(E_q[z_j | x]) above this
 
 
@@ -388,7 +389,7 @@ def mean_elbo(module, data, batch_size: int = 1024, prepare=None, reduce=None) -
 
 @torch.no_grad()
 def collapse_diagnostics(module, data, *, prepare=None, reduce=None,
-                         max_rows: int = _DIAGNOSTIC_ROWS) -> dict:
+                         max_rows: int = _DIAGNOSTIC_ROWS, mi_rows: int = _MI_ROWS) -> dict:
     """Posterior-collapse diagnostics on the first ``max_rows`` (global) rows of ``data``.
 
     * ``kl_per_dimension`` (L,): the mean over rows of KL(q(z_j | x) || p(z_j))
@@ -398,8 +399,8 @@ def collapse_diagnostics(module, data, *, prepare=None, reduce=None,
       criterion, a dimension is active when Cov_x(E_q[z_j | x]) > 0.01;
     * ``mutual_information`` (float): I(x; z) under q, E_x E_q(z|x)[log q(z | x)
       - log q(z)] with the aggregate posterior q(z) = mean_i q(z | x_i) over
-      the same rows (Hoffman & Johnson 2016), one draw per row; at most
-      log(rows).
+      the first ``mi_rows`` of them (Hoffman & Johnson 2016), one draw per
+      row; at most log(mi_rows).
 
     ``data`` is a :class:`Rows` (or a tensor). Under several processes every
     rank computes the same numbers from the rows of all ranks.
@@ -428,9 +429,11 @@ def collapse_diagnostics(module, data, *, prepare=None, reduce=None,
     kl = torch.cat([inner.kl_per_dimension(loc[s:s + 256], scale[s:s + 256], z[s:s + 256])
                     for s in range(0, m, 256)]).to(torch.float64).mean(0)
     variance = loc.to(torch.float64).var(0, correction=1) if m > 1 else torch.zeros(L)
-    log_q = diagonal_normal_log_prob(z, loc, scale).to(torch.float64)
-    log_w = torch.full((m,), -math.log(m), dtype=loc.dtype, device=loc.device)
-    log_aggregate = mixture_log_prob(z, log_w, loc, scale).to(torch.float64)
+    r = min(m, int(mi_rows))
+    loc_r, scale_r, z_r = loc[:r], scale[:r], z[:r]
+    log_q = diagonal_normal_log_prob(z_r, loc_r, scale_r).to(torch.float64)
+    log_w = torch.full((r,), -math.log(r), dtype=loc.dtype, device=loc.device)
+    log_aggregate = mixture_log_prob(z_r, log_w, loc_r, scale_r).to(torch.float64)
     return {
         "kl_per_dimension": kl.tolist(),
         "unit_variance": variance.tolist(),
@@ -477,7 +480,7 @@ def _restore_optimizer(optimizer, tensors: dict, meta: dict) -> None:
     optimizer.load_state_dict(state)
 
 
-def _fsync(path: Path) -> None:
+def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -512,12 +515,14 @@ def save_checkpoint(path, module, optimizer, state: TrainState, fingerprint: dic
         stale.unlink(missing_ok=True)
     tmp = path / f".checkpoint.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        save_file(tensors, str(tmp), metadata={_CHECKPOINT_KEY: json.dumps(meta)})
-        _fsync(tmp)
+        with open(tmp, "xb") as f:  # created with the umask's permissions
+            f.write(save(tensors, metadata={_CHECKPOINT_KEY: json.dumps(meta)}))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path / CHECKPOINT_NAME)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync(path)
+    _fsync_dir(path)
 
 
 def _read_checkpoint(path: Path) -> tuple[dict, dict]:
@@ -750,6 +755,7 @@ def train(
         total = torch.zeros((), dtype=torch.float64, device=like.device)
         grad_max = torch.zeros((), dtype=torch.float32, device=like.device)
         order = torch.randperm(n, device=like.device)
+        weight_sum = 0.0
         for step in range(steps):
             idx = order[starts[step]:starts[step + 1]]
             keep, rows = train_rows.index.take(idx)
@@ -761,7 +767,9 @@ def train(
             if placeholder:  # nothing of this batch here: one row that counts for nothing
                 x, noise = x.new_zeros(1, n_features), noise.new_zeros(1, k, latent)
                 c = None if c is None else c.new_zeros(1, c.shape[1])
-            loss, bound = objective(model, x, state.epoch + step / steps, noise=noise,
+            t = state.epoch + step / steps
+            weight_sum += objective.kl_weight(t) if hasattr(objective, "kl_weight") else 1.0
+            loss, bound = objective(model, x, t, noise=noise,
                                     batch=Batch(idx.shape[0], world, reducer, placeholder), c=c)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -781,8 +789,7 @@ def train(
         state.epoch += 1
         _check_divergence(state, mean, float(grad_max), lr, n_features)
         state.history["train"].append(mean)
-        _record(state, "kl_weight", objective.kl_weight(state.epoch)
-                if hasattr(objective, "kl_weight") else 1.0)
+        _record(state, "kl_weight", weight_sum / steps)
         module.eval()
         if val_rows is not None:
             val = mean_elbo(module, val_rows, prepare=prepare, reduce=reducer)

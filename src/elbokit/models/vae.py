@@ -268,6 +268,26 @@ class StandardNormalPrior(nn.Module):
         return 0.5 * (loc.square() + scale.square() - 1.0) - scale.log()
 
 
+class DiagonalNormalPrior(StandardNormalPrior):
+    """p(z) = N(loc, diag scale^2), fixed (e.g. the Laplace approximation of a Dirichlet)."""
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor):
+        nn.Module.__init__(self)
+        self.register_buffer("loc", torch.as_tensor(loc))
+        self.register_buffer("scale", torch.as_tensor(scale))
+
+    def distribution(self, encoder=None) -> Independent:
+        return diagonal_normal(self.loc, self.scale)
+
+    def log_prob(self, z, encoder=None) -> torch.Tensor:
+        return diagonal_normal_log_prob(z, self.loc, self.scale)
+
+    def kl(self, loc, scale) -> torch.Tensor:
+        """KL(N(loc, diag scale^2) || p) per latent dimension, (..., L)."""
+        return (torch.log(self.scale / scale)
+                + (scale.square() + (loc - self.loc).square()) / (2 * self.scale.square()) - 0.5)
+
+
 class _GaussianMixturePrior(nn.Module):
     """A prior that is a mixture of diagonal Gaussians: its components, log-density, sampler."""
 

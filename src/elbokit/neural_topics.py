@@ -1,0 +1,324 @@
+"""``ProdLDA``: a neural topic model (Srivastava & Sutton 2017) behind the LDA estimator's API."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+
+from elbokit import io
+from elbokit._validation import (
+    check_nonneg_float,
+    check_positive_int,
+    make_generator,
+    resolve_device,
+    resolve_dtype,
+)
+from elbokit.base import ElbokitEstimator
+from elbokit.data.text import Corpus, SparseCounts, as_counts, vectorize
+from elbokit.inference.amortized import ELBOObjective, Rows, train
+from elbokit.models.lda import split_counts, topic_coherence
+from elbokit.models.prodlda import build_prodlda, word_log_probs
+
+_CHUNK = 512  # documents densified at a time outside training
+
+
+class CountRows:
+    """Rows of a sparse count matrix, densified on demand: ``rows[idx]`` is (len(idx), V)."""
+
+    def __init__(self, counts: SparseCounts):
+        self.counts = counts
+        self.shape = (counts.n_docs, counts.n_features)
+        self.dtype = counts.data.dtype
+        self.device = counts.device
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        if isinstance(rows, slice):
+            rows = torch.arange(self.shape[0], device=self.device)[rows]
+        part = self.counts.take(rows)
+        dense = torch.zeros(part.n_docs, part.n_features, dtype=self.dtype, device=self.device)
+        dense.index_put_((part.row_ids(), part.indices), part.data, accumulate=True)
+        return dense
+
+
+@io.register
+class ProdLDA(ElbokitEstimator):
+    """ProdLDA: topics by amortised variational inference with a product-of-experts decoder.
+
+    Takes what :class:`elbokit.LDA` takes (a count matrix or a
+    :class:`~elbokit.Corpus`) and answers the same questions (``transform``,
+    ``top_words``, ``perplexity`` by the same document completion,
+    ``coherence``), so the two compare directly. See
+    :mod:`elbokit.models.prodlda` for the model: a logistic-normal prior
+    (the Laplace approximation of Dirichlet(alpha)), an encoder network
+    q(z | w), topic proportions theta = softmax(z), and word logits
+    BN(beta^T theta) -- topics combined as a product of experts.
+
+    Parameters
+    ----------
+    n_topics : int, default=10
+    alpha : float, default=1.0
+        The Dirichlet prior approximated (the paper's 1 per topic).
+    hidden_sizes : tuple of int, default=(100, 100)
+        Encoder layers (softplus units), as in the paper.
+    dropout : float, default=0.2
+        On the encoder's last layer and on theta.
+    epochs : int, default=50
+    batch_size : int, default=200
+    lr : float, default=2e-3
+        Adam with the paper's betas (0.99, 0.999).
+    validation_fraction : float, default=0.0
+        Documents held out for the validation ELBO (and ``patience``).
+    patience : int, optional
+    checkpoint_dir : path, optional
+        As for the VAE (``fit(X, resume=checkpoint_dir)``).
+    random_state, device, dtype, verbose
+        As for every elbokit estimator.
+
+    Attributes
+    ----------
+    components_ : array (K, V)
+        beta, the unnormalised topics (log-space experts); a topic's top words
+        are its largest entries.
+    topic_word_ : array (K, V)
+        softmax of each row of ``components_`` (for display).
+    history_, lower_bounds_, n_epochs_
+        As for the VAE: per-epoch training ELBO (per document), diagnostics.
+    n_features_in_ : int
+        Vocabulary size V.
+    vocabulary_, vectorizer_params_
+        As for LDA, when fitted on a Corpus (then raw text is accepted too).
+    """
+
+    _fitted_attributes = ("state_dict_", "history_", "lower_bounds_", "n_epochs_",
+                          "n_features_in_", "vocabulary_", "vectorizer_params_")
+
+    def __init__(self, n_topics=10, *, alpha=1.0, hidden_sizes=(100, 100), dropout=0.2, epochs=50,
+                 batch_size=200, lr=2e-3, validation_fraction=0.0, patience=None,
+                 checkpoint_dir=None, random_state=None, device=None, dtype="float32", verbose=0):
+        self.n_topics = n_topics
+        self.alpha = alpha
+        self.hidden_sizes = hidden_sizes
+        self.dropout = dropout
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.checkpoint_dir = checkpoint_dir
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.verbose = verbose
+
+    # ------------------------------------------------------------ checks
+    def _check_hyperparameters(self):
+        check_positive_int(self.n_topics, "n_topics", minimum=2)
+        check_positive_int(self.epochs, "epochs")
+        check_positive_int(self.batch_size, "batch_size", minimum=2)
+        check_nonneg_float(self.alpha, "alpha", strict=True)
+        check_nonneg_float(self.lr, "lr", strict=True)
+        if not 0 <= check_nonneg_float(self.dropout, "dropout") < 1:
+            raise ValueError(f"dropout={self.dropout!r} must be in [0, 1).")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction={self.validation_fraction!r} must be in [0, 1).")
+        sizes = list(self.hidden_sizes)
+        if not sizes or any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1
+                            for h in sizes):
+            raise ValueError(f"hidden_sizes={tuple(sizes)!r} must be one or more positive layer "
+                             "sizes, e.g. (100, 100).")
+        if self.patience is not None:
+            check_positive_int(self.patience, "patience")
+
+    def _counts(self, X, name="X", reset=False) -> SparseCounts:
+        if isinstance(X, str) or (isinstance(X, (list, tuple)) and X and isinstance(X[0], str)):
+            if reset or getattr(self, "vocabulary_", None) is None:
+                raise TypeError(f"{name} is raw text, but this model has no vocabulary: fit it on "
+                                "an elbokit.Corpus, or pass a count matrix.")
+            X = vectorize([X] if isinstance(X, str) else X, self.vocabulary_, self.vectorizer_params_)
+        if not reset:
+            check_is_fitted(self)
+        device = resolve_device(self.device, X if isinstance(X, torch.Tensor) else None)
+        return as_counts(X, name=name, dtype=resolve_dtype(self.dtype), device=device,
+                         n_features=None if reset else self.n_features_in_)
+
+    def _build(self, n_words: int):
+        return build_prodlda(n_words, int(self.n_topics), hidden_sizes=tuple(self.hidden_sizes),
+                             dropout=float(self.dropout), alpha=float(self.alpha))
+
+    @property
+    def module_(self):
+        """The trained networks, in evaluation mode."""
+        check_is_fitted(self)
+        cached = getattr(self, "_module", None)
+        if cached is None:
+            device = resolve_device(self.device)
+            cached = self._build(self.n_features_in_).to(device=device, dtype=resolve_dtype(self.dtype))
+            cached.load_state_dict({k: v.to(device) for k, v in self.state_dict_.items()})
+            self._module = cached
+        return cached.eval()
+
+    # ------------------------------------------------------------ fitting
+    def fit(self, X, y=None, resume=None):
+        """Fit the topics to the counts X (a count matrix or a Corpus), shape (n_docs, V).
+
+        Returns
+        -------
+        self
+        """
+        self._check_hyperparameters()
+        vocabulary = vec_params = None
+        if isinstance(X, Corpus):
+            vocabulary, vec_params = list(X.vocabulary), dict(X.vectorizer_params)
+        counts = self._counts(X, reset=True)
+        n = counts.n_docs
+        n_val = int(math.floor(self.validation_fraction * n))
+        if n - n_val < 2:
+            raise ValueError(f"X has {n} documents: too few to train (batch normalisation needs "
+                             "at least 2 per batch).")
+        seed = int(make_generator(self.random_state, torch.device("cpu")).initial_seed())
+        dtype = resolve_dtype(self.dtype)
+        with torch.random.fork_rng(devices=[counts.device] if counts.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            order = torch.randperm(n)
+            rows = CountRows(counts)
+            module = self._build(counts.n_features).to(device=counts.device, dtype=dtype)
+            state = train(
+                module, ELBOObjective(), Rows(rows, select=order[n_val:]),
+                Rows(rows, select=order[:n_val]) if n_val else None,
+                epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
+                patience=self.patience, checkpoint_dir=self.checkpoint_dir, resume=resume,
+                verbose=int(self.verbose), min_batch=2,
+                optimizer_options={"betas": (0.99, 0.999)},
+                fingerprint={"model": "ProdLDA", "n_words": counts.n_features,
+                             "n_topics": int(self.n_topics),
+                             "hidden_sizes": [int(h) for h in self.hidden_sizes]},
+            )
+        self.state_dict_ = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self._module = module
+        self.history_ = state.history
+        self.lower_bounds_ = np.asarray(state.history["train"], dtype=np.float64)
+        self.n_epochs_ = int(state.epoch)
+        self.n_features_in_ = counts.n_features
+        self.vocabulary_ = vocabulary
+        self.vectorizer_params_ = vec_params
+        return self
+
+    def _set_fitted_state(self, state: dict) -> None:
+        super()._set_fitted_state(state)
+        self._module = None
+
+    # ------------------------------------------------------------ topics
+    @property
+    def components_(self) -> np.ndarray:
+        """beta (K, V): the unnormalised topics."""
+        return self.state_dict_["decoder.net.beta.weight"].detach().cpu().double().numpy().T.copy()
+
+    @property
+    def topic_word_(self) -> np.ndarray:
+        """softmax of each topic's row of ``components_`` (K, V)."""
+        c = self.components_
+        e = np.exp(c - c.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def top_words(self, n=10, vocabulary=None):
+        """Each topic's ``n`` largest-beta words (words if a vocabulary is known, else indices)."""
+        check_is_fitted(self)
+        n = check_positive_int(n, "n")
+        vocabulary = self.vocabulary_ if vocabulary is None else list(vocabulary)
+        if vocabulary is not None and len(vocabulary) != self.n_features_in_:
+            raise ValueError(f"vocabulary has {len(vocabulary)} words but the model has "
+                             f"{self.n_features_in_}: pass the vocabulary it was fitted with.")
+        top = self._top_indices(n)
+        if vocabulary is None:
+            return [[int(i) for i in row] for row in top]
+        return [[vocabulary[i] for i in row] for row in top]
+
+    def _top_indices(self, n):
+        return np.argsort(-self.components_, axis=1, kind="stable")[:, :n]
+
+    def coherence(self, X, measure="npmi", top_n=10):
+        """Topic coherence of each topic's ``top_n`` words in the documents X, (K,) (as LDA)."""
+        if measure not in ("npmi", "umass"):
+            raise ValueError(f"measure={measure!r} is not supported: use 'npmi' or 'umass'.")
+        top_n = check_positive_int(top_n, "top_n", minimum=2)
+        return topic_coherence(self._top_indices(top_n), self._counts(X).to_scipy(), measure)
+
+    # ------------------------------------------------------------ inference
+    def _blocks(self, counts: SparseCounts):
+        rows = CountRows(counts)
+        for start in range(0, counts.n_docs, _CHUNK):
+            yield rows[slice(start, min(counts.n_docs, start + _CHUNK))]
+
+    def _output(self, t, counts):
+        return t.to(torch.float64) if counts.is_torch else t.detach().cpu().to(torch.float64).numpy()
+
+    @torch.no_grad()
+    def transform(self, X):
+        """Topic proportions theta = softmax(E_q[z | w]) per document, (n_docs, K)."""
+        counts = self._counts(X)
+        m = self.module_
+        theta = torch.cat([torch.softmax(m.encode(x)[0], -1) for x in self._blocks(counts)])
+        return self._output(theta, counts)
+
+    @torch.no_grad()
+    def score_samples(self, X, n_samples: int = 100):
+        """Importance-sampled log p(w_d) per document (IWAE with n_samples draws), (n_docs,)."""
+        check_positive_int(n_samples, "n_samples")
+        counts = self._counts(X)
+        m = self.module_
+        seed = int(make_generator(self.random_state, torch.device("cpu")).initial_seed())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 2)
+            out = torch.cat([m.iwae(x, n_samples) for x in self._blocks(counts)])
+        return self._output(out, counts)
+
+    def score(self, X, y=None, n_samples: int = 100):
+        """Mean of :meth:`score_samples`."""
+        return float(np.mean(np.asarray(torch.as_tensor(self.score_samples(X, n_samples)).cpu())))
+
+    @torch.no_grad()
+    def completion_log_likelihood(self, observed, heldout):
+        """log p(held-out words | z from the observed words) per document (float64 tensor).
+
+        ``sum_w n_dw log p(w | d)``, with p(. | d) the decoder's word
+        distribution at the posterior mean of z given the observed part: the
+        document completion LDA uses, with ProdLDA's word distribution.
+        """
+        observed = observed if isinstance(observed, SparseCounts) else self._counts(observed)
+        heldout = heldout if isinstance(heldout, SparseCounts) else self._counts(heldout, "heldout")
+        m = self.module_
+        out = []
+        for start in range(0, observed.n_docs, _CHUNK):
+            rows = torch.arange(start, min(observed.n_docs, start + _CHUNK), device=observed.device)
+            logp = word_log_probs(m, CountRows(observed)[rows]).to(torch.float64)
+            held = heldout.take(rows)
+            ll = held.data.to(torch.float64) * logp[held.row_ids(), held.indices]
+            out.append(torch.zeros(len(rows), dtype=torch.float64, device=ll.device)
+                       .index_add_(0, held.row_ids(), ll))
+        return torch.cat(out)
+
+    def perplexity(self, X, *, X_heldout=None, fraction=0.5, random_state=0):
+        """Per-word perplexity by document completion, as :meth:`elbokit.LDA.perplexity`.
+
+        X is split by binomial thinning (each word copy goes to the observed
+        part with probability ``fraction``, seeded by ``random_state``: the same
+        split as LDA's), unless ``X_heldout`` gives the part to score.
+        """
+        counts = self._counts(X)
+        if X_heldout is None:
+            if not 0.0 < fraction < 1.0:
+                raise ValueError(f"fraction={fraction!r} must be in (0, 1).")
+            observed, heldout = split_counts(counts, float(fraction),
+                                             make_generator(random_state, torch.device("cpu")))
+        else:
+            observed, heldout = counts, self._counts(X_heldout, name="X_heldout")
+            if heldout.n_docs != observed.n_docs:
+                raise ValueError(f"X_heldout has {heldout.n_docs} documents but X has "
+                                 f"{observed.n_docs}: they must be two parts of the same documents.")
+        words = heldout.n_words
+        if words <= 0:
+            raise ValueError("the held-out part has no words: perplexity is undefined.")
+        return float(math.exp(-float(self.completion_log_likelihood(observed, heldout).sum()) / words))
