@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from elbokit.autoencoder import VAE
 from elbokit.data.text import Corpus
+from elbokit.inference.amortized import TrainingDivergedError
 from elbokit.inference.em import ConvergenceWarning
 from elbokit.io import ModelFormatError, load
 from elbokit.mixture import GaussianMixture
@@ -25,6 +26,7 @@ __all__ = [
     "LDA",
     "ModelFormatError",
     "ProdLDA",
+    "TrainingDivergedError",
     "VAE",
     "load",
     "__version__",
