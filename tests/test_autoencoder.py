@@ -246,3 +246,12 @@ def test_the_default_takes_grey_levels_and_binary_data(digits):
     assert np.isfinite(binary.score_samples(X[:5] > 0.5, n_samples=5)).all()
     with pytest.raises(ValueError, match="binarize=None"):
         binary.score_samples(X[:5])  # fitted on binary data: grey levels are refused
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("ELBOKIT_SLOW_TESTS"),
+                    reason="torch.compile takes minutes on a CPU: set ELBOKIT_SLOW_TESTS=1")
+def test_compiled_training_equals_eager(digits):
+    X, _ = digits
+    eager = small(likelihood="continuous_bernoulli", epochs=2).fit(X[:256])
+    compiled = small(likelihood="continuous_bernoulli", epochs=2, compile=True).fit(X[:256])
+    np.testing.assert_allclose(compiled.lower_bounds_, eager.lower_bounds_, rtol=1e-4)
