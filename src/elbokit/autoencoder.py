@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensor_bytes
+from safetensors.torch import save_file
 from sklearn.utils.validation import check_is_fitted
 
-from elbokit import io
+from elbokit import files, io
 from elbokit._validation import (
     as_2d_tensor,
     check_nonneg_float,
@@ -180,6 +181,19 @@ class VAE(ElbokitEstimator):
 
     _fitted_attributes = ("state_dict_", "history_", "lower_bounds_", "n_epochs_", "n_features_in_",
                           "input_shape_", "classes_", "n_covariates_", "binarize_")
+    _fitted_schema = {
+        "state_dict_": io.tensor_dict(lambda vae: vae._state_spec()),
+        "history_": io.json_value(check=lambda vae, h: None if isinstance(h, dict) else "must be a dict"),
+        "lower_bounds_": io.array(None), "n_epochs_": io.integer(low=0),
+        "n_features_in_": io.integer(low=1),
+        # added with the conditional VAE and image inputs: optional, for models saved before
+        "input_shape_": io.json_value(optional=True, check=lambda vae, s: _check_input_shape(vae, s)),
+        "classes_": io.json_value(optional=True, nullable=True, check=lambda vae, c: None
+                                  if isinstance(c, list) and len(c) >= 2 else "must list 2+ labels"),
+        "n_covariates_": io.integer(low=0, optional=True),
+        "binarize_": io.json_value(optional=True, nullable=True, check=lambda vae, b: None
+                                   if b == "dynamic" else "must be 'dynamic' or null"),
+    }
 
     def __init__(
         self,
@@ -477,6 +491,13 @@ class VAE(ElbokitEstimator):
                            prior, C)
         return module.to(device=device, dtype=dtype)
 
+    def _state_spec(self) -> dict:
+        """{name: (shape, dtype)} of the networks the hyperparameters describe (built on no memory)."""
+        with torch.device("meta"):
+            module = self._build(int(self.n_features_in_), int(getattr(self, "n_covariates_", 0)),
+                                 torch.device("meta"), resolve_dtype(self.dtype))
+        return {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
+
     def _objective(self):
         if self.objective == "iwae":
             return IWAEObjective(int(self.k), bool(self.dreg))
@@ -641,13 +662,20 @@ class VAE(ElbokitEstimator):
             )
         return super().save(path, overwrite=overwrite, extra_files=extra_files)
 
-    def save_weights(self, path) -> None:
-        """The trained weights alone, as one safetensors file."""
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict_.items()}, str(path))
+    def save_weights(self, path, *, overwrite: bool = False):
+        """The trained weights alone, as one safetensors file (written safely: elbokit.files)."""
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict_.items()}
+        return files.write_output(path, lambda tmp: save_file(state, str(tmp)), overwrite=overwrite,
+                                  what="weights file")
 
     def load_weights(self, path, n_features: int, n_covariates: int = 0):
         """Load weights written by :meth:`save_weights` into this (unfitted) VAE."""
-        self.state_dict_ = load_file(str(path))
+        raw = files.read_regular(path, max_bytes=io.MAX_TENSOR_BYTES, what="weights file",
+                                 error=io.ModelFormatError)
+        try:
+            self.state_dict_ = load_tensor_bytes(raw)
+        except Exception as err:  # SafetensorError and whatever a damaged header provokes
+            raise io.ModelFormatError(f"{path} is not a safetensors weights file: {err}.") from err
         self.n_features_in_ = int(n_features)
         self.input_shape_ = (int(n_features),)
         self.classes_ = None
@@ -812,6 +840,16 @@ class VAE(ElbokitEstimator):
 
 
 # ---------------------------------------------------------------- helpers
+def _check_input_shape(vae, shape) -> str | None:
+    """The load validator's test of ``input_shape_``: positive ints holding n_features_in_ values."""
+    if not isinstance(shape, (list, tuple)) or not shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        return "must be a list of positive sizes"
+    if math.prod(shape) != vae.n_features_in_:
+        return f"holds {math.prod(shape)} values, not n_features_in_={vae.n_features_in_}"
+    return None
+
+
 def _check_image_shape(shape) -> tuple:
     try:
         shape = tuple(int(s) for s in shape)

@@ -2,9 +2,11 @@
 
 Exit codes: 0 success, 1 a failure while running (e.g. a fit that broke
 down), 2 bad input or usage (missing file, wrong format, bad option).  Errors
-print one line; ``--debug`` shows the traceback.  Nothing that exists is
-overwritten without ``--force``, and an interrupted ``fit`` leaves no model
-directory behind (models are written to a temporary directory and renamed).
+print one line; ``--debug`` adds the traceback (the exit code is the same).
+Every output is claimed before the work starts and written through
+:mod:`elbokit.files`: nothing that exists is replaced without ``--force``
+(and then only elbokit's own output), an interrupted command leaves the old
+or the new version, complete, and nothing half-written.
 """
 
 from __future__ import annotations
@@ -38,22 +40,71 @@ def _load_bundled(name: str):
     return X, bunch.target, f"{name} ({X.shape[0]} samples x {X.shape[1]} features)"
 
 
-def _check_new(path: Path, force: bool, what: str = "output") -> None:
-    if path.exists() and not force:
-        raise UserError(f"{path} already exists: choose another {what} or pass --force.")
+def _claim(path: Path, force: bool, what: str = "output", *, kind: str = "file",
+           replaceable=None, protect=()):
+    """Claim an output before the work starts; held until the command ends (elbokit.files)."""
+    from elbokit import files
+
+    try:
+        held = files.claim(path, kind=kind, overwrite=force, what=what, replaceable=replaceable,
+                           protect=[p for p in protect if p is not None])
+    except files.OutputExistsError as err:
+        raise UserError(err.for_cli()) from None
+    except files.OutputError as err:
+        raise UserError(str(err)) from None
+    return click.get_current_context().with_resource(held)
+
+
+def _claim_model(out: str, force: bool, inputs, distributed):
+    """The model directory, claimed by the process that will save it (under torchrun: rank 0)."""
+    import os
+
+    from elbokit import io
+
+    distributed = _under_torchrun() if distributed is None else distributed
+    if distributed and int(os.environ.get("RANK", "0")) != 0:
+        return None
+    return _claim(Path(out), force, "model directory", kind="dir",
+                  replaceable=io.replaceable_model, protect=inputs)
+
+
+def _claim_output(out: str, force: bool, protect=()):
+    """An output file (.csv, .npy or .parquet), claimed before the work."""
+    path = Path(out)
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        raise UserError(f"--out {path}: use a {', '.join(OUTPUT_FORMATS)} file name.")
+    return _claim(path, force, "output", protect=protect)
+
+
+def _model_files(model_dir) -> list[Path]:
+    from elbokit.io import CONFIG_NAME, TENSORS_NAME
+
+    return [Path(model_dir) / CONFIG_NAME, Path(model_dir) / TENSORS_NAME]
 
 
 def _is_idx(path: Path) -> bool:
-    return "idx" in path.name and (path.suffix in ("", ".gz") or "ubyte" in path.name)
+    from elbokit.data.idx import is_idx_path
+
+    return is_idx_path(path)
 
 
 def _check_data_path(data: str) -> str:
+    from elbokit import files
+
     path = Path(data)
-    if not path.exists():
-        raise UserError(f"no data file at {path}.")
+    try:
+        files.check_input(path, what="data file")
+    except FileNotFoundError:
+        raise UserError(f"no data file at {path}.") from None
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if path.suffix.lower() not in (".csv", ".tsv", ".npy", ".parquet", ".pq") and not _is_idx(path):
         raise UserError(f"{path}: unknown data format {path.suffix!r}; use .csv, .npy, .parquet "
                         "or an IDX image file.")
+    if path.suffix.lower() in (".csv", ".tsv"):
+        from elbokit.data.sources import describe_header
+
+        click.echo(f"note: {describe_header(path)}", err=True)
     return str(path)
 
 
@@ -64,27 +115,32 @@ def _in_memory(data: str) -> np.ndarray:
     return load_rows(data).astype(np.float32)
 
 
-def write_array(path: Path, values, columns: list[str], force: bool) -> None:
-    """Write a 1-D or 2-D array as CSV, .npy or Parquet, by the file's extension."""
-    suffix = path.suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        raise UserError(f"--out {path}: use a {', '.join(OUTPUT_FORMATS)} file name.")
-    _check_new(path, force)
+def write_array(target, values, columns: list[str], force: bool = False) -> None:
+    """Write a 1-D or 2-D array as CSV, .npy or Parquet, by the file's extension.
+
+    ``target`` is a path, or the claim on it that the command took before its work.
+    """
+    from elbokit import files
+
+    held = target if isinstance(target, files.Claim) else _claim_output(target, force)
+    suffix = held.path.suffix.lower()
     arr = np.asarray(values)
     arr2 = arr.reshape(len(arr), -1)
-    tmp = path.with_name(f".{path.name}.partial")
-    if suffix == ".npy":
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-    elif suffix == ".csv":
-        fmt = "%d" if arr.dtype.kind in "iu" else "%.8g"
-        np.savetxt(tmp, arr2, delimiter=",", header=",".join(columns), comments="", fmt=fmt)
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        pq.write_table(pa.table({c: arr2[:, i] for i, c in enumerate(columns)}), tmp)
-    tmp.replace(path)
+    def write(tmp):
+        if suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+        elif suffix == ".csv":
+            fmt = "%d" if arr.dtype.kind in "iu" else "%.8g"
+            np.savetxt(tmp, arr2, delimiter=",", header=",".join(columns), comments="", fmt=fmt)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({c: arr2[:, i] for i, c in enumerate(columns)}), tmp)
+
+    held.commit(write)
 
 
 def _model(model_dir: str):
@@ -132,7 +188,9 @@ def _init_distributed(device) -> int:
         raise UserError("--distributed needs the torchrun environment: "
                         "torchrun --nproc-per-node N -m elbokit.cli fit ...")
     if not dist.is_initialized():
-        cuda = device is not None and str(device).startswith("cuda")
+        from elbokit._validation import resolve_device
+
+        cuda = device is not None and resolve_device(device).type == "cuda"
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=10))
@@ -222,13 +280,12 @@ def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_c
     from elbokit import GaussianMixture
 
     data = _check_data_path(data)
-    out_dir = Path(out)
-    _check_new(out_dir, force, "model directory")
+    out_dir = _claim_model(out, force, [data], distributed)
     distributed, rank = _launch(distributed, device)
     gm = GaussianMixture(components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
                          n_init=n_init, reg_covar=reg_covar, algorithm=algorithm,
                          batch_size=batch_size, dtype=dtype, device=device, random_state=seed,
-                         verbose=1 if rank == 0 else 0, distributed=distributed or None)
+                         verbose=1 if rank == 0 else 0, distributed=distributed)
     seconds = _fit_timed(gm, data, distributed)
     if rank != 0:
         return
@@ -240,19 +297,25 @@ def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_c
         "log_likelihood_per_sample": gm.lower_bound_, "converged": gm.converged_,
         "n_iter": gm.n_iter_, "bic": gm.bic(data), "aic": gm.aic(data),
     }
-    gm.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    gm.save(out_dir, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
     click.echo(f"fitted K={components} {covariance_type} on {n} x {gm.n_features_in_} in "
                f"{seconds:.2f} s: mean log p(x) {gm.lower_bound_:.4f}, {gm.n_iter_} iterations, "
-               f"{'converged' if gm.converged_ else 'NOT converged'}; saved to {out_dir}")
+               f"{'converged' if gm.converged_ else 'NOT converged'}; saved to {out}")
 
 
 def _read_corpus(data: str, **kwargs):
     """A Corpus from one-document-per-line text, a folder of .txt files, or JSONL."""
     from elbokit import Corpus
 
+    from elbokit import files
+
     path = Path(data)
-    if not path.exists():
-        raise UserError(f"no corpus at {path}.")
+    try:
+        files.check_input(path, what="corpus", allow_dir=True)
+    except FileNotFoundError:
+        raise UserError(f"no corpus at {path}.") from None
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if path.is_dir():
         return Corpus.from_folder(path, **kwargs)
     if path.suffix.lower() in (".jsonl", ".json"):
@@ -262,9 +325,17 @@ def _read_corpus(data: str, **kwargs):
 
 def _read_documents(data: str) -> list[str]:
     """Raw documents for a fitted topic model (it keeps its own vocabulary)."""
+    from elbokit import files
     from elbokit.data.text import read_documents
 
-    return read_documents(data)
+    try:
+        files.check_input(data, what="documents file", allow_dir=True)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    documents = read_documents(data)
+    if not documents:
+        raise UserError(f"{data} holds no documents (one per line, or .txt files in a folder).")
+    return documents
 
 
 @fit.command("lda")
@@ -288,8 +359,7 @@ def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features,
     """Fit LDA to a text corpus: one document per line, a folder of .txt files, or JSONL."""
     from elbokit import LDA
 
-    out_dir = Path(out)
-    _check_new(out_dir, force, "model directory")
+    out_dir = _claim_model(out, force, [data], distributed)
     if stop_words == "none":
         stop_words = None
     elif stop_words != "english":
@@ -299,7 +369,7 @@ def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features,
                           stop_words=stop_words)
     distributed, rank = _launch(distributed, device)
     lda = LDA(n_topics, method=method, max_iter=max_iter, device=device, random_state=seed,
-              verbose=1 if rank == 0 else 0, distributed=distributed or None)
+              verbose=1 if rank == 0 else 0, distributed=distributed)
     # under torchrun: the same vocabulary everywhere, each rank its block of documents
     seconds = _fit_timed(lda, corpus.counts if distributed else corpus, distributed)
     if distributed:
@@ -310,9 +380,9 @@ def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features,
     metrics = {"model": "lda", "data": str(Path(data).resolve()), "n_documents": n_docs,
                "vocabulary_size": len(lda.vocabulary_), "fit_seconds": seconds,
                "lower_bounds": [float(b) for b in lda.lower_bounds_]}
-    lda.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    lda.save(out_dir, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
     click.echo(f"fitted {n_topics} topics ({method}) on {n_docs} documents, "
-               f"{len(lda.vocabulary_)} words, in {seconds:.2f} s; saved to {out_dir}")
+               f"{len(lda.vocabulary_)} words, in {seconds:.2f} s; saved to {out}")
 
 
 @fit.command("vae")
@@ -339,8 +409,7 @@ def fit_vae(data, out, latent_dim, hidden, likelihood, binarize, epochs, batch_s
     from elbokit import VAE
 
     data = _check_data_path(data)
-    out_dir = Path(out)
-    _check_new(out_dir, force, "model directory")
+    out_dir = _claim_model(out, force, [data], distributed)
     try:
         hidden_sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
     except ValueError:
@@ -350,21 +419,22 @@ def fit_vae(data, out, latent_dim, hidden, likelihood, binarize, epochs, batch_s
     vae = VAE(latent_dim, hidden_sizes=hidden_sizes, likelihood=likelihood,
               binarize=None if binarize == "none" else binarize, epochs=epochs,
               batch_size=batch_size, lr=lr, device=device, random_state=seed,
-              verbose=1 if rank == 0 else 0, distributed=distributed or None)
+              verbose=1 if rank == 0 else 0, distributed=distributed)
     seconds = _fit_timed(vae, X, distributed)
     if rank != 0:
         return
     metrics = {"model": "vae", "data": str(Path(data).resolve()), "n_samples": len(X),
                "n_features": int(X.shape[1]), "fit_seconds": seconds,
                "train_bounds": vae.history_["train"], "validation_elbo": vae.history_["validation"]}
-    vae.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    vae.save(out_dir, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
     click.echo(f"trained a VAE (latent {latent_dim}) on {X.shape[0]} x {X.shape[1]} for {epochs} "
                f"epochs in {seconds:.1f} s: training bound {vae.history_['train'][-1]:.4f}; "
-               f"saved to {out_dir}")
+               f"saved to {out}")
 
 
 # ------------------------------------------------------------------ use a model
 def _apply(model_dir, data, out, force, method: str, column: str):
+    claim = _claim_output(out, force, protect=[data, *_model_files(model_dir)])
     model = _model(model_dir)
     if not hasattr(model, method):
         raise UserError(f"a {type(model).__name__} has no {method}.")
@@ -377,7 +447,7 @@ def _apply(model_dir, data, out, force, method: str, column: str):
         inputs = data if streams else _in_memory(data)
     values = np.asarray(getattr(model, method)(inputs))
     columns = [column] if values.ndim == 1 else [f"{column}_{j}" for j in range(values.shape[1])]
-    write_array(Path(out), values, columns, force)
+    write_array(claim, values, columns)
     click.echo(f"wrote {values.shape} to {out}")
 
 
@@ -427,6 +497,7 @@ def score(model_dir, data, out, force):
 @click.option("--seed", type=int, default=None, help="Random seed (default: the model's).")
 def sample(model_dir, out, force, n_samples, seed):
     """Generate samples from the model (mixtures: with their component in the last column)."""
+    claim = _claim_output(out, force, protect=_model_files(model_dir))
     model = _model(model_dir)
     if not hasattr(model, "sample"):
         raise UserError(f"a {type(model).__name__} does not generate samples here: "
@@ -441,7 +512,7 @@ def sample(model_dir, out, force, n_samples, seed):
     else:
         values = np.asarray(drawn)
         columns = [f"x{j}" for j in range(values.shape[1])]
-    write_array(Path(out), values, columns, force)
+    write_array(claim, values, columns)
     click.echo(f"wrote {values.shape[0]} samples to {out}")
 
 
@@ -521,13 +592,16 @@ def report(model_dir, data, out, labels, force):
     """Write a self-contained HTML report of a fitted model."""
     from elbokit.report import write_report
 
+    from elbokit import files
+
     target = Path(out) if out else Path(model_dir) / "report.html"
-    _check_new(target, force, "report file")
+    claim = _claim(target, force, "report file", protect=[data, *_model_files(model_dir)])
     if labels is not None:
         from elbokit.data.idx import load_idx_labels
 
+        files.check_input(labels, what="labels file")
         labels = load_idx_labels(labels) if _is_idx(Path(labels)) else np.load(labels)
-    path = write_report(model_dir, data=data, out=target, labels=labels)
+    path = write_report(model_dir, data=data, out=claim, labels=labels)
     click.echo(f"wrote {path}")
 
 
@@ -555,8 +629,8 @@ def tour(dataset, components, covariance_type, n_init, seed, vae_epochs, out, fo
 
     X, y, description = _load_bundled(dataset)
     k = components or int(np.unique(y).size)
-    if out is not None:
-        _check_new(Path(out), force, "tour directory")
+    claim = None if out is None else _claim(Path(out), force, "tour directory", kind="dir",
+                                            replaceable=_replaceable_tour)
     click.echo(f"Gaussian mixture, K={k}, covariance_type={covariance_type!r}, on {description}")
     click.echo("EM: the bound is the mean log p(x) per sample (E-step: q = posterior, KL = 0)")
     start = time.perf_counter()
@@ -581,9 +655,9 @@ def tour(dataset, components, covariance_type, n_init, seed, vae_epochs, out, fo
                f"{normalized_mutual_info_score(y, labels):.3f}")
     lda, verses = _tour_lda(seed)
     vae, digits, digit_labels = _tour_vae(seed, epochs=vae_epochs)
-    if out is not None:
-        _write_tour(Path(out), {"gmm": (gm, X, None), "lda": (lda, verses, None),
-                                "vae": (vae, digits, digit_labels)}, dataset)
+    if claim is not None:
+        _write_tour(claim, {"gmm": (gm, X, None), "lda": (lda, verses, None),
+                            "vae": (vae, digits, digit_labels)}, dataset)
 
 
 def _tour_lda(seed: int):
@@ -630,31 +704,34 @@ def _tour_vae(seed: int, epochs: int):
     return vae, X, data.target
 
 
-def _write_tour(out_dir: Path, models: dict, dataset: str) -> None:
-    """Each model with its data and report, and an index page linking them."""
+def _write_tour(claim, models: dict, dataset: str) -> None:
+    """Each model with its data and report, and an index page linking them, in one atomic step."""
+    final = claim.path.resolve()
+    claim.commit(lambda tmp: _fill_tour(tmp, final, models, dataset), manifest="tour")
+    click.echo(f"\nModels and reports written: {claim.path / 'index.html'}")
+
+
+def _fill_tour(out_dir: Path, final: Path, models: dict, dataset: str) -> None:
+    """Write the tour into ``out_dir``, which becomes ``final`` (the paths recorded point there)."""
     import html
-    import shutil
 
     from elbokit.report import write_report
 
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
     links = []
     for name, (model, X, labels) in models.items():
         if isinstance(X, list):  # documents
-            data_path = out_dir / f"{name}-documents.txt"
-            data_path.write_text("\n".join(X) + "\n")
+            data_name = f"{name}-documents.txt"
+            (out_dir / data_name).write_text("\n".join(X) + "\n")
         else:
-            data_path = out_dir / f"{name}-data.npy"
-            np.save(data_path, X)
-        metrics = {"model": name, "data": str(data_path.resolve()), "n_samples": len(X),
+            data_name = f"{name}-data.npy"
+            np.save(out_dir / data_name, X)
+        metrics = {"model": name, "data": str(final / data_name), "n_samples": len(X),
                    "n_documents": len(X)}
         if labels is not None:
             np.save(out_dir / f"{name}-labels.npy", labels)
-            metrics["labels"] = str((out_dir / f"{name}-labels.npy").resolve())
+            metrics["labels"] = str(final / f"{name}-labels.npy")
         model.save(out_dir / name, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
-        write_report(out_dir / name)
+        write_report(out_dir / name, data=X, labels=labels)
         links.append(f'<li><a href="{name}/report.html">{html.escape(type(model).__name__)}</a> '
                      f"on {html.escape({'gmm': dataset, 'lda': 'the KJV gospels'}.get(name, 'digits'))}"
                      "</li>")
@@ -663,15 +740,58 @@ def _write_tour(out_dir: Path, models: dict, dataset: str) -> None:
         "</head><body style='font-family:system-ui;max-width:40rem;margin:2rem auto'>"
         "<h1>elbokit tour</h1><p>Each model is a joint p(x, z) fitted by maximising "
         "log p(x) = ELBO(q) + KL(q || p(z|x)).</p><ul>" + "".join(links) + "</ul></body></html>")
-    click.echo(f"\nModels and reports written: {out_dir / 'index.html'}")
+
+
+_TOUR_FILES_0_1 = {"index.html", "gmm-data.npy", "lda-documents.txt", "vae-data.npy", "vae-labels.npy"}
+
+
+def _replaceable_tour(path: Path):
+    """None if ``path`` is tour output that ``tour --force`` may replace, else why not."""
+    from elbokit import files, io
+
+    return files.replaceable_output("tour", legacy=_tour_0_1, check_dir=io.replaceable_model)(path)
+
+
+def _tour_0_1(path: Path):
+    """Tour output of elbokit 0.1 (no manifest): its index page, data files and model directories."""
+    from elbokit import files, io
+
+    try:
+        index = files.read_regular(path / "index.html", max_bytes=1 << 20)
+    except ValueError:
+        index = b""
+    if b"<title>elbokit tour</title>" not in index:
+        return "is not an elbokit tour directory"
+    foreign = files.foreign_entries(path, lambda n: n in _TOUR_FILES_0_1, lambda p: None if (
+        p.name in ("gmm", "lda", "vae") and io.replaceable_model(p) is None) else "foreign")
+    return f"holds files elbokit did not write ({', '.join(foreign[:5])})" if foreign else None
 
 
 # ------------------------------------------------------------------ entry point
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TypeError, KeyError)
 
 
+def _error_line(err: BaseException, debug: bool, internal: bool) -> None:
+    """The one-line message (after the traceback with --debug; the exit code is the same)."""
+    from elbokit import files
+
+    if debug:
+        import traceback
+
+        traceback.print_exception(err)
+    if isinstance(err, files.OutputExistsError):
+        text = err.for_cli()
+    elif internal and not isinstance(err, files.OutputError):
+        text = f"{type(err).__name__}: {err}"
+    else:
+        text = str(err)
+    click.echo(f"error: {text}", err=True)
+
+
 def main(argv=None) -> int:
-    """Run the command; map errors to one line and an exit code (1 or 2)."""
+    """Run the command; map errors to one line and an exit code (1 or 2), with or without --debug."""
+    from elbokit import files
+
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     ok = False
     try:
@@ -686,15 +806,14 @@ def main(argv=None) -> int:
         return err.exit_code
     except click.exceptions.Exit as err:
         return err.exit_code
-    except _USER_ERRORS as err:
-        if debug:
-            raise
-        click.echo(f"error: {err}", err=True)
+    except files.OutputWriteError as err:  # the place was fine, writing failed (a full disk)
+        _error_line(err, debug, internal=True)
+        return 1
+    except (*_USER_ERRORS, files.OutputError) as err:
+        _error_line(err, debug, internal=False)
         return 2
     except Exception as err:  # a failure while running, not the user's input
-        if debug:
-            raise
-        click.echo(f"error: {type(err).__name__}: {err}", err=True)
+        _error_line(err, debug, internal=True)
         return 1
     finally:
         _close_distributed(ok)

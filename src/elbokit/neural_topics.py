@@ -94,6 +94,14 @@ class ProdLDA(ElbokitEstimator):
 
     _fitted_attributes = ("state_dict_", "history_", "lower_bounds_", "n_epochs_",
                           "n_features_in_", "vocabulary_", "vectorizer_params_")
+    _fitted_schema = {
+        "state_dict_": io.tensor_dict(lambda m: m._state_spec()),
+        "history_": io.json_value(check=lambda m, h: None if isinstance(h, dict) else "must be a dict"),
+        "lower_bounds_": io.array(None), "n_epochs_": io.integer(low=0),
+        "n_features_in_": io.integer(low=1),
+        "vocabulary_": io.strings(length="n_features_in_", nullable=True),
+        "vectorizer_params_": io.json_value(nullable=True),
+    }
 
     def __init__(self, n_topics=10, *, alpha=1.0, hidden_sizes=(100, 100), dropout=0.2, epochs=50,
                  batch_size=200, lr=2e-3, validation_fraction=0.0, patience=None,
@@ -147,6 +155,12 @@ class ProdLDA(ElbokitEstimator):
     def _build(self, n_words: int):
         return build_prodlda(n_words, int(self.n_topics), hidden_sizes=tuple(self.hidden_sizes),
                              dropout=float(self.dropout), alpha=float(self.alpha))
+
+    def _state_spec(self) -> dict:
+        """{name: (shape, dtype)} of the networks the hyperparameters describe (no memory used)."""
+        with torch.device("meta"):
+            module = self._build(int(self.n_features_in_)).to(dtype=resolve_dtype(self.dtype))
+        return {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
 
     @property
     def module_(self):

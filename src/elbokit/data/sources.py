@@ -203,6 +203,49 @@ class MemmapSource(_ConvertingSource):
             yield self.array[start:start + self.batch_size]
 
 
+def _csv_delimiter(path) -> str:
+    return "\t" if Path(path).suffix.lower() == ".tsv" else ","
+
+
+def _first_row(path) -> list[str]:
+    """The cells of the first row of a CSV/TSV file (from its first 1 MiB)."""
+    import csv
+
+    import pyarrow as pa
+
+    with pa.input_stream(str(path), compression="detect") as f:
+        head = f.read(1 << 20).decode("utf-8", errors="replace")
+    return next(csv.reader(head.splitlines()[:1], delimiter=_csv_delimiter(path)), [])
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def detect_header(path) -> bool:
+    """Whether the first row of a CSV/TSV file holds column names.
+
+    It does when any of its non-empty cells is not a number (a row of
+    numbers is data: taking it as names would lose it silently).
+    """
+    return any(c.strip() and not _is_number(c.strip()) for c in _first_row(path))
+
+
+def describe_header(path, header: bool | None = None) -> str:
+    """What is assumed about the first row of a CSV/TSV file, in words (the CLI prints it)."""
+    row = _first_row(path)
+    has = detect_header(path) if header is None else header
+    shown = ", ".join(row[:4]) + (", ..." if len(row) > 4 else "")
+    how = "detected" if header is None else "as told"
+    if has:
+        return f"{path}: the first row ({shown}) is read as column names ({how})."
+    return f"{path}: no header row ({how}): the first row ({shown}) is data."
+
+
 class TableSource(_ConvertingSource):
     """A Parquet or CSV file read in record batches with pyarrow.
 
@@ -212,16 +255,22 @@ class TableSource(_ConvertingSource):
     Parameters
     ----------
     path : str or Path
-        ``.parquet``/``.pq`` or ``.csv``/``.tsv`` (with a header row).
+        ``.parquet``/``.pq`` or ``.csv``/``.tsv``.
     batch_size : int
         Rows per batch (Parquet; CSV batches follow pyarrow's block size).
+    header : bool, optional
+        CSV/TSV: whether the first row holds column names; None detects it
+        (:func:`detect_header`). ``self.header`` holds what was assumed.
     """
 
-    def __init__(self, path, batch_size: int, dtype, device):
+    def __init__(self, path, batch_size: int, dtype, device, header: bool | None = None):
         super().__init__(dtype, device, str(path))
         self.path = Path(path)
         self.batch_size = batch_size
         self.suffix = self.path.suffix.lower()
+        self.header = True
+        if self.suffix in (".csv", ".tsv"):
+            self.header = detect_header(self.path) if header is None else bool(header)
 
     def _record_batches(self):
         if self.suffix in (".parquet", ".pq"):
@@ -231,11 +280,11 @@ class TableSource(_ConvertingSource):
             return
         import pyarrow.csv as pcsv
 
-        delimiter = "\t" if self.suffix == ".tsv" else ","
         reader = pcsv.open_csv(
             self.path,
-            read_options=pcsv.ReadOptions(block_size=1 << 22),
-            parse_options=pcsv.ParseOptions(delimiter=delimiter),
+            read_options=pcsv.ReadOptions(block_size=1 << 22,
+                                          autogenerate_column_names=not self.header),
+            parse_options=pcsv.ParseOptions(delimiter=_csv_delimiter(self.path)),
         )
         yield from reader
 
@@ -272,8 +321,8 @@ class TableSource(_ConvertingSource):
         if self.suffix not in (".csv", ".tsv"):
             return None
         with open(self.path, newline="") as f:
-            reader = csv.reader(f, delimiter="\t" if self.suffix == ".tsv" else ",")
-            header = next(reader, [])
+            reader = csv.reader(f, delimiter=_csv_delimiter(self.path))
+            header = next(reader, []) if self.header else []
             for r, cells in enumerate(reader, start=1):
                 for c, value in enumerate(cells):
                     try:
@@ -327,9 +376,9 @@ def is_source_like(X) -> bool:
 def as_source(X, *, batch_size: int, dtype, device):
     """A batch source for a path (.npy, .parquet, .csv), a memmap or an iterable of batches."""
     if isinstance(X, (str, os.PathLike)):
-        path = Path(X)
-        if not path.is_file():
-            raise FileNotFoundError(f"no data file at {path}.")
+        from elbokit import files
+
+        path = files.check_input(X, what="data file")  # a FIFO or device would block or never end
         suffix = path.suffix.lower()
         if suffix == ".npy":
             return NpySource(path, batch_size, dtype, device)

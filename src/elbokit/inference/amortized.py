@@ -35,17 +35,16 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import sys
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 from tqdm.auto import tqdm
 
+from elbokit import files, io
 from elbokit.models.vae import diagonal_normal_log_prob, mixture_log_prob
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -480,26 +479,17 @@ def _restore_optimizer(optimizer, tensors: dict, meta: dict) -> None:
     optimizer.load_state_dict(state)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path, module, optimizer, state: TrainState, fingerprint: dict | None = None) -> None:
     """Write the checkpoint ``path/checkpoint.safetensors`` as one atomic unit.
 
     Weights, optimiser and random state are the file's tensors; the epoch,
     history and settings are its metadata, so they can never come from
-    different epochs. The file is written under a temporary name in the same
-    directory (with the umask's permissions), flushed to disk and renamed
-    over the old one: at every instant the previous or the new checkpoint is
-    complete. Temporary files left by an earlier crash are removed.
+    different epochs. The file is written with :func:`elbokit.files.write_output`
+    (a temporary sibling with the umask's permissions, flushed, swapped in by
+    one rename; temporaries of crashed writes removed): at every instant the
+    previous or the new checkpoint is complete.
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     optim_tensors, optim_meta = _flatten_optimizer(optimizer)
     tensors.update(optim_tensors)
@@ -511,34 +501,26 @@ def save_checkpoint(path, module, optimizer, state: TrainState, fingerprint: dic
             "best": state.best, "best_epoch": state.best_epoch, "stale": state.stale,
             "start_bound": state.start_bound, "start_grad": state.start_grad,
             "optimizer": optim_meta, "fingerprint": fingerprint or {}}
-    for stale in path.glob(".checkpoint.*.tmp"):
-        stale.unlink(missing_ok=True)
-    tmp = path / f".checkpoint.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "xb") as f:  # created with the umask's permissions
-            f.write(save(tensors, metadata={_CHECKPOINT_KEY: json.dumps(meta)}))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path / CHECKPOINT_NAME)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path)
+    data = save(tensors, metadata={_CHECKPOINT_KEY: json.dumps(meta)})
+    files.write_output(path / CHECKPOINT_NAME, lambda tmp: Path(tmp).write_bytes(data),
+                       overwrite=True, what="checkpoint")
 
 
 def _read_checkpoint(path: Path) -> tuple[dict, dict]:
     """(tensors, metadata) of a checkpoint directory; ValueError naming what is wrong."""
     file = path / CHECKPOINT_NAME
-    if not file.is_file():
+    if not file.exists():
         if (path / "checkpoint.json").exists():
             raise ValueError(f"{path} holds a checkpoint in the two-file layout of an older "
                              "elbokit, which cannot be resumed safely: start the fit afresh.")
         raise ValueError(f"{path} holds no checkpoint ({CHECKPOINT_NAME} is missing).")
+    raw = files.read_regular(file, max_bytes=io.MAX_TENSOR_BYTES, what="checkpoint")
     try:
-        with safe_open(str(file), framework="pt") as f:
-            raw = (f.metadata() or {}).get(_CHECKPOINT_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads(raw) if raw is not None else None
-    except (SafetensorError, OSError, ValueError) as err:
+        n = int.from_bytes(raw[:8], "little")
+        header = files.parse_json(raw[8:8 + n], what=f"the header of {file}")
+        meta = json.loads(header.get("__metadata__", {}).get(_CHECKPOINT_KEY, "null"))
+        tensors = load(raw)
+    except (SafetensorError, ValueError, TypeError, AttributeError) as err:
         raise ValueError(f"{file} is truncated or corrupted ({err}): start the fit afresh.") from err
     if not isinstance(meta, dict) or meta.get("version") != _CHECKPOINT_VERSION:
         raise ValueError(f"{file} is not an elbokit training checkpoint of this version.")

@@ -8,7 +8,6 @@ structure.  Pages are self-contained (inline CSS, PNG data URIs).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,37 @@ MAX_PLOT_ROWS = 5000
 
 
 def read_metrics(model_dir) -> dict:
+    """``metrics.json`` of a model directory ({} if there is none); a regular file of at most 64 MiB."""
+    from elbokit import files
+
     path = Path(model_dir) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.exists() and not path.is_symlink():
+        return {}
+    metrics = files.read_json(path, max_bytes=64 << 20, what="metrics file")
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path} does not hold a JSON object: it is not elbokit's metrics file.")
+    return metrics
+
+
+def _check_paths(data, labels) -> None:
+    """The data and labels named (in metrics.json or by the caller) are files elbokit may open."""
+    from elbokit import files
+
+    if isinstance(data, (str, Path)):
+        files.check_input(data, what="data file", allow_dir=True)
+    if isinstance(labels, (str, Path)):
+        files.check_input(labels, what="labels file")
+
+
+def _write_page(page: Page, out, model_dir) -> Path:
+    """The page, safely written to ``out`` (a path or a claim; default MODEL_DIR/report.html)."""
+    from elbokit import files
+
+    target = out if out is not None else Path(model_dir) / "report.html"
+    if not isinstance(target, files.Claim):
+        target = Path(target)
+    return files.write_output(target, lambda tmp: Path(tmp).write_text(page.render()),
+                              overwrite=True, what="report file")
 
 
 def load_rows(data, max_rows: int | None = None, seed: int = 0) -> np.ndarray:
@@ -28,7 +56,9 @@ def load_rows(data, max_rows: int | None = None, seed: int = 0) -> np.ndarray:
 
     IDX image files (``*-idx3-ubyte``, optionally ``.gz``) are read as grey levels in [0, 1].
     """
-    if isinstance(data, (str, Path)) and "idx" in Path(data).name:
+    from elbokit.data.idx import is_idx_path
+
+    if isinstance(data, (str, Path)) and is_idx_path(data):
         from elbokit.data.idx import load_idx_images
 
         X = load_idx_images(data).astype(np.float64)
@@ -216,8 +246,8 @@ def write_report(model_dir, data=None, out=None, labels=None) -> Path:
         A directory written by ``save`` (with ``metrics.json`` from the CLI).
     data : path or array, optional
         The data to show; defaults to the data recorded at fit time.
-    out : path, optional
-        Where to write; defaults to ``model_dir/report.html``.
+    out : path or elbokit.files.Claim, optional
+        Where to write (replacing a report there); defaults to ``model_dir/report.html``.
     """
     import elbokit
 
@@ -226,15 +256,14 @@ def write_report(model_dir, data=None, out=None, labels=None) -> Path:
     data = data if data is not None else metrics.get("data")
     if data is None:
         raise ValueError(f"{model_dir} records no data: pass the data to report on.")
+    _check_paths(data, labels if labels is not None else metrics.get("labels"))
     name = type(model).__name__
     if name == "LDA":
         from elbokit.data.text import read_documents
 
         docs = data if isinstance(data, list) else read_documents(data)
         page = lda_page(model, docs, metrics)
-        out = Path(out) if out is not None else Path(model_dir) / "report.html"
-        out.write_text(page.render())
-        return out
+        return _write_page(page, out, model_dir)
     X = load_rows(data, max_rows=200_000)
     if name == "GaussianMixture":
         page = gaussian_mixture_page(model, X, metrics)
@@ -245,6 +274,4 @@ def write_report(model_dir, data=None, out=None, labels=None) -> Path:
         page = vae_page(model, X.astype(np.float32), metrics, labels=labels)
     else:
         raise ValueError(f"no report for {name} yet.")
-    out = Path(out) if out is not None else Path(model_dir) / "report.html"
-    out.write_text(page.render())
-    return out
+    return _write_page(page, out, model_dir)
