@@ -255,3 +255,24 @@ def test_compiled_training_equals_eager(digits):
     eager = small(likelihood="continuous_bernoulli", epochs=2).fit(X[:256])
     compiled = small(likelihood="continuous_bernoulli", epochs=2, compile=True).fit(X[:256])
     np.testing.assert_allclose(compiled.lower_bounds_, eager.lower_bounds_, rtol=1e-4)
+
+
+def test_a_path_setting_is_saved(digits, tmp_path):
+    X, _ = digits
+    vae = small(epochs=1, checkpoint_dir=tmp_path / "ckpt").fit(X[:200])
+    vae.save(tmp_path / "m")
+    assert elbokit.load(tmp_path / "m").checkpoint_dir == str(tmp_path / "ckpt")
+
+
+def test_load_idx_images_output_fits_with_the_defaults(tmp_path):
+    """The README's path: an IDX file of grey images, flat or (n, 28, 28), the default VAE."""
+    from elbokit.data.idx import load_idx_images
+
+    from .data.test_idx import write_idx
+
+    images = np.random.default_rng(0).integers(0, 256, size=(120, 8, 8), dtype=np.uint8)
+    write_idx(tmp_path / "images-idx3-ubyte.gz", images)
+    for flatten in (True, False):
+        X = load_idx_images(tmp_path / "images-idx3-ubyte.gz", flatten=flatten)
+        vae = VAE(2, hidden_sizes=(16,), epochs=1, random_state=0).fit(X)
+        assert vae.binarize_ == "dynamic" and vae.reconstruct(X[:2]).shape == X[:2].shape
