@@ -256,6 +256,12 @@ def _progress(folder: Path) -> dict:
                                                                "stages": []}
 
 
+def _checkpoint_epoch(ckpt: Path) -> int:
+    from elbokit.inference.amortized import _read_checkpoint
+
+    return int(_read_checkpoint(ckpt)[1]["epoch"])
+
+
 def table_train(args):
     data = Path(args.data)
     X = torch.as_tensor(load_idx_images(data / "train-images-idx3-ubyte.gz"), device=args.device)
@@ -271,21 +277,24 @@ def table_train(args):
             if progress["epochs"] >= stage:
                 continue
             ckpt = folder / "ckpt"
-            vae = _variant_vae(slug, stage, ckpt, args.seed, args.device)
+            vae = _variant_vae(slug, stage, str(ckpt), args.seed, args.device)
+            resume = ckpt if (ckpt / "checkpoint.safetensors").exists() else None
+            done = _checkpoint_epoch(ckpt) if resume else 0
             start = time.perf_counter()
-            vae.fit(X, resume=ckpt if (ckpt / "checkpoint.safetensors").exists() else None)
+            vae.fit(X, resume=resume)
             seconds = time.perf_counter() - start
             vae.save(folder / f"model-{stage:03d}", overwrite=True)
-            epochs_run = stage - progress["epochs"]
+            epochs_run = stage - max(done, progress["epochs"])
             progress["stages"].append({"epochs": stage, "seconds": seconds,
-                                       "seconds_per_epoch": seconds / epochs_run,
+                                       "seconds_per_epoch": seconds / epochs_run if epochs_run else None,
                                        "train_bound": vae.history_["train"][-1],
                                        "active_units": vae.history_["active_units"][-1],
                                        "load": os.getloadavg()[0]})
             progress.update(epochs=stage, train_seconds=progress["train_seconds"] + seconds)
             (folder / "progress.json").write_text(json.dumps(progress, indent=1))
+            per_epoch = f"{seconds / epochs_run:.1f}" if epochs_run else "-"
             print(f"  {slug:<12} epoch {stage:3d}: train bound {vae.history_['train'][-1]:.2f}, "
-                  f"{seconds / epochs_run:.1f} s/epoch, active units "
+                  f"{per_epoch} s/epoch, active units "
                   f"{vae.history_['active_units'][-1]}; {load_avg()}", flush=True)
 
 
@@ -311,7 +320,8 @@ def table_evaluate(args):
             elbo = np.asarray(vae.elbo(X_test), dtype=np.float64)
             diag = vae.collapse_diagnostics(X_test)
             progress = _progress(folder)
-            per_epoch = [s["seconds_per_epoch"] for s in progress["stages"] if s["epochs"] <= at]
+            per_epoch = [s["seconds_per_epoch"] for s in progress["stages"]
+                         if s["epochs"] <= at and s["seconds_per_epoch"]] or [float("nan")]
             result = {"variant": slug, "epochs": at, "k": args.k, "test_images": len(X_test),
                       "log_px": float(log_px.mean()),
                       "log_px_stderr": float(log_px.std(ddof=1) / np.sqrt(len(log_px))),
