@@ -205,6 +205,7 @@ def test_continuous_covariates(digits):
     assert vae.classes_ is None and vae.n_covariates_ == 2
     assert vae.transform(X[:5], cov[:5]).shape == (5, 3)
     assert vae.sample(4, y=cov[:4]).shape == (4, 64)
+    np.testing.assert_allclose(vae.sample(3, y=cov[7]), vae.sample(3, y=np.tile(cov[7], (3, 1))))
     with pytest.raises(ValueError, match="fitted without covariates"):
         small(likelihood="continuous_bernoulli", epochs=1).fit(X).transform(X[:2], cov[:2])
 

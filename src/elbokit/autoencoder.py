@@ -390,6 +390,9 @@ class VAE(ElbokitEstimator):
         arr = np.asarray(y)
         if arr.ndim == 0:
             arr = np.full(n, arr.item())
+        elif (not reset and self.classes_ is None and arr.ndim == 1 and self.n_covariates_ > 1
+              and arr.shape[0] == self.n_covariates_):
+            arr = np.tile(arr, (n, 1))  # one row of covariates for every row
         if arr.shape[0] != n:
             raise ValueError(f"{name} has {arr.shape[0]} rows but X has {n}: give one row of "
                              "covariates (or one label) per row of X.")
