@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shutil
-import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -37,16 +35,8 @@ from elbokit import LDA, Corpus, ProdLDA
 from elbokit.data.text import as_counts
 from elbokit.models.lda import split_counts
 
-ARCHAIC = ["thee", "thou", "thy", "thine", "ye", "hath", "unto", "shall", "shalt", "hast",
-           "doth", "dost", "art", "saith", "said", "wilt", "upon", "also", "even", "therefore"]
-
-
-def read_kjv() -> list[str]:
-    if shutil.which("bible") is None:
-        raise SystemExit("the `bible` command is missing: apt-get install bible-kjv")
-    out = subprocess.run(["bible", "-l100000", "Gen1:1-Rev22:21"], capture_output=True,
-                         text=True, check=True).stdout
-    return [m.group(1) for line in out.splitlines() if (m := re.match(r"^\s+\d+\s+(.*)$", line))]
+sys.path.insert(0, str(Path(__file__).parent))
+from lda import ARCHAIC, read_kjv  # noqa: E402  (the LDA benchmark's corpus reader)
 
 
 def read_fortunes(folder="/usr/share/games/fortunes") -> list[str]:

@@ -21,7 +21,6 @@ from elbokit._validation import (
     resolve_dtype,
     to_output,
 )
-from elbokit.base import ElbokitEstimator
 from elbokit.inference import distributed
 from elbokit.inference.amortized import (
     ELBOObjective,
@@ -32,6 +31,7 @@ from elbokit.inference.amortized import (
     collapse_diagnostics,
     train,
 )
+from elbokit.neural import NetworkEstimator
 from elbokit.models.vae import (
     LIKELIHOODS,
     PRIORS,
@@ -51,7 +51,7 @@ _DEFAULT_COMPONENTS = {"mog": 10, "vamp": 500}
 
 
 @io.register
-class VAE(ElbokitEstimator):
+class VAE(NetworkEstimator):
     """Variational autoencoder: amortised variational inference with q(z|x).
 
     The decoder p_theta(x | z) and the encoder q_phi(z | x) =
@@ -181,12 +181,7 @@ class VAE(ElbokitEstimator):
 
     _fitted_attributes = ("state_dict_", "history_", "lower_bounds_", "n_epochs_", "n_features_in_",
                           "input_shape_", "classes_", "n_covariates_", "binarize_")
-    _fitted_schema = {
-        "state_dict_": io.tensor_dict(lambda vae: vae._state_spec()),
-        "history_": io.json_value(check=lambda vae, h: None if isinstance(h, dict) else "must be a dict"),
-        "lower_bounds_": io.array(None), "n_epochs_": io.integer(low=0),
-        "n_features_in_": io.integer(low=1),
-        # added with the conditional VAE and image inputs: optional, for models saved before
+    _fitted_schema = {  # beside NetworkEstimator's; added with the conditional VAE and image inputs: optional, for models saved before
         "input_shape_": io.json_value(optional=True, check=lambda vae, s: _check_input_shape(vae, s)),
         "classes_": io.json_value(optional=True, nullable=True, check=lambda vae, c: None
                                   if isinstance(c, list) and len(c) >= 2 else "must list 2+ labels"),
@@ -494,12 +489,9 @@ class VAE(ElbokitEstimator):
                            prior, C)
         return module.to(device=device, dtype=dtype)
 
-    def _state_spec(self) -> dict:
-        """{name: (shape, dtype)} of the networks the hyperparameters describe (built on no memory)."""
-        with torch.device("meta"):
-            module = self._build(int(self.n_features_in_), int(getattr(self, "n_covariates_", 0)),
-                                 torch.device("meta"), resolve_dtype(self.dtype))
-        return {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
+    def _new_module(self, device, dtype) -> VAEModule:
+        return self._build(int(self.n_features_in_), int(getattr(self, "n_covariates_", 0)),
+                           device, dtype)
 
     def _objective(self):
         if self.objective == "iwae":
@@ -523,20 +515,6 @@ class VAE(ElbokitEstimator):
                 "prior": self.prior, "prior_components": self._components(),
                 "architecture": "custom" if self.encoder is not None else self.architecture,
                 "hidden_sizes": [int(h) for h in self.hidden_sizes]}
-
-    @property
-    def module_(self) -> VAEModule:
-        """The trained networks (built from ``state_dict_``)."""
-        check_is_fitted(self)
-        cached = getattr(self, "_module", None)
-        if cached is None:
-            device = resolve_device(self.device)
-            cached = self._build(self.n_features_in_, self.n_covariates_, device,
-                                 resolve_dtype(self.dtype))
-            cached.load_state_dict({k: v.to(device) for k, v in self.state_dict_.items()})
-            cached.eval()
-            self._module = cached
-        return cached
 
     @property
     def pseudo_inputs_(self):
@@ -626,11 +604,7 @@ class VAE(ElbokitEstimator):
                 fingerprint=self._fingerprint(n_features, n_covariates),
                 compile=bool(self.compile),
             )
-        self.state_dict_ = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        self._module = module
-        self.history_ = state.history
-        self.lower_bounds_ = np.asarray(state.history["train"], dtype=np.float64)
-        self.n_epochs_ = int(state.epoch)
+        self._store_training(module, state)
         self.n_features_in_ = n_features
         self.classes_ = classes
         self.n_covariates_ = n_covariates
@@ -649,7 +623,6 @@ class VAE(ElbokitEstimator):
         state.setdefault("binarize_", self.binarize if self.binarize != "auto" else None)
         state["input_shape_"] = tuple(state["input_shape_"])
         super()._set_fitted_state(state)
-        self._module = None
 
     # ------------------------------------------------------------ persistence
     def save(self, path, *, overwrite=False, extra_files=None):

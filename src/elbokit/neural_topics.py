@@ -16,11 +16,12 @@ from elbokit._validation import (
     resolve_device,
     resolve_dtype,
 )
-from elbokit.base import ElbokitEstimator
 from elbokit.data.text import Corpus, SparseCounts, as_counts, vectorize
 from elbokit.inference.amortized import ELBOObjective, Rows, train
-from elbokit.models.lda import split_counts, topic_coherence
+from elbokit.models.lda import split_counts
 from elbokit.models.prodlda import build_prodlda, word_log_probs
+from elbokit.neural import NetworkEstimator
+from elbokit.topics import LDA
 
 _CHUNK = 512  # documents densified at a time outside training
 
@@ -44,7 +45,7 @@ class CountRows:
 
 
 @io.register
-class ProdLDA(ElbokitEstimator):
+class ProdLDA(NetworkEstimator):
     """ProdLDA: topics by amortised variational inference with a product-of-experts decoder.
 
     Takes what :class:`elbokit.LDA` takes (a count matrix or a
@@ -94,11 +95,7 @@ class ProdLDA(ElbokitEstimator):
 
     _fitted_attributes = ("state_dict_", "history_", "lower_bounds_", "n_epochs_",
                           "n_features_in_", "vocabulary_", "vectorizer_params_")
-    _fitted_schema = {
-        "state_dict_": io.tensor_dict(lambda m: m._state_spec()),
-        "history_": io.json_value(check=lambda m, h: None if isinstance(h, dict) else "must be a dict"),
-        "lower_bounds_": io.array(None), "n_epochs_": io.integer(low=0),
-        "n_features_in_": io.integer(low=1),
+    _fitted_schema = {  # beside NetworkEstimator's
         "vocabulary_": io.strings(length="n_features_in_", nullable=True),
         "vectorizer_params_": io.json_value(nullable=True),
     }
@@ -156,23 +153,8 @@ class ProdLDA(ElbokitEstimator):
         return build_prodlda(n_words, int(self.n_topics), hidden_sizes=tuple(self.hidden_sizes),
                              dropout=float(self.dropout), alpha=float(self.alpha))
 
-    def _state_spec(self) -> dict:
-        """{name: (shape, dtype)} of the networks the hyperparameters describe (no memory used)."""
-        with torch.device("meta"):
-            module = self._build(int(self.n_features_in_)).to(dtype=resolve_dtype(self.dtype))
-        return {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
-
-    @property
-    def module_(self):
-        """The trained networks, in evaluation mode."""
-        check_is_fitted(self)
-        cached = getattr(self, "_module", None)
-        if cached is None:
-            device = resolve_device(self.device)
-            cached = self._build(self.n_features_in_).to(device=device, dtype=resolve_dtype(self.dtype))
-            cached.load_state_dict({k: v.to(device) for k, v in self.state_dict_.items()})
-            self._module = cached
-        return cached.eval()
+    def _new_module(self, device, dtype):
+        return self._build(int(self.n_features_in_)).to(device=device, dtype=dtype)
 
     # ------------------------------------------------------------ fitting
     def fit(self, X, y=None, resume=None):
@@ -210,19 +192,11 @@ class ProdLDA(ElbokitEstimator):
                              "n_topics": int(self.n_topics),
                              "hidden_sizes": [int(h) for h in self.hidden_sizes]},
             )
-        self.state_dict_ = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        self._module = module
-        self.history_ = state.history
-        self.lower_bounds_ = np.asarray(state.history["train"], dtype=np.float64)
-        self.n_epochs_ = int(state.epoch)
+        self._store_training(module, state)
         self.n_features_in_ = counts.n_features
         self.vocabulary_ = vocabulary
         self.vectorizer_params_ = vec_params
         return self
-
-    def _set_fitted_state(self, state: dict) -> None:
-        super()._set_fitted_state(state)
-        self._module = None
 
     # ------------------------------------------------------------ topics
     @property
@@ -237,28 +211,10 @@ class ProdLDA(ElbokitEstimator):
         e = np.exp(c - c.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
 
-    def top_words(self, n=10, vocabulary=None):
-        """Each topic's ``n`` largest-beta words (words if a vocabulary is known, else indices)."""
-        check_is_fitted(self)
-        n = check_positive_int(n, "n")
-        vocabulary = self.vocabulary_ if vocabulary is None else list(vocabulary)
-        if vocabulary is not None and len(vocabulary) != self.n_features_in_:
-            raise ValueError(f"vocabulary has {len(vocabulary)} words but the model has "
-                             f"{self.n_features_in_}: pass the vocabulary it was fitted with.")
-        top = self._top_indices(n)
-        if vocabulary is None:
-            return [[int(i) for i in row] for row in top]
-        return [[vocabulary[i] for i in row] for row in top]
-
-    def _top_indices(self, n):
-        return np.argsort(-self.components_, axis=1, kind="stable")[:, :n]
-
-    def coherence(self, X, measure="npmi", top_n=10):
-        """Topic coherence of each topic's ``top_n`` words in the documents X, (K,) (as LDA)."""
-        if measure not in ("npmi", "umass"):
-            raise ValueError(f"measure={measure!r} is not supported: use 'npmi' or 'umass'.")
-        top_n = check_positive_int(top_n, "top_n", minimum=2)
-        return topic_coherence(self._top_indices(top_n), self._counts(X).to_scipy(), measure)
+    # the topics are read as LDA's: the rows of ``components_``, largest first
+    _top_indices = LDA._top_indices
+    top_words = LDA.top_words
+    coherence = LDA.coherence
 
     # ------------------------------------------------------------ inference
     def _blocks(self, counts: SparseCounts):

@@ -3,7 +3,7 @@
 The objective is a loss object, separate from the loop (as in Pyro):
 
 * :class:`ELBOObjective`: -(E_q[log p(x|z)] - beta_t KL(q || p)), with the
-  reparameterisation trick. ``beta_t`` follows a :class:`KLSchedule`: constant,
+  reparameterisation trick. ``beta_t`` is constant,
   a linear warm-up from 0 to ``beta`` over ``kl_warmup`` epochs (Bowman et
   al. 2016), or cyclical annealing (Fu et al. 2019: ``kl_cycles`` cycles over
   the run, each rising linearly over its first ``kl_cycle_ratio`` and then
@@ -63,43 +63,6 @@ class TrainingDivergedError(FloatingPointError):
 
 # ---------------------------------------------------------------- objectives
 @dataclass
-class KLSchedule:
-    """The weight beta_t of the KL term at (fractional) epoch t.
-
-    Parameters
-    ----------
-    beta : float
-        The weight reached (1 is the ELBO).
-    warmup : int
-        Linear warm-up: beta * min(1, t / warmup) (0: none).
-    cycles : int
-        Cyclical annealing (Fu et al. 2019): the run's ``epochs`` are cut into
-        ``cycles`` equal cycles; in each, the weight rises linearly from 0 to
-        beta over the first ``ratio`` of the cycle and stays at beta for the
-        rest (0: none).
-    ratio : float
-        Fraction of each cycle spent rising.
-    epochs : int
-        Length of the run (for the cycles).
-    """
-
-    beta: float = 1.0
-    warmup: int = 0
-    cycles: int = 0
-    ratio: float = 0.5
-    epochs: int = 0
-
-    def __call__(self, t: float) -> float:
-        if self.cycles > 0 and math.isfinite(t):
-            period = self.epochs / self.cycles
-            tau = (t % period) / period
-            return self.beta * min(1.0, tau / self.ratio)
-        if self.warmup > 0:
-            return self.beta * min(1.0, t / self.warmup)
-        return self.beta
-
-
-@dataclass
 class ELBOObjective:
     """Negative ELBO per sample (mean over the batch), with a KL schedule and free bits.
 
@@ -112,8 +75,14 @@ class ELBOObjective:
     free_bits : float
         Nats per latent dimension below which the KL is not penalised
         (N(0, I) prior only).
-    kl_cycles, kl_cycle_ratio, epochs
-        Cyclical annealing instead of the warm-up (see :class:`KLSchedule`).
+    kl_cycles : int
+        Cyclical annealing (Fu et al. 2019) instead of the warm-up: the run's
+        ``epochs`` are cut into ``kl_cycles`` equal cycles; in each, the weight
+        rises linearly from 0 to beta over the first ``kl_cycle_ratio`` of the
+        cycle and stays at beta for the rest (0: none).
+    kl_cycle_ratio : float
+    epochs : int
+        Length of the run (for the cycles).
     """
 
     beta: float = 1.0
@@ -126,8 +95,12 @@ class ELBOObjective:
 
     def kl_weight(self, epoch: float) -> float:
         """beta_t at (fractional) epoch t."""
-        return KLSchedule(self.beta, self.kl_warmup, self.kl_cycles, self.kl_cycle_ratio,
-                          self.epochs)(epoch)
+        if self.kl_cycles > 0 and math.isfinite(epoch):
+            period = self.epochs / self.kl_cycles
+            return self.beta * min(1.0, (epoch % period) / period / self.kl_cycle_ratio)
+        if self.kl_warmup > 0:
+            return self.beta * min(1.0, epoch / self.kl_warmup)
+        return self.beta
 
     def __call__(self, module, x, epoch: float = math.inf, *, noise=None, batch: Batch | None = None,
                  c=None):
