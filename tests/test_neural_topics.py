@@ -67,6 +67,8 @@ def test_evaluated_like_lda(fitted, planted):
     ppl = fitted.perplexity(planted[:300])
     assert 1.0 < ppl < planted.shape[1]  # better than uniform over the words
     assert abs(np.log(ppl) - np.log(lda.perplexity(planted[:300]))) < 0.5
+    # from the bound, exp(-ELBO per word): an upper bound of the perplexity
+    assert fitted.perplexity(planted[:300], estimate="bound") > 1.0
     npmi = fitted.coherence(planted)
     assert npmi.shape == (K,) and (npmi > 0).all()
     score = fitted.score_samples(planted[:10], n_samples=20)

@@ -18,7 +18,6 @@ from elbokit._validation import (
 )
 from elbokit.data.text import Corpus, SparseCounts, as_counts, vectorize
 from elbokit.inference.amortized import ELBOObjective, Rows, train
-from elbokit.models.lda import split_counts
 from elbokit.models.prodlda import build_prodlda, word_log_probs
 from elbokit.neural import NetworkEstimator
 from elbokit.topics import LDA
@@ -211,10 +210,12 @@ class ProdLDA(NetworkEstimator):
         e = np.exp(c - c.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
 
-    # the topics are read as LDA's: the rows of ``components_``, largest first
+    # read and scored as LDA: topics are the rows of ``components_`` (largest first);
+    # perplexity by the same document completion (the same split, seeded), or from the bound
     _top_indices = LDA._top_indices
     top_words = LDA.top_words
     coherence = LDA.coherence
+    perplexity = LDA.perplexity
 
     # ------------------------------------------------------------ inference
     def _blocks(self, counts: SparseCounts):
@@ -225,13 +226,24 @@ class ProdLDA(NetworkEstimator):
     def _output(self, t, counts):
         return t.to(torch.float64) if counts.is_torch else t.detach().cpu().to(torch.float64).numpy()
 
-    @torch.no_grad()
     def transform(self, X):
         """Topic proportions theta = softmax(E_q[z | w]) per document, (n_docs, K)."""
         counts = self._counts(X)
+        return self._output(self._infer(counts)[0], counts)
+
+    @torch.no_grad()
+    def _infer(self, counts: SparseCounts):
+        """Topic proportions (n_docs, K) and the one-draw ELBO per document (seeded), float64."""
         m = self.module_
-        theta = torch.cat([torch.softmax(m.encode(x)[0], -1) for x in self._blocks(counts)])
-        return self._output(theta, counts)
+        seed = int(make_generator(self.random_state, torch.device("cpu")).initial_seed())
+        thetas, bounds = [], []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            for x in self._blocks(counts):
+                reconstruction, kl, (loc, _) = m.elbo_terms(x)
+                thetas.append(torch.softmax(loc, -1))
+                bounds.append((reconstruction - kl).to(torch.float64))
+        return torch.cat(thetas), torch.cat(bounds)
 
     @torch.no_grad()
     def score_samples(self, X, n_samples: int = 100):
@@ -269,26 +281,3 @@ class ProdLDA(NetworkEstimator):
             out.append(torch.zeros(len(rows), dtype=torch.float64, device=ll.device)
                        .index_add_(0, held.row_ids(), ll))
         return torch.cat(out)
-
-    def perplexity(self, X, *, X_heldout=None, fraction=0.5, random_state=0):
-        """Per-word perplexity by document completion, as :meth:`elbokit.LDA.perplexity`.
-
-        X is split by binomial thinning (each word copy goes to the observed
-        part with probability ``fraction``, seeded by ``random_state``: the same
-        split as LDA's), unless ``X_heldout`` gives the part to score.
-        """
-        counts = self._counts(X)
-        if X_heldout is None:
-            if not 0.0 < fraction < 1.0:
-                raise ValueError(f"fraction={fraction!r} must be in (0, 1).")
-            observed, heldout = split_counts(counts, float(fraction),
-                                             make_generator(random_state, torch.device("cpu")))
-        else:
-            observed, heldout = counts, self._counts(X_heldout, name="X_heldout")
-            if heldout.n_docs != observed.n_docs:
-                raise ValueError(f"X_heldout has {heldout.n_docs} documents but X has "
-                                 f"{observed.n_docs}: they must be two parts of the same documents.")
-        words = heldout.n_words
-        if words <= 0:
-            raise ValueError("the held-out part has no words: perplexity is undefined.")
-        return float(math.exp(-float(self.completion_log_likelihood(observed, heldout).sum()) / words))
