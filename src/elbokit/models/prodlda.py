@@ -15,9 +15,9 @@ Per document, with word counts w (a bag of V words):
   are mixed in log space (word logits beta^T theta) rather than as a mixture
   of word distributions (LDA's theta^T softmax(beta)), which gives sharper
   topics.
-* **Batch normalisation** (without learned scale and shift) of the encoder's
-  outputs and of the word logits, and dropout on the encoder's last layer
-  and on theta, as in the paper: they keep the topics from collapsing onto
+* **Batch normalisation** (with a learned shift, no learned scale, as the
+  paper's code) of the encoder's outputs and of the word logits, and dropout
+  on the encoder's last layer and on theta, as in the paper: they keep the topics from collapsing onto
   a few early in training. At inference (evaluation mode) batch
   normalisation uses its running statistics, so a document's result does
   not depend on the other documents of its batch.
@@ -48,6 +48,19 @@ def laplace_prior(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return loc, var.sqrt()
 
 
+class CenteredBatchNorm(nn.BatchNorm1d):
+    """Batch normalisation with a learned shift and no learned scale (TensorFlow's
+    ``batch_norm(center=True, scale=False)``, which the paper's code uses): the shift keeps,
+    e.g., each word's base rate, which normalisation alone would remove."""
+
+    def __init__(self, n: int):
+        super().__init__(n, affine=False)
+        self.shift = nn.Parameter(torch.zeros(n))
+
+    def forward(self, x):
+        return super().forward(x) + self.shift
+
+
 class ProdLDAEncoder(nn.Module):
     """q(z | w): counts -> softplus MLP -> dropout -> batch-normalised loc and log-variance."""
 
@@ -61,8 +74,8 @@ class ProdLDAEncoder(nn.Module):
         self.trunk = nn.Sequential(*layers, nn.Dropout(dropout))
         self.loc = nn.Linear(width, n_topics)
         self.log_var = nn.Linear(width, n_topics)
-        self.loc_bn = nn.BatchNorm1d(n_topics, affine=False)
-        self.log_var_bn = nn.BatchNorm1d(n_topics, affine=False)
+        self.loc_bn = CenteredBatchNorm(n_topics)
+        self.log_var_bn = CenteredBatchNorm(n_topics)
 
     def params(self, counts) -> tuple[torch.Tensor, torch.Tensor]:
         """(loc, scale) of q(z | w), each (n, K)."""
@@ -79,7 +92,7 @@ class ProdLDADecoderNet(nn.Module):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.beta = nn.Linear(n_topics, n_words, bias=False)
-        self.bn = nn.BatchNorm1d(n_words, affine=False)
+        self.bn = CenteredBatchNorm(n_words)
 
     def forward(self, z):
         lead = z.shape[:-1]
