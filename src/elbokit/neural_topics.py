@@ -80,10 +80,11 @@ class ProdLDA(NetworkEstimator):
     Attributes
     ----------
     components_ : array (K, V)
-        beta, the unnormalised topics (log-space experts); a topic's top words
-        are its largest entries.
+        The topics as log-space experts: what topic k adds to word w's logit
+        (beta over batch norm's standard deviation of that logit); a topic's top
+        words are its largest entries.
     topic_word_ : array (K, V)
-        softmax of each row of ``components_`` (for display).
+        p(w | topic k): the word distribution of a document of topic k alone.
     history_, lower_bounds_, n_epochs_
         As for the VAE: per-epoch training ELBO (per document), diagnostics.
     n_features_in_ : int
@@ -200,15 +201,27 @@ class ProdLDA(NetworkEstimator):
     # ------------------------------------------------------------ topics
     @property
     def components_(self) -> np.ndarray:
-        """beta (K, V): the unnormalised topics."""
-        return self.state_dict_["decoder.net.beta.weight"].detach().cpu().double().numpy().T.copy()
+        """The topics as log-space experts (K, V): what topic k adds to word w's logit.
+
+        beta_kw divided by batch normalisation's running standard deviation of
+        word w's logit (the decoder's effective weights at inference); the
+        per-word terms every topic shares (the normalisation's mean and the
+        learned shift) are left out.
+        """
+        state = self.state_dict_
+        beta = state["decoder.net.beta.weight"].detach().cpu().double().T
+        bn = self.module_.decoder.net.bn
+        return (beta / torch.sqrt(state["decoder.net.bn.running_var"].cpu().double() + bn.eps)).numpy()
 
     @property
+    @torch.no_grad()
     def topic_word_(self) -> np.ndarray:
-        """softmax of each topic's row of ``components_`` (K, V)."""
-        c = self.components_
-        e = np.exp(c - c.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
+        """p(w | topic k) (K, V): the word distribution of a document made of topic k alone
+        (theta = e_k), shared per-word terms included."""
+        m = self.module_
+        net = m.decoder.net
+        eye = torch.eye(int(self.n_topics), dtype=net.beta.weight.dtype, device=net.beta.weight.device)
+        return torch.softmax(net.bn(net.beta(eye)), -1).double().cpu().numpy()
 
     # read and scored as LDA: topics are the rows of ``components_`` (largest first);
     # perplexity by the same document completion (the same split, seeded), or from the bound
