@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -664,16 +665,23 @@ class VAE(NetworkEstimator):
         return self
 
     # ------------------------------------------------------------ inference
-    def _batched(self, fn, *tensors, batch_size=1024):
+    def _batched(self, fn, *tensors, batch_size=1024, desc=None):
         """``fn`` over row blocks of ``tensors`` (None passes through), without gradients,
-        with draws seeded by ``random_state`` (so scores and sampled codes are repeatable)."""
+        with draws seeded by ``random_state`` (so scores and sampled codes are repeatable);
+        with ``desc`` and ``verbose`` 1, a progress bar over the rows."""
         seed = int(make_generator(self.random_state, torch.device("cpu")).initial_seed())
         first = tensors[0]
         devices = [first.device] if first.is_cuda else []
+        starts = range(0, first.shape[0], batch_size)
+        if desc is not None and self.verbose == 1:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=desc, leave=False, file=sys.stderr, unit="block",
+                          disable=None)
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed + 2)
             return torch.cat([fn(*(None if t is None else t[s:s + batch_size] for t in tensors))
-                              for s in range(0, first.shape[0], batch_size)])
+                              for s in starts])
 
     def _data_shape(self, t: torch.Tensor, like_images: bool) -> torch.Tensor:
         """Rows in data space back in the fitted sample shape (for image inputs)."""
@@ -789,7 +797,7 @@ class VAE(NetworkEstimator):
         m = self.module_
         rows = max(1, 2 ** 22 // max(1, n_samples * Xt.shape[1]))
         return to_output(self._batched(lambda x, c: m.iwae(x, n_samples, c=c), Xt, C,
-                                       batch_size=rows), kind)
+                                       batch_size=rows, desc="importance sampling"), kind)
 
     def score(self, X, y=None, n_samples: int = 100):
         """Mean importance-sampled log p(x) per sample."""

@@ -81,7 +81,7 @@ MAX_CONFIG_BYTES = 256 << 20
 MAX_TENSOR_BYTES = 16 << 30
 # files the library writes into a model directory after saving it (reports): an
 # overwrite may replace a model directory holding these besides its own files
-MODEL_DIR_FILES = ["metrics.json", "report.html", "report-*", "report_*"]
+MODEL_DIR_FILES = ["metrics.json", "preprocessing.json", "report.html", "report-*", "report_*"]
 
 _REGISTRY: dict[str, type] = {}
 _RESERVED = {"__tensor__", "__tensor_dict__", "__dict__"}
@@ -260,8 +260,10 @@ def replaceable_model(path: Path) -> str | None:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         return "is not an elbokit model"
     listed = set(config.get("files") or []) | {CONFIG_NAME, TENSORS_NAME}
+    report_tables = files.replaceable_output("report-data")  # a report's CSV folder
     foreign = files.foreign_entries(
-        path, lambda name: name in listed or any(fnmatch(name, p) for p in MODEL_DIR_FILES))
+        path, lambda name: name in listed or any(fnmatch(name, p) for p in MODEL_DIR_FILES),
+        lambda sub: report_tables(sub) if fnmatch(sub.name, "report-*") else "foreign")
     if foreign:
         return f"holds files elbokit did not write ({', '.join(foreign[:5])})"
     return None

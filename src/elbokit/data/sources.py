@@ -204,7 +204,7 @@ class MemmapSource(_ConvertingSource):
 
 
 def _csv_delimiter(path) -> str:
-    return "\t" if Path(path).suffix.lower() == ".tsv" else ","
+    return "\t" if table_suffix(path) == ".tsv" else ","
 
 
 def _first_row(path) -> list[str]:
@@ -255,19 +255,25 @@ class TableSource(_ConvertingSource):
     Parameters
     ----------
     path : str or Path
-        ``.parquet``/``.pq`` or ``.csv``/``.tsv``.
+        ``.parquet``/``.pq`` or ``.csv``/``.tsv`` (also gzip-compressed,
+        ``.csv.gz``/``.tsv.gz``).
     batch_size : int
         Rows per batch (Parquet; CSV batches follow pyarrow's block size).
     header : bool, optional
         CSV/TSV: whether the first row holds column names; None detects it
         (:func:`detect_header`). ``self.header`` holds what was assumed.
+    columns : list of str, optional
+        Read only these columns, in this order (the others are never parsed);
+        without a header, pyarrow's names f0, f1, ...
     """
 
-    def __init__(self, path, batch_size: int, dtype, device, header: bool | None = None):
+    def __init__(self, path, batch_size: int, dtype, device, header: bool | None = None,
+                 columns=None):
         super().__init__(dtype, device, str(path))
         self.path = Path(path)
         self.batch_size = batch_size
-        self.suffix = self.path.suffix.lower()
+        self.suffix = table_suffix(self.path)
+        self.columns = None if columns is None else list(columns)
         self.header = True
         if self.suffix in (".csv", ".tsv"):
             self.header = detect_header(self.path) if header is None else bool(header)
@@ -276,15 +282,17 @@ class TableSource(_ConvertingSource):
         if self.suffix in (".parquet", ".pq"):
             import pyarrow.parquet as pq
 
-            yield from pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_size)
+            yield from pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_size,
+                                                              columns=self.columns)
             return
         import pyarrow.csv as pcsv
 
-        reader = pcsv.open_csv(
+        reader = pcsv.open_csv(  # decompresses .gz by the file name
             self.path,
             read_options=pcsv.ReadOptions(block_size=1 << 22,
                                           autogenerate_column_names=not self.header),
             parse_options=pcsv.ParseOptions(delimiter=_csv_delimiter(self.path)),
+            convert_options=pcsv.ConvertOptions(include_columns=self.columns),
         )
         yield from reader
 
@@ -320,7 +328,10 @@ class TableSource(_ConvertingSource):
 
         if self.suffix not in (".csv", ".tsv"):
             return None
-        with open(self.path, newline="") as f:
+        import gzip
+
+        opener = gzip.open if self.path.suffix.lower() == ".gz" else open
+        with opener(self.path, "rt", newline="") as f:
             reader = csv.reader(f, delimiter=_csv_delimiter(self.path))
             header = next(reader, []) if self.header else []
             for r, cells in enumerate(reader, start=1):
@@ -373,19 +384,32 @@ def is_source_like(X) -> bool:
     return callable(X) or isinstance(X, Iterable)
 
 
+TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv")
+
+
+def table_suffix(path) -> str:
+    """The format suffix of a data file: ``.csv`` for ``x.csv`` and ``x.csv.gz`` alike."""
+    path = Path(path)
+    suffixes = [s.lower() for s in path.suffixes]
+    if len(suffixes) >= 2 and suffixes[-1] == ".gz" and suffixes[-2] in (".csv", ".tsv"):
+        return suffixes[-2]
+    return path.suffix.lower()
+
+
 def as_source(X, *, batch_size: int, dtype, device):
     """A batch source for a path (.npy, .parquet, .csv), a memmap or an iterable of batches."""
     if isinstance(X, (str, os.PathLike)):
         from elbokit import files
 
         path = files.check_input(X, what="data file")  # a FIFO or device would block or never end
-        suffix = path.suffix.lower()
+        suffix = table_suffix(path)
         if suffix == ".npy":
             return NpySource(path, batch_size, dtype, device)
-        if suffix in (".parquet", ".pq", ".csv", ".tsv"):
+        if suffix in TABLE_SUFFIXES:
             return TableSource(path, batch_size, dtype, device)
         raise ValueError(
-            f"{path}: unknown data format {suffix!r}; use .npy, .parquet, .csv or .tsv."
+            f"{path}: unknown data format {suffix!r}; use .npy, .parquet, .csv, .tsv "
+            "(or .csv.gz, .tsv.gz)."
         )
     if isinstance(X, np.memmap):
         return MemmapSource(X, batch_size, dtype, device)

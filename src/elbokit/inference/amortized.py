@@ -701,8 +701,9 @@ def train(
     starts = _batch_starts(n, batch_size, min_batch)
     steps = len(starts) - 1
     params = [p for p in module.parameters() if p.requires_grad]
+    # the bar moves every mini-batch (an epoch of a large data set takes minutes)
     bar = tqdm(total=epochs * steps, initial=state.epoch * steps, desc="VAE", leave=False,
-               file=sys.stderr, disable=verbose != 1, unit="step")
+               file=sys.stderr, disable=verbose != 1, unit="batch")
     loss = bound = None
     while state.epoch < epochs:
         module.train()
@@ -757,7 +758,7 @@ def train(
             for key, value in collapse_diagnostics(module, diag_rows, prepare=prepare,
                                                    reduce=reducer).items():
                 _record(state, key, value)
-        bar.set_postfix(elbo=f"{state.history['train'][-1]:.3f}")
+        bar.set_postfix(epoch=state.epoch, elbo=f"{state.history['train'][-1]:.3f}")
         if verbose >= 2:
             val_text = (f"  validation ELBO {state.history['validation'][-1]:.4f}"
                         if state.history["validation"] else "")
