@@ -556,7 +556,9 @@ def fit_vae(data, out, latent_dim, checkpoint_dir, resume, distributed, force, m
 
     data = _check_data_path(data)
     out_dir = _claim_model(out, force, [data], distributed)
-    if resume is not None and not (Path(resume) / "checkpoint.json").is_file():
+    from elbokit.inference.amortized import CHECKPOINT_NAME
+
+    if resume is not None and not (Path(resume) / CHECKPOINT_NAME).is_file():
         raise UserError(f"--resume {resume}: no checkpoint there (written by --checkpoint-dir).")
     prep = _preprocessing(data, columns, drop, standardize)
     X = _in_memory(data, prep)[:max_rows]

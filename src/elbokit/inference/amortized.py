@@ -732,9 +732,9 @@ def train(
             if step % _GRAD_EVERY == 0:
                 norm = _gradient_norm(params)
                 if state.start_grad is None:  # once per run: the references of the divergence test
-                    state.start_grad = float(norm)
-                    state.start_bound = float(bound.sum() / max(1, idx.shape[0])) \
-                        if reducer is None else None
+                    first = bound if reducer is None else reducer({"b": bound})["b"]
+                    state.start_grad = float(norm)  # (gradients are alike on every rank)
+                    state.start_bound = float(first) / max(1, idx.shape[0])
                 grad_max = torch.maximum(grad_max, norm.to(grad_max))
             optimizer.step()
             total += bound
