@@ -80,9 +80,8 @@ class ProdLDA(NetworkEstimator):
     Attributes
     ----------
     components_ : array (K, V)
-        The topics as log-space experts: what topic k adds to word w's logit
-        (beta over batch norm's standard deviation of that logit); a topic's top
-        words are its largest entries.
+        beta, the decoder's weights (log-space experts): a topic's top words
+        are its largest entries, as in the paper.
     topic_word_ : array (K, V)
         p(w | topic k): the word distribution of a document of topic k alone.
     history_, lower_bounds_, n_epochs_
@@ -201,17 +200,13 @@ class ProdLDA(NetworkEstimator):
     # ------------------------------------------------------------ topics
     @property
     def components_(self) -> np.ndarray:
-        """The topics as log-space experts (K, V): what topic k adds to word w's logit.
+        """beta (K, V): the decoder's weights, whose rows the paper reads as the topics.
 
-        beta_kw divided by batch normalisation's running standard deviation of
-        word w's logit (the decoder's effective weights at inference); the
-        per-word terms every topic shares (the normalisation's mean and the
-        learned shift) are left out.
+        (Divided by batch norm's per-word deviation they would be the decoder's
+        effective weights, but that ranks rare words first: the top 10 words'
+        mean NPMI was -0.655 on the KJV verses.)
         """
-        state = self.state_dict_
-        beta = state["decoder.net.beta.weight"].detach().cpu().double().T
-        bn = self.module_.decoder.net.bn
-        return (beta / torch.sqrt(state["decoder.net.bn.running_var"].cpu().double() + bn.eps)).numpy()
+        return self.state_dict_["decoder.net.beta.weight"].detach().cpu().double().numpy().T.copy()
 
     @property
     @torch.no_grad()
