@@ -351,8 +351,9 @@ def table_evaluate(args):
               f"{diff:>7} {se:>5} {r['elbo']:>10.2f} {r['active_units']:>3d} "
               f"{r['mutual_information']:>7.2f} {r['median_seconds_per_epoch']:>8.1f}")
     print("  (+-: standard error over test images, of the mean and of the paired difference "
-          "with the VAE; AU: active units; I(x;z) estimated on 1,024 "
-          "test images (at most log 1024 = 6.93); s/epoch: median training time per epoch on "
+          f"with the VAE; AU: active units; I(x;z) estimated on {min(1024, len(X_test))} "
+          f"test images (at most log {min(1024, len(X_test))} = "
+          f"{np.log(min(1024, len(X_test))):.2f}); s/epoch: median training time per epoch on "
           "this machine, under the load of the time)")
 
 
