@@ -11,8 +11,9 @@ distribution -- sum_k theta_k beta_kw for LDA, softmax(BN(beta^T theta)) for
 ProdLDA -- by each estimator's ``completion_log_likelihood``. NPMI: each
 topic's top 10 words, document co-occurrence in the training documents, the
 same function (``elbokit.models.lda.topic_coherence``) for both; ProdLDA's top
-words by beta (as the paper), and, on a second line, by p(w | topic k) (the
-word distribution of a document of topic k alone).
+words by p(w | topic k) (its ``components_``: the word distribution of a document
+of topic k alone) and, on a second line, by the decoder's weights beta, as the
+paper reads them.
 
 ``prodlda_vs_lda(corpus, observed, heldout, ...)`` is the comparison for one
 corpus; ``bench/lda.py`` can call it on its corpora.
@@ -92,9 +93,9 @@ def prodlda_vs_lda(corpus, observed, heldout, *, topics=20, epochs=50, seed=0) -
         rows.append({"model": name, "seconds": seconds, "heldout_ll_per_word": ll,
                      "perplexity": float(np.exp(-ll)), "npmi": npmi,
                      "top_words": [" ".join(t[:6]) for t in model.top_words(10)[:3]]})
-        if isinstance(model, ProdLDA):  # its topics read another way: by p(w | topic k)
-            top = np.argsort(-model.topic_word_, axis=1, kind="stable")[:, :10]
-            rows.append({"model": "  (top words by p(w|k))", "seconds": float("nan"),
+        if isinstance(model, ProdLDA):  # its topics read as the paper does: by beta
+            top = np.argsort(-model.beta_, axis=1, kind="stable")[:, :10]
+            rows.append({"model": "  (top words by beta)", "seconds": float("nan"),
                          "heldout_ll_per_word": ll, "perplexity": float(np.exp(-ll)),
                          "npmi": float(topic_coherence(top, corpus.counts, "npmi").mean()),
                          "top_words": [" ".join(corpus.vocabulary[i] for i in t[:6])
