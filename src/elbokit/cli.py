@@ -358,6 +358,108 @@ def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_c
                f"{'converged' if gm.converged_ else 'NOT converged'}; saved to {out}")
 
 
+FAMILY_NAMES = ("auto", "gaussian", "bernoulli", "categorical", "multinomial", "poisson",
+                "student_t", "von_mises_fisher", "factor_analyzer")
+
+
+def _rows_with_missing(data: str) -> np.ndarray:
+    """A data file as a float64 array, empty cells as NaN (missing values)."""
+    from elbokit.report.families import load_rows_with_missing
+
+    return _in_memory(data).astype(np.float64) if _is_idx(Path(data)) else load_rows_with_missing(data)
+
+
+def _family_from_options(family, covariance_type, n_factors):
+    """The family a `fit mixture` command line names."""
+    from elbokit.families import FactorAnalyzer, Gaussian, StudentT
+
+    if family == "gaussian":
+        return Gaussian(covariance_type)
+    if family == "student_t":
+        return StudentT("diag" if covariance_type == "diag" else "full")
+    if family == "factor_analyzer":
+        return FactorAnalyzer(n_factors)
+    return family
+
+
+def _save_em_fit(model, out_dir, out, data, seconds, what: str) -> None:
+    """Save a fitted family-EM model with its metrics; one line of summary."""
+    n = int(np.asarray(model.score_samples(data)).shape[0])
+    metrics = {"model": what, "data": str(Path(data).resolve()), "n_samples": n,
+               "n_features": model.n_features_in_, "fit_seconds": seconds,
+               "lower_bounds": [float(b) for b in model.lower_bounds_],
+               "log_likelihood_per_sample": model.lower_bound_, "converged": model.converged_,
+               "n_iter": model.n_iter_, "bic": model.bic(data), "aic": model.aic(data)}
+    model.save(out_dir, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    click.echo(f"fitted {what} on {n} x {model.n_features_in_} in {seconds:.2f} s: mean log p(x) "
+               f"{model.lower_bound_:.4f}, {model.n_iter_} iterations, "
+               f"{'converged' if model.converged_ else 'NOT converged'}; saved to {out}")
+
+
+@fit.command("mixture")
+@click.argument("data")
+@click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
+@click.option("--components", "-k", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--family", type=click.Choice(FAMILY_NAMES), default="auto", show_default=True,
+              help="Component family; 'auto': one per column type of a CSV/Parquet file (floats "
+                   "Gaussian, integers Poisson, booleans Bernoulli, strings Categorical).")
+@click.option("--covariance-type", type=click.Choice(["full", "tied", "diag", "spherical"]),
+              default="full", show_default=True, help="For gaussian (and student_t: full/diag).")
+@click.option("--n-factors", type=click.IntRange(min=1), default=2, show_default=True,
+              help="For factor_analyzer.")
+@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True)
+@click.option("--n-init", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_distributed_option
+@click.option("--force", is_flag=True, help="Replace an existing model directory.")
+def fit_mixture(data, out, components, family, covariance_type, n_factors, max_iter, tol, n_init,
+                dtype, device, seed, distributed, force):
+    """Fit a mixture of any component family by EM to DATA (.csv, .npy or .parquet; empty
+    cells are missing values, marginalised inside EM)."""
+    from elbokit import Mixture
+
+    data = _check_data_path(data)
+    out_dir = _claim_model(out, force, [data], distributed)
+    distributed, rank = _launch(distributed, device)
+    model = Mixture(components, family=_family_from_options(family, covariance_type, n_factors),
+                    max_iter=max_iter, tol=tol, n_init=n_init, dtype=dtype, device=device,
+                    random_state=seed, verbose=1 if rank == 0 else 0, distributed=distributed or None)
+    seconds = _fit_timed(model, data, distributed)
+    if rank == 0:
+        _save_em_fit(model, out_dir, out, data, seconds, f"mixture K={components} ({family})")
+
+
+@fit.command("factor")
+@click.argument("data")
+@click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
+@click.option("--components", "-k", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Latent dimension.")
+@click.option("--noise", type=click.Choice(["diag", "spherical"]), default="diag", show_default=True,
+              help="diag: factor analysis; spherical: probabilistic PCA.")
+@click.option("--max-iter", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-6, show_default=True)
+@click.option("--device", default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_distributed_option
+@click.option("--force", is_flag=True, help="Replace an existing model directory.")
+def fit_factor(data, out, components, noise, max_iter, tol, device, seed, distributed, force):
+    """Fit factor analysis (or, with --noise spherical, probabilistic PCA) to DATA."""
+    from elbokit import PPCA, FactorAnalysis
+
+    data = _check_data_path(data)
+    out_dir = _claim_model(out, force, [data], distributed)
+    distributed, rank = _launch(distributed, device)
+    cls = PPCA if noise == "spherical" else FactorAnalysis
+    model = cls(components, max_iter=max_iter, tol=tol, device=device, random_state=seed,
+                verbose=1 if rank == 0 else 0, distributed=distributed or None)
+    seconds = _fit_timed(model, _rows_with_missing(data), distributed)
+    if rank == 0:
+        _save_em_fit(model, out_dir, out, data, seconds, f"{cls.__name__} q={components}")
+
+
 def _read_corpus(data: str, **kwargs):
     """A Corpus from one-document-per-line text, a folder of .txt files, or JSONL."""
     from elbokit import Corpus
@@ -607,6 +709,8 @@ def _apply(model_dir, data, out, force, method: str, column: str, **kwargs):
         raise UserError(f"{article} {name} has no `{command}`: {instead}.")
     if name == "LDA":
         inputs = _read_documents(data)
+    elif name in ("Mixture", "PPCA", "FactorAnalysis"):
+        inputs = _check_data_path(data)  # read by the model: missing cells, typed tables, streams
     else:
         source = _model_data(model_dir, data)
         inputs = source.model_input() if name == "GaussianMixture" else \

@@ -84,7 +84,7 @@ MAX_TENSOR_BYTES = 16 << 30
 MODEL_DIR_FILES = ["metrics.json", "preprocessing.json", "report.html", "report-*", "report_*"]
 
 _REGISTRY: dict[str, type] = {}
-_RESERVED = {"__tensor__", "__tensor_dict__", "__dict__"}
+_RESERVED = {"__tensor__", "__tensor_dict__", "__dict__", "__spec__"}
 
 
 class ModelFormatError(ValueError):
@@ -222,6 +222,8 @@ def _split_value(name: str, value, tensors: dict, kinds: dict):
         return _plain(value)
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {"__dict__": {k: _split_value(f"{name}.{k}", v, tensors, kinds) for k, v in value.items()}}
+    if callable(getattr(value, "__elbokit_spec__", None)):  # a component family
+        return {"__spec__": _plain(value.__elbokit_spec__())}
     raise TypeError(f"cannot save {name}={value!r} as JSON or a tensor.")
 
 
@@ -476,6 +478,13 @@ class _Validator:
             return {k: self._join(v, f"{name}.{k}") for k, v in value["__dict__"].items()}
         if isinstance(value, dict) and "__tensor_dict__" in value:
             return self._tensor_dict(value, name)
+        if isinstance(value, dict) and "__spec__" in value:  # a component family
+            from elbokit.families import get_family
+
+            try:
+                return get_family(value["__spec__"])
+            except (TypeError, ValueError) as err:
+                self.fail(f"{name} is not a valid component family: {err}")
         return value
 
     def _tensor(self, value, name: str):

@@ -72,7 +72,8 @@ class InMemorySource:
             yield self.X[start:stop], w
 
 
-def _check_batch(X: torch.Tensor, where: str, n_features: int | None) -> None:
+def _check_batch(X: torch.Tensor, where: str, n_features: int | None,
+                 allow_missing: bool = False) -> None:
     if X.ndim != 2:
         raise ValueError(f"{where} must be 2-D (rows, features); got shape {tuple(X.shape)}.")
     if n_features is not None and X.shape[1] != n_features:
@@ -80,7 +81,10 @@ def _check_batch(X: torch.Tensor, where: str, n_features: int | None) -> None:
             f"{where} has {X.shape[1]} features where earlier batches had {n_features}: "
             "every batch needs the same columns."
         )
-    if not bool(torch.isfinite(X).all()):
+    if allow_missing:  # NaN marks a missing entry for the models that marginalise it
+        if bool(torch.isinf(X).any()):
+            raise ValueError(f"{where} contains inf: remove those rows or clip the values.")
+    elif not bool(torch.isfinite(X).all()):
         raise ValueError(
             f"{where} contains NaN or inf: remove or impute those values first."
         )
@@ -95,6 +99,7 @@ class _ConvertingSource:
         self.description = description
         self.n_features: int | None = None
         self.n_samples: int | None = None
+        self.allow_missing = False  # set by as_source(allow_missing=True)
 
     def _raw_batches(self) -> Iterator:
         raise NotImplementedError
@@ -105,7 +110,7 @@ class _ConvertingSource:
         X = X.detach() if isinstance(X, torch.Tensor) else torch.from_numpy(
             np.array(X, dtype=np.float64 if np.asarray(X).dtype.kind != "f" else None, copy=True))
         X = X.to(device=self.device, dtype=storage_dtype(X.dtype, self.dtype))
-        _check_batch(X, where, self.n_features)
+        _check_batch(X, where, self.n_features, self.allow_missing)
         if w is not None:
             w = torch.as_tensor(np.asarray(w) if not isinstance(w, torch.Tensor) else w)
             w = w.to(device=self.device, dtype=X.dtype)
@@ -396,8 +401,17 @@ def table_suffix(path) -> str:
     return path.suffix.lower()
 
 
-def as_source(X, *, batch_size: int, dtype, device):
-    """A batch source for a path (.npy, .parquet, .csv), a memmap or an iterable of batches."""
+def as_source(X, *, batch_size: int, dtype, device, allow_missing: bool = False):
+    """A batch source for a path (.npy, .parquet, .csv), a memmap or an iterable of batches.
+
+    ``allow_missing``: NaN (a null in a table) passes as a missing entry.
+    """
+    source = _as_source(X, batch_size=batch_size, dtype=dtype, device=device)
+    source.allow_missing = allow_missing
+    return source
+
+
+def _as_source(X, *, batch_size: int, dtype, device):
     if isinstance(X, (str, os.PathLike)):
         from elbokit import files
 

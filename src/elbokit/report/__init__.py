@@ -159,6 +159,13 @@ def _page(model, data, given: bool, metrics: dict, labels, heldout, progress: bo
                 from elbokit.report.vae import STAGES, vae_page as build
             bar = Progress(progress, STAGES)
             page = build(model, source, metrics, labels=labels, progress=bar)
+        elif name in ("Mixture", "PPCA", "FactorAnalysis"):
+            from elbokit.report.families import STAGES, factor_page, mixture_page, rows_for
+
+            bar = Progress(progress, STAGES)
+            bar("scoring every row")
+            build = mixture_page if name == "Mixture" else factor_page
+            page = build(model, rows_for(model, data), metrics)
         else:
             raise ValueError(f"no report for {name} yet.")
     bar("writing")
