@@ -5,6 +5,7 @@ fitted to a file, and the parent compares with a single-process fit.
 """
 
 import socket
+import time
 import warnings
 from datetime import timedelta
 
@@ -29,8 +30,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(fn, *args):
-    mp.spawn(_run, args=(fn, free_port(), args), nprocs=WORLD, join=True)
+def spawn(fn, *args, timeout: float = 240.0):
+    """Run ``fn(rank, *args)`` on WORLD spawned ranks; fail (killing them) after ``timeout`` s."""
+    context = mp.spawn(_run, args=(fn, free_port(), args), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):  # raises if a rank failed
+        if time.monotonic() >= deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the {WORLD} ranks did not finish within {timeout:.0f} s")
 
 
 def _run(rank, fn, port, args):

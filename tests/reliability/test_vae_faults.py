@@ -62,7 +62,8 @@ def test_a_kill_during_a_checkpoint_leaves_the_previous_one_whole(digits, tmp_pa
     """Weights, counter and history are one file replaced by one rename: a kill between the
     write and the rename leaves epoch 1's checkpoint, which resumes to the uninterrupted run."""
     ckpt = tmp_path / "ckpt"
-    run = subprocess.run([sys.executable, "-c", KILLED_FIT, str(ckpt)], capture_output=True)
+    run = subprocess.run([sys.executable, "-c", KILLED_FIT, str(ckpt)], capture_output=True,
+                         timeout=120)
     assert run.returncode == -9, run.stderr.decode()[-2000:]
     assert _epoch_of(ckpt) == 1
     assert _temporaries(ckpt)  # the killed write's temporary file ...
