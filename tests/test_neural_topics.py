@@ -13,6 +13,16 @@ from elbokit.models.prodlda import build_prodlda, laplace_prior
 K, WIDTH = 5, 12
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Train these tiny networks on one thread: with two OpenMP threads on busy cores their
+    many small operations spin-wait (52 s instead of 2 s for the planted-topics fit)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def planted():
     """Counts from LDA's generative process with K topics on disjoint blocks of 12 words."""
