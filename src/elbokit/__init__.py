@@ -13,11 +13,13 @@ from elbokit.data.text import Corpus
 from elbokit.factor_analysis import PPCA, FactorAnalysis
 from elbokit.general_mixture import Mixture
 from elbokit.hmm import GMMHMM, HMM, CategoricalHMM, GaussianHMM, PoissonHMM
+from elbokit.inference.amortized import TrainingDivergedError
 from elbokit.inference.em import ConvergenceWarning
 from elbokit.io import ModelFormatError, load
 from elbokit.mixture import GaussianMixture
 from elbokit.selection import Selection, select
 from elbokit.models.gaussian_mixture import DegenerateComponentWarning, DegenerateCovarianceError
+from elbokit.neural_topics import ProdLDA
 from elbokit.topics import LDA
 
 __all__ = [
@@ -37,7 +39,9 @@ __all__ = [
     "ModelFormatError",
     "PPCA",
     "PoissonHMM",
+    "ProdLDA",
     "Selection",
+    "TrainingDivergedError",
     "VAE",
     "load",
     "select",

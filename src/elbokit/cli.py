@@ -573,9 +573,11 @@ def _vae_options(f):
                           "one-channel images)."),
         click.option("--likelihood", type=click.Choice(["bernoulli", "continuous_bernoulli",
                                                        "gaussian"]),
-                     default="continuous_bernoulli", show_default=True),
-        click.option("--binarize", type=click.Choice(["none", "dynamic"]), default="none",
-                     show_default=True),
+                     default="bernoulli", show_default=True,
+                     help="The Python default, chosen by measurement (see the VAE's docstring)."),
+        click.option("--binarize", type=click.Choice(["auto", "dynamic", "none"]), default="auto",
+                     show_default=True,
+                     help="auto: grey levels are binarised dynamically (Bernoulli likelihood)."),
         click.option("--beta", type=click.FloatRange(min=0), default=1.0, show_default=True,
                      help="Weight of the KL term (beta-VAE; 1: the ELBO)."),
         click.option("--kl-warmup", type=click.IntRange(min=0), default=0, show_default=True,
@@ -656,7 +658,9 @@ def fit_vae(data, out, latent_dim, checkpoint_dir, resume, distributed, force, m
 
     data = _check_data_path(data)
     out_dir = _claim_model(out, force, [data], distributed)
-    if resume is not None and not (Path(resume) / "checkpoint.json").is_file():
+    from elbokit.inference.amortized import CHECKPOINT_NAME
+
+    if resume is not None and not (Path(resume) / CHECKPOINT_NAME).is_file():
         raise UserError(f"--resume {resume}: no checkpoint there (written by --checkpoint-dir).")
     prep = _preprocessing(data, columns, drop, standardize)
     X = _in_memory(data, prep)[:max_rows]

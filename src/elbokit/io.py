@@ -60,6 +60,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -216,6 +217,8 @@ def _split_value(name: str, value, tensors: dict, kinds: dict):
         return str(value).replace("torch.", "")
     if isinstance(value, torch.device):
         return str(value)
+    if isinstance(value, os.PathLike):  # e.g. VAE(checkpoint_dir=Path(...)): saved as its text
+        return os.fspath(value)
     if _is_json(value):
         return _plain(value)
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):

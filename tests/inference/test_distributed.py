@@ -5,6 +5,7 @@ fitted to a file, and the parent compares with a single-process fit.
 """
 
 import socket
+import time
 import warnings
 from datetime import timedelta
 
@@ -29,8 +30,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(fn, *args):
-    mp.spawn(_run, args=(fn, free_port(), args), nprocs=WORLD, join=True)
+def spawn(fn, *args, timeout: float = 240.0):
+    """Run ``fn(rank, *args)`` on WORLD spawned ranks; fail (killing them) after ``timeout`` s."""
+    context = mp.spawn(_run, args=(fn, free_port(), args), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):  # raises if a rank failed
+        if time.monotonic() >= deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the {WORLD} ranks did not finish within {timeout:.0f} s")
 
 
 def _run(rank, fn, port, args):
@@ -261,41 +269,61 @@ def test_lda_gibbs_across_processes(tmp_path):
 # ------------------------------------------------------------------ VAE (DistributedDataParallel)
 VAE_CASES = {
     "uneven": ([600, 401], dict(likelihood="continuous_bernoulli")),
-    "uneven-mixture-prior": ([700, 301], dict(likelihood="continuous_bernoulli", prior="mog",
-                                              prior_components=3)),
-    "empty-rank-binarised-free-bits": ([0, 1001], dict(likelihood="bernoulli", binarize="dynamic",
-                                                       free_bits=0.05, kl_warmup=2)),
-    "uneven-iwae": ([1, 1000], dict(likelihood="bernoulli", binarize="dynamic", objective="iwae",
-                                    k=3)),
+    "uneven-mixture-prior-labels": ([700, 301], dict(likelihood="continuous_bernoulli",
+                                                     prior="mog", prior_components=3,
+                                                     labels="onehot")),
+    "empty-rank-binarised-free-bits-covariates": ([0, 1001], dict(
+        likelihood="bernoulli", binarize="dynamic", free_bits=0.05, kl_warmup=2,
+        labels="continuous")),
+    "uneven-iwae-dreg": ([1, 1000], dict(likelihood="bernoulli", binarize="dynamic",
+                                         objective="iwae", k=3, dreg=True)),
+    "vampprior-cyclical": ([500, 501], dict(likelihood="continuous_bernoulli", prior="vamp",
+                                            prior_components=7, kl_cycles=2)),
 }
 
 
 def _vae(**kw):
     from elbokit import VAE
 
+    kw = {k: v for k, v in kw.items() if k != "labels"}
     return VAE(3, hidden_sizes=(32,), epochs=3, batch_size=64, random_state=0, dtype="float64",
                validation_fraction=0.1, **kw)
 
 
-def _vae_fit(rank, parts, kw, out):
-    vae = _vae(checkpoint_dir=out / f"ckpt-{rank}", **kw).fit(parts[rank])
-    np.savez(out / f"vae-{rank}.npz", bounds=vae.lower_bounds_,
-             val=np.asarray(vae.history_["validation"]),
-             **{k.replace(".", "_"): v.numpy() for k, v in vae.state_dict_.items()})
+def _vae_labels(kw, n):
+    """Covariates of the digits: their labels, or two real columns made from them."""
+    from sklearn.datasets import load_digits
+
+    y = load_digits().target[:n]
+    if kw.get("labels") == "continuous":
+        return np.stack([y / 9.0, np.cos(y)], 1)
+    return y if kw.get("labels") else None
+
+
+def _vae_arrays(vae):
+    history = {f"history_{k}": np.asarray(v, dtype=np.float64) for k, v in vae.history_.items()}
+    return dict(bounds=vae.lower_bounds_, **history,
+                **{k.replace(".", "_"): v.numpy() for k, v in vae.state_dict_.items()})
+
+
+def _vae_fit(rank, parts, labels, kw, out):
+    y = None if labels is None else labels[rank]
+    vae = _vae(checkpoint_dir=out / f"ckpt-{rank}", **kw).fit(parts[rank], y)
+    np.savez(out / f"vae-{rank}.npz", **_vae_arrays(vae))
 
 
 @pytest.mark.parametrize("case", list(VAE_CASES))
 def test_vae_across_processes_equals_one_process(case, tmp_path):
     """Every rank makes the whole batch's shuffles and draws and keeps its rows, so the
-    weights and bounds are the single-process ones up to rounding."""
+    weights, bounds and diagnostics are the single-process ones up to rounding."""
     from sklearn.datasets import load_digits
 
     sizes, kw = VAE_CASES[case]
     X = load_digits().data[:1001] / 16.0
-    spawn(_vae_fit, shards(X, sizes), kw, tmp_path)
-    single = _vae(**kw).fit(X)
-    expected = dict(bounds=single.lower_bounds_, val=np.asarray(single.history_["validation"]),
-                    **{k.replace(".", "_"): v.numpy() for k, v in single.state_dict_.items()})
+    y = _vae_labels(kw, len(X))
+    spawn(_vae_fit, shards(X, sizes), None if y is None else shards(y, sizes), kw, tmp_path)
+    single = _vae(**kw).fit(X, y)
+    expected = _vae_arrays(single)
     for rank in range(WORLD):
         got = np.load(tmp_path / f"vae-{rank}.npz")
         assert sorted(got.files) == sorted(expected)
@@ -303,5 +331,5 @@ def test_vae_across_processes_equals_one_process(case, tmp_path):
             np.testing.assert_allclose(got[key], expected[key], rtol=1e-9, atol=1e-11,
                                        err_msg=f"rank {rank}: {key}")
     assert single.lower_bounds_[-1] > single.lower_bounds_[0]
-    assert (tmp_path / "ckpt-0" / "checkpoint.json").is_file()  # rank 0 writes checkpoints,
+    assert (tmp_path / "ckpt-0" / "checkpoint.safetensors").is_file()  # rank 0 writes checkpoints,
     assert not (tmp_path / "ckpt-1").exists()  # the others do not

@@ -102,6 +102,9 @@ def test_vae_report_colours_codes_by_their_own_rows(large):
     log_px = np.asarray(vae.score_samples(D[rows], n_samples=IS_SAMPLES))
     worst = column(data / "anomalies.csv", "row", int)
     np.testing.assert_array_equal(worst, rows[np.argsort(log_px, kind="stable")[:10]])
+    # training's last estimate of I(x; z) is in the headline beside the active units
+    page = (large["dir"] / "vae" / "report.html").read_text()
+    assert f">{vae.history_['mutual_information'][-1]:.3f}<" in page
     assert (column(data / "anomalies.csv", "label", int) == labels[worst]).all()
     kl = column(data / "latent-dimensions.csv", "mean KL (nats)")
     assert kl.shape == (3,) and (kl >= 0).all()

@@ -30,9 +30,7 @@ def vae_summary(vae, X) -> dict:
 def latent_diagnostics(vae, X) -> dict:
     """Per latent dimension: mean KL(q(z_j | x) || N(0, 1)) (N(0, I) prior only; from
     ``history_`` when training recorded it), Cov_x(E_q[z_j | x]) and whether the unit is
-    active."""
-    import torch
-
+    active; the last epoch's estimate of I(x; z) when training recorded it."""
     codes = np.asarray(vae.transform(np.asarray(X, dtype=np.float32)), dtype=np.float64)
     variance = codes.var(0)
     kl = None
@@ -40,19 +38,11 @@ def latent_diagnostics(vae, X) -> dict:
     recorded = history.get("kl_per_dimension")
     if recorded:
         kl = np.asarray(recorded[-1], dtype=np.float64)
-    elif vae.prior == "normal":
-        from elbokit._validation import resolve_device, resolve_dtype
-
-        module = vae.module_
-        Xt = torch.as_tensor(np.asarray(X), dtype=resolve_dtype(vae.dtype),
-                             device=resolve_device(vae.device))
-        with torch.no_grad():
-            total = torch.zeros(codes.shape[1], dtype=torch.float64, device=Xt.device)
-            for start in range(0, Xt.shape[0], 1024):
-                q = module.encoder(Xt[start:start + 1024])
-                total += module.kl_per_dimension(q).sum(0, dtype=torch.float64)
-        kl = (total / max(1, Xt.shape[0])).cpu().numpy()
-    return {"codes": codes, "variance": variance, "kl": kl, "active": variance > ACTIVE_THRESHOLD}
+    elif vae.prior == "normal":  # a model saved before training recorded it
+        kl = np.asarray(vae.collapse_diagnostics(X, max_rows=len(X))["kl_per_dimension"])
+    information = history.get("mutual_information")  # I(x; z) under q, last epoch
+    return {"codes": codes, "variance": variance, "kl": kl, "active": variance > ACTIVE_THRESHOLD,
+            "mutual_information": float(information[-1]) if information else None}
 
 
 def _count(n: int, what: str) -> str:
@@ -92,6 +82,8 @@ def vae_page(vae, data: Data, metrics: dict, labels=None, progress=None,
         f"log p(x), importance-sampled, k={IS_SAMPLES}": f"{s['log_px']:.3f}",
         "KL gap (estimate)": f"{s['kl_gap']:.3f}",
         "active units": f"{int(diag['active'].sum())} of {vae.latent_dim}"})
+    if diag["mutual_information"] is not None:
+        page.headline["I(x; z) under q, estimate (nats)"] = f"{diag['mutual_information']:.3f}"
     _training(page, vae, s, len(X))
     shape = _image_shape(vae)
     progress("images")
