@@ -1,0 +1,430 @@
+"""LDA's Gibbs conditional, drawn sparsely: the local sweep of the blocked sampler.
+
+The sampler (:meth:`elbokit.models.lda.LDAModel.sample_local`) draws the
+topics beta once per sweep; given beta the documents are independent, and
+inside a document each token's topic is drawn from its conditional with
+theta integrated out (Magnusson, Jonsson, Villani & Broman 2018, "sparse
+partially collapsed" LDA)::
+
+    p(z_i = k | z_-i, beta)  proportional to  (n_dk^-i + alpha_k) beta_kw
+
+    = alpha_k beta_kw           smoothing bucket s_w = sum_k alpha_k beta_kw:
+                                the word's alone, its cumulative sums built
+                                once per sweep, a topic found by bisection
+    + n_dk^-i beta_kw           document bucket r = sum over the document's
+                                topics in use only
+
+(SparseLDA's decomposition, Yao, Mimno & McCallum 2009). One uniform per
+token picks the bucket and the topic inside it, so the draw is exact, and
+its cost per token is the number of topics the document uses plus log K:
+a short document's few topics, at most K for a long one.
+
+Two implementations of the same conditional:
+
+* :func:`sweep_numba` (CPU): each document's tokens in turn, documents in
+  parallel threads. A Python-level tensor program cannot do this at
+  tomotopy's speed: a vectorised sweep runs one tensor operation per token
+  position over the documents that reach it, dozens of operations a
+  position, each a full pass over memory with its dispatch cost, and a
+  step per position of the longest document (measured in the closing
+  note). numba compiles the loop (cached on disk after the first call).
+* :func:`sweep_torch` (any device, GPUs): position j of every document at
+  once, the conditional computed densely over K (exact, vectorised). Tokens
+  beyond position ``long_from`` of long documents are drawn in one block
+  given theta_d ~ Dirichlet(alpha + n_d) (an exact blocked-Gibbs step of the
+  model with theta kept), so the number of sequential steps is bounded
+  whatever the documents' lengths.
+
+The uniforms come from the estimator's ``torch.Generator`` (one per token
+per sweep), so a seed repeats the chain on every path and thread count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from elbokit.data.text import DocBatch
+from elbokit.inference.sampling import dirichlet
+
+LONG_FROM = 64  # torch path: tokens past this position of a document are drawn given theta
+
+
+@dataclass
+class TokenState:
+    """One batch's tokens and their topics, grouped by document.
+
+    Attributes
+    ----------
+    z : IntTensor, shape (T,)
+        Topic of each token (int32).
+    word : IntTensor, shape (T,)
+        Word of each token (int32), tokens of document d in
+        ``[doc_ptr[d], doc_ptr[d + 1])``, in a random order fixed at the start.
+    doc_ptr : LongTensor, shape (n_docs + 1,)
+    doc : LongTensor, shape (T,)
+        Document of each token.
+    ndk : IntTensor, shape (n_docs, K)
+        Topic counts per document, consistent with ``z`` after every sweep.
+    """
+
+    z: torch.Tensor
+    word: torch.Tensor
+    doc_ptr: torch.Tensor
+    doc: torch.Tensor
+    ndk: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.z.shape[0])
+
+    def lengths(self) -> torch.Tensor:
+        return self.doc_ptr[1:] - self.doc_ptr[:-1]
+
+
+def token_state(batch: DocBatch, K: int, generator: torch.Generator) -> TokenState:
+    """Tokens of ``batch`` (a non-zero of count c is c tokens), shuffled within each
+    document, with topics drawn uniformly."""
+    device = batch.count.device
+    counts = batch.count.round().to(torch.int64)
+    token = torch.repeat_interleave(torch.arange(counts.shape[0], device=device), counts)
+    doc = batch.doc[token]
+    T = int(doc.shape[0])
+    # a random order within each document: sort by (document, random key)
+    key = torch.rand(T, generator=generator, device=device, dtype=torch.float64)
+    order = torch.argsort(doc.to(torch.float64) + key * 0.5, stable=True)
+    token, doc = token[order], doc[order]
+    lengths = torch.bincount(doc, minlength=batch.n_docs)
+    doc_ptr = torch.zeros(batch.n_docs + 1, dtype=torch.int64, device=device)
+    doc_ptr[1:] = torch.cumsum(lengths, 0)
+    z = torch.randint(0, K, (T,), generator=generator, device=device, dtype=torch.int64)
+    ndk = doc_topic_counts(doc, z, batch.n_docs, K)
+    return TokenState(z.to(torch.int32), batch.word[token].to(torch.int32), doc_ptr, doc, ndk)
+
+
+def doc_topic_counts(doc, z, n_docs: int, K: int) -> torch.Tensor:
+    """n_dk, shape (n_docs, K), int32."""
+    flat = torch.bincount(doc * K + z.to(torch.int64), minlength=n_docs * K)
+    return flat.view(n_docs, K).to(torch.int32)
+
+
+def smoothing_cdf(beta_t: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Cumulative sums over topics of alpha_k beta_kw, shape (V, K): the smoothing
+    bucket of every word (its last column is s_w)."""
+    return torch.cumsum(beta_t * alpha.to(beta_t.dtype)[None, :], 1)
+
+
+# ---------------------------------------------------------------- CPU: numba
+_NUMBA_SWEEP = None
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return False
+    return True
+
+
+def _compile():
+    """The numba sweep, compiled on first use (and cached on disk by numba)."""
+    global _NUMBA_SWEEP
+    if _NUMBA_SWEEP is not None:
+        return _NUMBA_SWEEP
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def sweep(doc_ptr, words, z, u, beta_t, scdf, a0, ndk, ll, first, stop):  # pragma: no cover
+        K = beta_t.shape[1]
+        if True:
+            topics = np.empty(K, np.int32)   # the document's topics in use ...
+            where = np.full(K, -1, np.int32)  # ... and each one's slot in that list
+            for d in range(first, stop):
+                lo, hi = doc_ptr[d], doc_ptr[d + 1]
+                nd = ndk[d]
+                m = 0
+                for k in range(K):
+                    if nd[k] > 0:
+                        where[k] = m
+                        topics[m] = k
+                        m += 1
+                norm = (hi - lo - 1) + a0
+                acc = 0.0
+                prod = 1.0
+                for t in range(lo, hi):
+                    w = words[t]
+                    k = z[t]
+                    nd[k] -= 1
+                    if nd[k] == 0:  # drop k from the topics in use
+                        m -= 1
+                        last = topics[m]
+                        topics[where[k]] = last
+                        where[last] = where[k]
+                        where[k] = -1
+                    r = 0.0  # document bucket
+                    for j in range(m):
+                        kk = topics[j]
+                        r += nd[kk] * beta_t[w, kk]
+                    s = scdf[w, K - 1]  # smoothing bucket
+                    x = u[t] * (r + s)
+                    if x < r:
+                        new = topics[m - 1]
+                        for j in range(m):
+                            kk = topics[j]
+                            x -= nd[kk] * beta_t[w, kk]
+                            if x < 0.0:
+                                new = kk
+                                break
+                    else:
+                        x -= r
+                        a, b = 0, K - 1
+                        while a < b:
+                            mid = (a + b) >> 1
+                            if scdf[w, mid] > x:
+                                b = mid
+                            else:
+                                a = mid + 1
+                        new = a
+                    prod *= (r + s) / norm
+                    if prod < 1e-280:
+                        acc += math.log(prod)
+                        prod = 1.0
+                    if nd[new] == 0:
+                        where[new] = m
+                        topics[m] = new
+                        m += 1
+                    nd[new] += 1
+                    z[t] = new
+                ll[d] = acc + math.log(prod)
+                for j in range(m):
+                    where[topics[j]] = -1
+
+    _NUMBA_SWEEP = sweep
+    return sweep
+
+
+_POOL = None
+
+
+def _pool(threads: int):
+    """Threads for the numba sweep (it releases the GIL): documents split between them.
+    Plain threads, not numba's parallel layer, whose OpenMP pool fights torch's."""
+    global _POOL
+    from concurrent.futures import ThreadPoolExecutor
+
+    if _POOL is None or _POOL._max_workers != threads:
+        if _POOL is not None:
+            _POOL.shutdown(wait=True)
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="elbokit-gibbs")
+    return _POOL
+
+
+def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
+                u: torch.Tensor) -> torch.Tensor:
+    """One sweep over a CPU batch, each token drawn from :func:`draw_reference`'s
+    conditional; updates ``state``.
+
+    Parameters
+    ----------
+    beta_t : Tensor, shape (V, K)
+        beta transposed (float32 or float64), contiguous.
+    alpha : Tensor, shape (K,)
+    u : float64 Tensor, shape (T,)
+        One uniform per token.
+
+    Returns
+    -------
+    float64 Tensor, shape (n_docs,)
+        Per document, sum over its tokens of log p(w_i | z_-i, beta): the
+        log of each token's predictive probability at its draw.
+    """
+    kernel = _compile()
+    n_docs = state.ndk.shape[0]
+    ll = np.zeros(n_docs)
+    if not state.n_tokens:
+        return torch.from_numpy(ll)
+    bt = np.ascontiguousarray(beta_t.numpy())
+    scdf = np.ascontiguousarray(smoothing_cdf(beta_t, alpha).numpy())
+    a0 = float(alpha.to(torch.float64).sum())
+    args = (state.doc_ptr.numpy(), state.word.numpy(), state.z.numpy(), u.numpy(), bt, scdf,
+            a0, state.ndk.numpy(), ll)
+    threads = max(1, min(torch.get_num_threads(), n_docs, state.n_tokens // 20000 + 1))
+    if threads == 1:
+        kernel(*args, 0, n_docs)
+    else:  # split the documents into runs of about equal numbers of tokens
+        ptr = state.doc_ptr
+        cuts = torch.searchsorted(ptr, torch.linspace(0, state.n_tokens, threads + 1,
+                                                      dtype=torch.float64).to(ptr.dtype))
+        cuts = cuts.clamp_(max=n_docs).tolist()
+        cuts[0], cuts[-1] = 0, n_docs
+        jobs = [_pool(threads).submit(kernel, *args, a, b)
+                for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+        for job in jobs:
+            job.result()
+    return torch.from_numpy(ll)
+
+
+# ---------------------------------------------------------------- any device: torch
+def _positions(state: TokenState):
+    """Position of each token in its document."""
+    T = state.n_tokens
+    start = state.doc_ptr[:-1][state.doc]
+    return torch.arange(T, device=state.z.device) - start
+
+
+def sweep_torch(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor,
+                generator: torch.Generator, long_from: int = LONG_FROM) -> torch.Tensor:
+    """One sweep, vectorised over documents (any device); updates ``state``.
+
+    Tokens at position >= ``long_from`` are drawn first, all at once, from
+    theta_d beta_kw with theta_d ~ Dirichlet(alpha + n_d); then position j
+    = 0, 1, ... of every document, each draw from the collapsed conditional
+    (n_dk^-i + alpha_k) beta_kw computed densely. Returns the per-document sum
+    of log predictive probabilities of the tokens at their draws (for
+    the block, log sum_k theta_dk beta_kw).
+    """
+    device = state.z.device
+    dtype = beta_t.dtype
+    n_docs, K = state.ndk.shape
+    ll = torch.zeros(n_docs, dtype=torch.float64, device=device)
+    if state.n_tokens == 0:
+        return ll
+    alpha_c = alpha.to(dtype)
+    pos = _positions(state)
+    z = state.z.to(torch.int64)
+    late = torch.nonzero(pos >= long_from).squeeze(1)
+    if late.numel():
+        d = state.doc[late]
+        theta = dirichlet(alpha.to(torch.float64)[None, :] + state.ndk.to(torch.float64),
+                          generator).to(dtype)
+        p = theta.index_select(0, d) * beta_t.index_select(0, state.word[late].to(torch.int64))
+        cdf = torch.cumsum(p, 1)
+        total = cdf[:, -1]
+        new = (cdf < (u[late].to(dtype) * total)[:, None]).sum(1).clamp_(max=K - 1)
+        z[late] = new
+        ll.index_add_(0, d, torch.log(total.to(torch.float64)))
+    ndk = doc_topic_counts(state.doc, z, n_docs, K).to(dtype)
+    lengths = state.lengths().to(torch.float64)
+    early = torch.nonzero(pos < long_from).squeeze(1)
+    pos_e = pos[early]
+    order = early[torch.argsort(pos_e, stable=True)]
+    per_pos = torch.bincount(pos_e, minlength=1).tolist()
+    a0 = float(alpha.to(torch.float64).sum())
+    start = 0
+    for n in per_pos:
+        idx = order[start:start + n]
+        start += n
+        d, w = state.doc[idx], state.word[idx].to(torch.int64)
+        old = z[idx]
+        ndk[d, old] -= 1
+        p = (ndk.index_select(0, d) + alpha_c) * beta_t.index_select(0, w)
+        cdf = torch.cumsum(p, 1)
+        total = cdf[:, -1]
+        new = (cdf < (u[idx].to(dtype) * total)[:, None]).sum(1).clamp_(max=K - 1)
+        ndk[d, new] += 1
+        z[idx] = new
+        ll.index_add_(0, d, torch.log(total.to(torch.float64) / (lengths[d] - 1 + a0)))
+    state.z = z.to(torch.int32)
+    state.ndk = ndk.round().to(torch.int32)
+    return ll
+
+
+def sweep(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
+          generator: torch.Generator, use_numba: bool | None = None) -> torch.Tensor:
+    """One local sweep: numba on CPU (when available), the vectorised torch sweep elsewhere."""
+    u = torch.rand(state.n_tokens, generator=generator, device=state.z.device,
+                   dtype=torch.float64)
+    if use_numba is None:
+        use_numba = state.z.device.type == "cpu" and numba_available()
+    if use_numba:
+        return sweep_numba(state, beta_t.contiguous(), alpha, u)
+    return sweep_torch(state, beta_t, alpha, u, generator)
+
+
+def draw_reference(n_minus: torch.Tensor, alpha: torch.Tensor, beta_w: torch.Tensor) -> torch.Tensor:
+    """The dense conditional (n_dk^-i + alpha_k) beta_kw normalised, shape (..., K): what
+    every sweep draws from (for tests and documentation)."""
+    p = (n_minus.to(torch.float64) + alpha.to(torch.float64)) * beta_w.to(torch.float64)
+    return p / p.sum(-1, keepdim=True)
+
+
+# ---------------------------------------------------------------- learned priors
+def count_histogram(ndk: torch.Tensor, n_max: int) -> torch.Tensor:
+    """h[k, n] = number of documents with n_dk = n, n = 0..n_max (float64, (K, n_max + 1))."""
+    K = ndk.shape[1]
+    keys = ndk.to(torch.int64).clamp_(max=n_max) + \
+        torch.arange(K, device=ndk.device)[None, :] * (n_max + 1)
+    flat = torch.bincount(keys.reshape(-1), minlength=K * (n_max + 1))
+    return flat.view(K, n_max + 1).to(torch.float64)
+
+
+def length_histogram(lengths: torch.Tensor, n_max: int) -> torch.Tensor:
+    """h[n] = number of documents of n tokens, n = 0..n_max (float64)."""
+    return torch.bincount(lengths.to(torch.int64).clamp(max=n_max),
+                          minlength=n_max + 1).to(torch.float64)
+
+
+def _digamma_diff_sums(hist: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """sum_n hist[..., n] (psi(n + a) - psi(a)) = sum_j (#with count > j) / (a + j)."""
+    above = torch.flip(torch.cumsum(torch.flip(hist, (-1,)), -1), (-1,))[..., 1:]  # count > j
+    j = torch.arange(above.shape[-1], dtype=torch.float64, device=hist.device)
+    return (above / (a[..., None] + j)).sum(-1)
+
+
+def minka_alpha(alpha: torch.Tensor, topic_hist: torch.Tensor, length_hist: torch.Tensor, *,
+                n_iter: int = 20, floor: float = 1e-6) -> torch.Tensor:
+    """Minka's fixed point for an asymmetric Dirichlet prior on theta from counts.
+
+    alpha_k <- alpha_k sum_d [psi(n_dk + alpha_k) - psi(alpha_k)]
+                     / sum_d [psi(N_d + alpha_0) - psi(alpha_0)],
+
+    each iteration increasing the Dirichlet-multinomial evidence of the
+    topic counts, computed from histograms of the counts (Wallach 2008;
+    Mallet's and tomotopy's optimiser).
+
+    Parameters
+    ----------
+    alpha : Tensor, shape (K,)
+    topic_hist : Tensor, shape (K, n_max + 1)
+        :func:`count_histogram` summed over documents.
+    length_hist : Tensor, shape (n_max + 1,)
+        :func:`length_histogram` summed over documents.
+    """
+    a = alpha.to(torch.float64).clone()
+    if float(length_hist[1:].sum()) <= 0:
+        return a
+    for _ in range(n_iter):
+        num = _digamma_diff_sums(topic_hist, a)
+        den = _digamma_diff_sums(length_hist[None, :], a.sum()[None])[0]
+        a = (a * num / den).clamp_min(floor)
+    if not bool(torch.isfinite(a).all()):
+        raise FloatingPointError("the alpha update diverged; pass a fixed alpha instead.")
+    return a
+
+
+def minka_eta(eta: float, topic_word: torch.Tensor, *, n_iter: int = 20,
+              floor: float = 1e-6) -> float:
+    """Minka's fixed point for a symmetric Dirichlet prior eta on the topics from counts.
+
+    eta <- eta sum_kw [psi(n_kw + eta) - psi(eta)] / (V sum_k [psi(n_k + V eta) - psi(V eta)]),
+
+    the sums over the topic-word counts taken from their histogram.
+    """
+    nkw = topic_word.to(torch.float64)
+    K, V = nkw.shape
+    counts = nkw.round().to(torch.int64).reshape(-1)
+    hist = torch.bincount(counts, minlength=2).to(torch.float64)  # entries with n_kw = n
+    nk = nkw.sum(1)
+    e = torch.tensor(float(eta), dtype=torch.float64, device=nkw.device)
+    for _ in range(n_iter):
+        num = _digamma_diff_sums(hist[None, :], e[None])[0]
+        den = V * (torch.digamma(nk + V * e) - torch.digamma(V * e)).sum()
+        if float(den) <= 0:
+            break
+        e = (e * num / den).clamp_min(floor)
+    if not bool(torch.isfinite(e)):
+        raise FloatingPointError("the eta update diverged; pass a fixed eta instead.")
+    return float(e)
