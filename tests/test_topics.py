@@ -446,3 +446,31 @@ def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
+
+
+def test_perplexity_scale_against_scikit_learn(lda_data):
+    """scikit-learn's perplexity is exp(-(documents' bound + the topics' prior term) / N):
+    our score_samples plus LDAModel.global_bound, per word; its topic term grows
+    relative to the documents' as N shrinks, ours (per word) does not."""
+    from sklearn.decomposition import LatentDirichletAllocation
+
+    from elbokit.models.lda import LDAModel, LDAParams
+
+    X = lda_data[0].astype(np.float64)
+    skl = LatentDirichletAllocation(4, max_iter=20, random_state=0, mean_change_tol=1e-6,
+                                    max_doc_update_iter=500).fit(X)
+    lda = LDA(4, alpha="symmetric", eta="symmetric", local_tol=1e-6, local_max_iter=500,
+              dtype="float64")
+    K, V = skl.components_.shape
+    params = LDAParams(torch.tensor(skl.components_), torch.full((K,), 0.25, dtype=torch.float64),
+                       torch.full((V,), 0.25, dtype=torch.float64))
+    lda._store(params, is_torch=False, bounds=[0.0], n_features=V, method="batch")
+    topics_term = float(LDAModel().global_bound(params))
+    for rows in (slice(None), slice(0, 10)):
+        part = X[rows]
+        n = part.sum()
+        ours = np.exp(-(lda.score_samples(part).sum() + topics_term) / n)
+        assert ours == pytest.approx(skl.perplexity(part), rel=1e-4)
+    small, full = X[:10], X
+    assert skl.perplexity(small) > 1.5 * skl.perplexity(full)  # the topic term, charged to 10 docs
+    assert lda.perplexity(small, estimate="bound") < 1.5 * lda.perplexity(full, estimate="bound")

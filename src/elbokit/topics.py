@@ -359,10 +359,10 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         return as_counts(X, name=name, dtype=dtype, device=device, n_features=n_features,
                          allow_empty=allow_empty, estimator=type(self).__name__)
 
-    def _model(self, method: str, max_length: int = 1) -> LDAModel:
+    def _model(self, method: str) -> LDAModel:
         return LDAModel(resolve_dtype(self.dtype), int(self.local_max_iter),
                         float(self.local_tol), learn_alpha=self._learned(self.alpha),
-                        learn_eta=self._learned(self.eta), max_length=max_length)
+                        learn_eta=self._learned(self.eta))
 
     def _chunk_rows(self, counts: SparseCounts) -> int:
         if self.batch_size is not None:
@@ -529,11 +529,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
             )
 
     def _fit_gibbs(self, counts, params, gen, reducer, max_iter):
-        lengths = counts.doc_lengths()
-        longest = int(lengths.max()) if lengths.numel() else 1
-        if reducer is not None:
-            longest = max(reducer.sizes(longest))
-        model = self._model("gibbs", max_length=longest)
+        model = self._model("gibbs")
         source = CountBatches(counts, self._chunk_rows(counts))
         draw = LDADraw(params.concentration / params.concentration.sum(1, keepdim=True),
                        params.alpha, params.eta)

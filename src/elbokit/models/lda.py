@@ -320,20 +320,19 @@ class LDAModel:
         Re-estimate alpha (asymmetric) / eta (symmetric) by empirical Bayes in
         each global update: Newton's method on the bound (VI), Minka's fixed
         point on the sampled counts (Gibbs).
-    max_length : int
-        Gibbs: longest document of the corpus (the size of the count
-        histograms the alpha update reads; the same on every rank).
+    use_numba : bool, optional
+        Gibbs on CPU: the compiled sweep (default when numba imports) or the
+        vectorised torch one.
     """
 
     def __init__(self, dtype=torch.float32, local_max_iter: int = 100, local_tol: float = 1e-3,
-                 learn_alpha: bool = False, learn_eta: bool = False, max_length: int = 1,
+                 learn_alpha: bool = False, learn_eta: bool = False,
                  use_numba: bool | None = None):
         self.dtype = dtype
         self.local_max_iter = local_max_iter
         self.local_tol = local_tol
         self.learn_alpha = learn_alpha
         self.learn_eta = learn_eta
-        self.max_length = max(1, int(max_length))
         self.use_numba = use_numba
 
     # ------------------------------------------------------------ local
@@ -441,8 +440,8 @@ class LDAModel:
             stats["elog_theta"] = torch.zeros(K, dtype=f64, device=device)
             stats["n_docs"] = torch.zeros((), dtype=f64, device=device)
         if self.learn_alpha and gibbs:
-            stats["topic_hist"] = torch.zeros(K, self.max_length + 1, dtype=f64, device=device)
-            stats["length_hist"] = torch.zeros(self.max_length + 1, dtype=f64, device=device)
+            stats["alpha_num"] = torch.zeros(K, dtype=f64, device=device)
+            stats["alpha_den"] = torch.zeros((), dtype=f64, device=device)
         return stats
 
     def maximize(self, stats, params: LDAParams, scale: float = 1.0) -> LDAParams:
@@ -484,8 +483,8 @@ class LDAModel:
         -------
         stats : dict
             ``topic_word``: (K, V) float64 counts of the new assignments; with
-            alpha learned, ``topic_hist`` / ``length_hist``: histograms of the
-            document-topic counts and document lengths (Minka's update).
+            alpha learned, ``alpha_num`` / ``alpha_den``: the sums of Minka's
+            fixed point at the sweep's alpha.
         log_likelihood : float64
             sum over tokens of log p(w_i | z_-i, beta), each token's predictive
             probability at its draw.
@@ -496,21 +495,21 @@ class LDAModel:
         if local is None:
             local = lda_gibbs.token_state(batch, K, generator)
         beta_t = draw.topic_word.t().contiguous().to(self.dtype)
-        ll = lda_gibbs.sweep(local, beta_t, draw.alpha, generator, self.use_numba)
+        ll, num, den = lda_gibbs.sweep(local, beta_t, draw.alpha, generator, self.use_numba)
         nkw = torch.bincount(local.z.to(torch.int64) * V + local.word.to(torch.int64),
                              minlength=K * V).view(K, V).to(torch.float64)
         stats = {"topic_word": nkw}
         if self.learn_alpha:
-            stats["topic_hist"] = lda_gibbs.count_histogram(local.ndk, self.max_length)
-            stats["length_hist"] = lda_gibbs.length_histogram(local.lengths(), self.max_length)
+            stats["alpha_num"], stats["alpha_den"] = num, den
         return stats, ll.sum(), batch.n_words, local
 
     def sample_global(self, stats, draw: LDADraw, generator) -> LDADraw:
-        """beta ~ Dirichlet(eta + counts); then alpha / eta by Minka's fixed point if learned."""
+        """beta ~ Dirichlet(eta + counts); then alpha (one step) and eta by Minka's fixed
+        point if learned."""
         beta = dirichlet(draw.eta[None, :] + stats["topic_word"], generator)
         alpha, eta = draw.alpha, draw.eta
         if self.learn_alpha:
-            alpha = lda_gibbs.minka_alpha(alpha, stats["topic_hist"], stats["length_hist"])
+            alpha = lda_gibbs.minka_alpha_step(alpha, stats["alpha_num"], stats["alpha_den"])
         if self.learn_eta:
             eta = torch.full_like(eta, lda_gibbs.minka_eta(float(eta[0]), stats["topic_word"]))
         return LDADraw(beta, alpha, eta)

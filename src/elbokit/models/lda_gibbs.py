@@ -137,70 +137,94 @@ def _compile():
     from numba import njit
 
     @njit(cache=True, nogil=True)
-    def sweep(doc_ptr, words, z, u, beta_t, scdf, a0, ndk, ll, first, stop):  # pragma: no cover
+    def digamma(x):  # pragma: no cover - recurrence up to 6, then the asymptotic series
+        r = 0.0
+        while x < 6.0:
+            r -= 1.0 / x
+            x += 1.0
+        f = 1.0 / (x * x)
+        return r + math.log(x) - 0.5 / x - f * (1.0 / 12 - f * (1.0 / 120 - f * (
+            1.0 / 252 - f * (1.0 / 240 - f / 132))))
+
+    @njit(cache=True, nogil=True)
+    def sweep(doc_ptr, words, z, u, beta_t, scdf, alpha, ndk, ll, num, den,
+              first, stop):  # pragma: no cover
         K = beta_t.shape[1]
-        if True:
-            topics = np.empty(K, np.int32)   # the document's topics in use ...
-            where = np.full(K, -1, np.int32)  # ... and each one's slot in that list
-            for d in range(first, stop):
-                lo, hi = doc_ptr[d], doc_ptr[d + 1]
-                nd = ndk[d]
-                m = 0
-                for k in range(K):
-                    if nd[k] > 0:
-                        where[k] = m
-                        topics[m] = k
-                        m += 1
-                norm = (hi - lo - 1) + a0
-                acc = 0.0
-                prod = 1.0
-                for t in range(lo, hi):
-                    w = words[t]
-                    k = z[t]
-                    nd[k] -= 1
-                    if nd[k] == 0:  # drop k from the topics in use
-                        m -= 1
-                        last = topics[m]
-                        topics[where[k]] = last
-                        where[last] = where[k]
-                        where[k] = -1
-                    r = 0.0  # document bucket
+        a0 = 0.0
+        for k in range(K):
+            a0 += alpha[k]
+        psi_a = np.empty(K)
+        for k in range(K):
+            psi_a[k] = digamma(alpha[k])
+        psi_a0 = digamma(a0)
+        topics = np.empty(K, np.int32)   # the document's topics in use ...
+        where = np.full(K, -1, np.int32)  # ... and each one's slot in that list
+        for d in range(first, stop):
+            lo, hi = doc_ptr[d], doc_ptr[d + 1]
+            if hi == lo:
+                continue
+            nd = ndk[d]
+            m = 0
+            for t in range(lo, hi):  # the topics in use, from the tokens: O(length)
+                k = z[t]
+                if where[k] < 0:
+                    where[k] = m
+                    topics[m] = k
+                    m += 1
+            norm = (hi - lo - 1) + a0
+            acc = 0.0
+            prod = 1.0
+            for t in range(lo, hi):
+                w = words[t]
+                k = z[t]
+                nd[k] -= 1
+                if nd[k] == 0:  # drop k from the topics in use
+                    m -= 1
+                    last = topics[m]
+                    topics[where[k]] = last
+                    where[last] = where[k]
+                    where[k] = -1
+                r = 0.0  # document bucket
+                for j in range(m):
+                    kk = topics[j]
+                    r += nd[kk] * beta_t[w, kk]
+                s = scdf[w, K - 1]  # smoothing bucket
+                x = u[t] * (r + s)
+                if x < r:
+                    new = topics[m - 1]
                     for j in range(m):
                         kk = topics[j]
-                        r += nd[kk] * beta_t[w, kk]
-                    s = scdf[w, K - 1]  # smoothing bucket
-                    x = u[t] * (r + s)
-                    if x < r:
-                        new = topics[m - 1]
-                        for j in range(m):
-                            kk = topics[j]
-                            x -= nd[kk] * beta_t[w, kk]
-                            if x < 0.0:
-                                new = kk
-                                break
-                    else:
-                        x -= r
-                        a, b = 0, K - 1
-                        while a < b:
-                            mid = (a + b) >> 1
-                            if scdf[w, mid] > x:
-                                b = mid
-                            else:
-                                a = mid + 1
-                        new = a
-                    prod *= (r + s) / norm
-                    if prod < 1e-280:
-                        acc += math.log(prod)
-                        prod = 1.0
-                    if nd[new] == 0:
-                        where[new] = m
-                        topics[m] = new
-                        m += 1
-                    nd[new] += 1
-                    z[t] = new
-                ll[d] = acc + math.log(prod)
-                for j in range(m):
-                    where[topics[j]] = -1
+                        x -= nd[kk] * beta_t[w, kk]
+                        if x < 0.0:
+                            new = kk
+                            break
+                else:
+                    x -= r
+                    a, b = 0, K - 1
+                    while a < b:
+                        mid = (a + b) >> 1
+                        if scdf[w, mid] > x:
+                            b = mid
+                        else:
+                            a = mid + 1
+                    new = a
+                prod *= (r + s) / norm
+                if prod < 1e-280:
+                    acc += math.log(prod)
+                    prod = 1.0
+                if nd[new] == 0:
+                    where[new] = m
+                    topics[m] = new
+                    m += 1
+                nd[new] += 1
+                z[t] = new
+            ll[d] = acc + math.log(prod)
+            # Minka's statistics: sum_d psi(n_dk + alpha_k) - psi(alpha_k), psi(N_d + a0) - psi(a0)
+            for j in range(m):
+                kk = topics[j]
+                num[kk] += digamma(nd[kk] + alpha[kk]) - psi_a[kk]
+                where[kk] = -1
+            den[0] += digamma((hi - lo) + a0) - psi_a0
 
     _NUMBA_SWEEP = sweep
     return sweep
@@ -210,7 +234,7 @@ _POOL = None
 
 
 def _pool(threads: int):
-    """Threads for the numba sweep (it releases the GIL): documents split between them.
+    """Threads for the numba sweep and the topic draws (both release the GIL).
     Plain threads, not numba's parallel layer, whose OpenMP pool fights torch's."""
     global _POOL
     from concurrent.futures import ThreadPoolExecutor
@@ -222,8 +246,13 @@ def _pool(threads: int):
     return _POOL
 
 
+def threads() -> int:
+    """Threads the CPU sampler uses: torch's setting (``torch.set_num_threads``)."""
+    return max(1, torch.get_num_threads())
+
+
 def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
-                u: torch.Tensor) -> torch.Tensor:
+                u: torch.Tensor):
     """One sweep over a CPU batch, each token drawn from :func:`draw_reference`'s
     conditional; updates ``state``.
 
@@ -237,34 +266,63 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
 
     Returns
     -------
-    float64 Tensor, shape (n_docs,)
+    ll : float64 Tensor, shape (n_docs,)
         Per document, sum over its tokens of log p(w_i | z_-i, beta): the
         log of each token's predictive probability at its draw.
+    num : float64 Tensor, shape (K,)
+        sum over documents of psi(n_dk + alpha_k) - psi(alpha_k) after the sweep.
+    den : float64 Tensor, shape ()
+        sum over non-empty documents of psi(N_d + alpha_0) - psi(alpha_0).
     """
     kernel = _compile()
-    n_docs = state.ndk.shape[0]
+    n_docs, K = state.ndk.shape
     ll = np.zeros(n_docs)
-    if not state.n_tokens:
-        return torch.from_numpy(ll)
-    bt = np.ascontiguousarray(beta_t.numpy())
-    scdf = np.ascontiguousarray(smoothing_cdf(beta_t, alpha).numpy())
-    a0 = float(alpha.to(torch.float64).sum())
-    args = (state.doc_ptr.numpy(), state.word.numpy(), state.z.numpy(), u.numpy(), bt, scdf,
-            a0, state.ndk.numpy(), ll)
-    threads = max(1, min(torch.get_num_threads(), n_docs, state.n_tokens // 20000 + 1))
-    if threads == 1:
-        kernel(*args, 0, n_docs)
-    else:  # split the documents into runs of about equal numbers of tokens
-        ptr = state.doc_ptr
-        cuts = torch.searchsorted(ptr, torch.linspace(0, state.n_tokens, threads + 1,
-                                                      dtype=torch.float64).to(ptr.dtype))
-        cuts = cuts.clamp_(max=n_docs).tolist()
-        cuts[0], cuts[-1] = 0, n_docs
-        jobs = [_pool(threads).submit(kernel, *args, a, b)
-                for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
-        for job in jobs:
-            job.result()
-    return torch.from_numpy(ll)
+    n_threads = max(1, min(threads(), n_docs, state.n_tokens // 20000 + 1))
+    num = np.zeros((n_threads, K))
+    den = np.zeros((n_threads, 1))
+    if state.n_tokens:
+        bt = np.ascontiguousarray(beta_t.numpy())
+        scdf = np.ascontiguousarray(smoothing_cdf(beta_t, alpha).numpy())
+        args = (state.doc_ptr.numpy(), state.word.numpy(), state.z.numpy(), u.numpy(), bt,
+                scdf, np.ascontiguousarray(alpha.to(torch.float64).numpy()),
+                state.ndk.numpy(), ll)
+        if n_threads == 1:
+            kernel(*args, num[0], den[0], 0, n_docs)
+        else:  # the documents in runs of about equal numbers of tokens
+            ptr = state.doc_ptr
+            cuts = torch.searchsorted(ptr, torch.linspace(0, state.n_tokens, n_threads + 1,
+                                                          dtype=torch.float64).to(ptr.dtype))
+            cuts = cuts.clamp_(max=n_docs).tolist()
+            cuts[0], cuts[-1] = 0, n_docs
+            jobs = [_pool(n_threads).submit(kernel, *args, num[i], den[i], a, b)
+                    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]
+            for job in jobs:
+                job.result()
+    return (torch.from_numpy(ll), torch.from_numpy(num.sum(0)),
+            torch.tensor(float(den.sum()), dtype=torch.float64))
+
+
+def gamma_rows(concentration: torch.Tensor, seed: int, rows_per_task: int = 8) -> torch.Tensor:
+    """Gamma(concentration, 1) variates (float64) of a CPU matrix, blocks of rows drawn
+    in parallel threads, each block from its own NumPy stream spawned from ``seed``
+    (so the draws do not depend on the number of threads)."""
+    c = np.ascontiguousarray(concentration.to(torch.float64).numpy())
+    out = np.empty_like(c)
+    blocks = list(range(0, c.shape[0], rows_per_task))
+    seeds = np.random.SeedSequence(seed).spawn(len(blocks))
+
+    def draw(i):
+        lo = blocks[i]
+        out[lo:lo + rows_per_task] = np.random.default_rng(seeds[i]).standard_gamma(
+            c[lo:lo + rows_per_task])
+
+    n = min(threads(), len(blocks))
+    if n <= 1:
+        for i in range(len(blocks)):
+            draw(i)
+    else:
+        list(_pool(n).map(draw, range(len(blocks))))
+    return torch.from_numpy(out)
 
 
 # ---------------------------------------------------------------- any device: torch
@@ -284,14 +342,15 @@ def sweep_torch(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor, u:
     = 0, 1, ... of every document, each draw from the collapsed conditional
     (n_dk^-i + alpha_k) beta_kw computed densely. Returns the per-document sum
     of log predictive probabilities of the tokens at their draws (for
-    the block, log sum_k theta_dk beta_kw).
+    the block, log sum_k theta_dk beta_kw) and :func:`alpha_statistics`.
     """
     device = state.z.device
     dtype = beta_t.dtype
     n_docs, K = state.ndk.shape
     ll = torch.zeros(n_docs, dtype=torch.float64, device=device)
     if state.n_tokens == 0:
-        return ll
+        return (ll, torch.zeros(K, dtype=torch.float64, device=device),
+                torch.zeros((), dtype=torch.float64, device=device))
     alpha_c = alpha.to(dtype)
     pos = _positions(state)
     z = state.z.to(torch.int64)
@@ -329,12 +388,27 @@ def sweep_torch(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor, u:
         ll.index_add_(0, d, torch.log(total.to(torch.float64) / (lengths[d] - 1 + a0)))
     state.z = z.to(torch.int32)
     state.ndk = ndk.round().to(torch.int32)
-    return ll
+    num, den = alpha_statistics(state.ndk, state.lengths(), alpha)
+    return ll, num, den
+
+
+def alpha_statistics(ndk: torch.Tensor, lengths: torch.Tensor, alpha: torch.Tensor):
+    """sum_d psi(n_dk + alpha_k) - psi(alpha_k) per topic, and sum over non-empty
+    documents of psi(N_d + alpha_0) - psi(alpha_0): Minka's fixed-point statistics."""
+    a = alpha.to(torch.float64)
+    nd = ndk.to(torch.float64)
+    num = torch.where(nd > 0, torch.digamma(nd + a) - torch.digamma(a), 0.0).sum(0)
+    lengths = lengths.to(torch.float64)
+    lengths = lengths[lengths > 0]
+    den = (torch.digamma(lengths + a.sum()) - torch.digamma(a.sum())).sum()
+    return num, den
 
 
 def sweep(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
-          generator: torch.Generator, use_numba: bool | None = None) -> torch.Tensor:
-    """One local sweep: numba on CPU (when available), the vectorised torch sweep elsewhere."""
+          generator: torch.Generator, use_numba: bool | None = None):
+    """One local sweep: numba on CPU (when available), the vectorised torch sweep
+    elsewhere. Returns (per-document log predictive, Minka's alpha numerators and
+    denominator), see :func:`sweep_numba`."""
     u = torch.rand(state.n_tokens, generator=generator, device=state.z.device,
                    dtype=torch.float64)
     if use_numba is None:
@@ -352,56 +426,35 @@ def draw_reference(n_minus: torch.Tensor, alpha: torch.Tensor, beta_w: torch.Ten
 
 
 # ---------------------------------------------------------------- learned priors
-def count_histogram(ndk: torch.Tensor, n_max: int) -> torch.Tensor:
-    """h[k, n] = number of documents with n_dk = n, n = 0..n_max (float64, (K, n_max + 1))."""
-    K = ndk.shape[1]
-    keys = ndk.to(torch.int64).clamp_(max=n_max) + \
-        torch.arange(K, device=ndk.device)[None, :] * (n_max + 1)
-    flat = torch.bincount(keys.reshape(-1), minlength=K * (n_max + 1))
-    return flat.view(K, n_max + 1).to(torch.float64)
-
-
-def length_histogram(lengths: torch.Tensor, n_max: int) -> torch.Tensor:
-    """h[n] = number of documents of n tokens, n = 0..n_max (float64)."""
-    return torch.bincount(lengths.to(torch.int64).clamp(max=n_max),
-                          minlength=n_max + 1).to(torch.float64)
-
-
-def _digamma_diff_sums(hist: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """sum_n hist[..., n] (psi(n + a) - psi(a)) = sum_j (#with count > j) / (a + j)."""
-    above = torch.flip(torch.cumsum(torch.flip(hist, (-1,)), -1), (-1,))[..., 1:]  # count > j
-    j = torch.arange(above.shape[-1], dtype=torch.float64, device=hist.device)
-    return (above / (a[..., None] + j)).sum(-1)
-
-
-def minka_alpha(alpha: torch.Tensor, topic_hist: torch.Tensor, length_hist: torch.Tensor, *,
-                n_iter: int = 20, floor: float = 1e-6) -> torch.Tensor:
-    """Minka's fixed point for an asymmetric Dirichlet prior on theta from counts.
+def minka_alpha_step(alpha: torch.Tensor, num: torch.Tensor, den: torch.Tensor, *,
+                     floor: float = 1e-6) -> torch.Tensor:
+    """One step of Minka's fixed point for an asymmetric Dirichlet prior on theta:
 
     alpha_k <- alpha_k sum_d [psi(n_dk + alpha_k) - psi(alpha_k)]
                      / sum_d [psi(N_d + alpha_0) - psi(alpha_0)],
 
-    each iteration increasing the Dirichlet-multinomial evidence of the
-    topic counts, computed from histograms of the counts (Wallach 2008;
-    Mallet's and tomotopy's optimiser).
-
-    Parameters
-    ----------
-    alpha : Tensor, shape (K,)
-    topic_hist : Tensor, shape (K, n_max + 1)
-        :func:`count_histogram` summed over documents.
-    length_hist : Tensor, shape (n_max + 1,)
-        :func:`length_histogram` summed over documents.
+    ``num`` and ``den`` those sums at the current alpha (see
+    :func:`alpha_statistics`). Each step raises the Dirichlet-multinomial
+    evidence of the counts (Minka 2000; Mallet and tomotopy optimise alpha
+    so); the sampler takes one per sweep, the counts moving with it.
     """
-    a = alpha.to(torch.float64).clone()
-    if float(length_hist[1:].sum()) <= 0:
-        return a
-    for _ in range(n_iter):
-        num = _digamma_diff_sums(topic_hist, a)
-        den = _digamma_diff_sums(length_hist[None, :], a.sum()[None])[0]
-        a = (a * num / den).clamp_min(floor)
-    if not bool(torch.isfinite(a).all()):
+    a = alpha.to(torch.float64)
+    if float(den) <= 0:
+        return a.clone()
+    new = (a * num.to(torch.float64) / den).clamp_min(floor)
+    if not bool(torch.isfinite(new).all()):
         raise FloatingPointError("the alpha update diverged; pass a fixed alpha instead.")
+    return new
+
+
+def minka_alpha(alpha: torch.Tensor, ndk: torch.Tensor, *, n_iter: int = 100,
+                floor: float = 1e-6) -> torch.Tensor:
+    """Minka's fixed point iterated on fixed counts ``ndk`` (n_docs, K): the alpha
+    maximising their Dirichlet-multinomial evidence."""
+    lengths = ndk.sum(1)
+    a = alpha.to(torch.float64)
+    for _ in range(n_iter):
+        a = minka_alpha_step(a, *alpha_statistics(ndk, lengths, a), floor=floor)
     return a
 
 
@@ -411,16 +464,18 @@ def minka_eta(eta: float, topic_word: torch.Tensor, *, n_iter: int = 20,
 
     eta <- eta sum_kw [psi(n_kw + eta) - psi(eta)] / (V sum_k [psi(n_k + V eta) - psi(V eta)]),
 
-    the sums over the topic-word counts taken from their histogram.
+    the first sum taken from the histogram of the counts:
+    sum_n h(n) (psi(n + eta) - psi(eta)) = sum_j (#counts > j) / (eta + j).
     """
     nkw = topic_word.to(torch.float64)
     K, V = nkw.shape
-    counts = nkw.round().to(torch.int64).reshape(-1)
-    hist = torch.bincount(counts, minlength=2).to(torch.float64)  # entries with n_kw = n
+    hist = torch.bincount(nkw.round().to(torch.int64).reshape(-1), minlength=2).to(torch.float64)
+    above = torch.flip(torch.cumsum(torch.flip(hist, (0,)), 0), (0,))[1:]  # counts > j
+    j = torch.arange(above.shape[0], dtype=torch.float64, device=nkw.device)
     nk = nkw.sum(1)
     e = torch.tensor(float(eta), dtype=torch.float64, device=nkw.device)
     for _ in range(n_iter):
-        num = _digamma_diff_sums(hist[None, :], e[None])[0]
+        num = (above / (e + j)).sum()
         den = V * (torch.digamma(nk + V * e) - torch.digamma(V * e)).sum()
         if float(den) <= 0:
             break
