@@ -37,7 +37,8 @@ from elbokit.models.lda import (
 
 METHODS = ("auto", "batch", "online", "gibbs")
 # max_iter=None: iterations (batch), passes (online), most sweeps (gibbs)
-DEFAULT_MAX_ITER = {"batch": 100, "online": 10, "gibbs": 1000}
+DEFAULT_MAX_ITER = {"batch": 100, "online": 10, "gibbs": 200}
+AUTO_REPEAT = 2.0  # method="auto": Gibbs up to this many tokens per non-zero count
 _CHUNK_ELEMENTS = 1 << 23  # elements of one (nnz, K) work tensor in batch mode
 
 
@@ -71,9 +72,11 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         start at 1/K and learn an asymmetric alpha by empirical Bayes in every
         global update (VI: Newton's method on the bound; Gibbs: Minka's fixed
         point on the sampled counts, as Mallet and tomotopy). None means 1/K.
-    eta : float, array of shape (V,), "symmetric" or "auto", default="symmetric"
-        Topic-word prior; "symmetric" or None: 1/K; "auto": start at 1/K and
-        learn a symmetric eta alike.
+    eta : float, array of shape (V,), "symmetric" or "auto", optional
+        Topic-word prior; "symmetric": 1/K; "auto": start at 1/K and learn a
+        symmetric eta alike. None (default): "auto" for Gibbs sampling,
+        "symmetric" for VI (where learning it did not help held-out quality
+        in the measurements, see the README).
     method : {"auto", "batch", "online", "gibbs"}, default="auto"
         ``batch``: variational EM (Blei et al. 2003): every iteration solves
         each document's local problem afresh and keeps, per document, that
@@ -209,7 +212,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         *,
         n_components=None,
         alpha="auto",
-        eta="symmetric",
+        eta=None,
         method="auto",
         max_iter=None,
         batch_size=None,
@@ -271,13 +274,21 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         return check_positive_int(self.max_iter, "max_iter")
 
     def _resolve_method(self, counts: SparseCounts, reducer) -> str:
+        """``auto``: Gibbs for integer counts of documents that use a word about once
+        (tokens per non-zero up to AUTO_REPEAT: short documents, where sampling gave
+        the best topics), batch VI for long documents (where VI's cost follows the
+        distinct words, the sampler's every token) and for real-valued weights."""
         if self.method != "auto":
             return self.method
         d = counts.data.to(torch.float64)
-        fractional = float((d != d.round()).sum()) if d.numel() else 0.0
+        sums = torch.tensor([float((d != d.round()).sum()), float(d.sum()), float(d.numel())],
+                            dtype=torch.float64)
         if reducer is not None:
-            fractional = reducer.sum(fractional)
-        return "gibbs" if fractional == 0 else "batch"
+            sums = torch.tensor([reducer.sum(float(v)) for v in sums], dtype=torch.float64)
+        fractional, tokens, nnz = sums.tolist()
+        if fractional > 0 or tokens > AUTO_REPEAT * max(nnz, 1.0):
+            return "batch"
+        return "gibbs"
 
     def _check_hyperparameters(self):
         self._k()
@@ -313,6 +324,9 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
 
     def _learned(self, value) -> bool:
         return isinstance(value, str) and value == "auto"
+
+    def _eta_setting(self, method: str):
+        return ("auto" if method == "gibbs" else "symmetric") if self.eta is None else self.eta
 
     def _prior(self, value, name, size, device, choices):
         K = self._k()
@@ -362,7 +376,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
     def _model(self, method: str) -> LDAModel:
         return LDAModel(resolve_dtype(self.dtype), int(self.local_max_iter),
                         float(self.local_tol), learn_alpha=self._learned(self.alpha),
-                        learn_eta=self._learned(self.eta))
+                        learn_eta=self._learned(self._eta_setting(method)))
 
     def _chunk_rows(self, counts: SparseCounts) -> int:
         if self.batch_size is not None:
@@ -380,14 +394,16 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         return LDAParams(t(self.components_), t(self.alpha_), t(self.eta_))
 
     def _initial_params(self, counts: SparseCounts, gen, reducer=None,
-                        seeded: bool = False) -> LDAParams:
+                        seeded: bool = False, method: str = "batch") -> LDAParams:
         """Priors and initial topics: lambda ~ Gamma(100, 1/100) (Hoffman et al., as
         scikit-learn and gensim), plus, when ``seeded``, the counts of one random
-        document per topic (Blei et al.'s "seeded" start), the same on every rank."""
+        document per topic (Blei et al.'s "seeded" start), scaled down to the
+        median document length when longer (a long document would otherwise make
+        its topic a copy of itself), the same on every rank."""
         K, V = self._k(), counts.n_features
         device = counts.device
         alpha = self._prior(self.alpha, "alpha", K, device, ("asymmetric",))
-        eta = self._prior(self.eta, "eta", V, device, ())
+        eta = self._prior(self._eta_setting(method), "eta", V, device, ())
         lam = standard_gamma(torch.full((K, V), 100.0, dtype=torch.float64, device=device),
                              gen) / 100.0
         if seeded:
@@ -406,8 +422,26 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
                                 accumulate=True)
             if reducer is not None:
                 seed = reducer({"seed": seed})["seed"]
-            lam = lam + seed
+            total = seed.sum(1, keepdim=True)
+            median = self._median_length(counts, reducer)
+            lam = lam + seed * torch.clamp(median / total.clamp_min(1e-300), max=1.0)
         return LDAParams(lam, alpha, eta)
+
+    @staticmethod
+    def _median_length(counts: SparseCounts, reducer=None) -> float:
+        """Median length of the non-empty documents (over every rank's)."""
+        lengths = counts.doc_lengths().round().to(torch.int64)
+        longest = int(lengths.max()) if lengths.numel() else 0
+        if reducer is not None:
+            longest = max(reducer.sizes(longest))
+        hist = torch.bincount(lengths, minlength=longest + 1).to(torch.float64)[:longest + 1]
+        if reducer is not None:
+            hist = reducer({"lengths": hist})["lengths"]
+        hist[0] = 0.0
+        cum = torch.cumsum(hist, 0)
+        if float(cum[-1]) <= 0:
+            return 1.0
+        return float(torch.searchsorted(cum, cum[-1] / 2))
 
     def _store(self, params, *, is_torch, vocabulary=None, vectorizer_params=None,
                bounds=(), converged=False, n_iter=0, n_batch_iter=0, n_features=None,
@@ -489,7 +523,8 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
             gen.manual_seed(reducer.same_seed(gen.initial_seed()))
             sizes = reducer.sizes(counts.n_docs)
             shard = (sum(sizes[:reducer.rank]), sum(sizes))
-        params = self._initial_params(counts, gen, reducer, seeded=method != "gibbs")
+        params = self._initial_params(counts, gen, reducer, seeded=method != "gibbs",
+                                      method=method)
         if method == "batch":
             model = self._model(method)
             source = CountBatches(counts, self._chunk_rows(counts))
@@ -586,7 +621,8 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         if reducer is not None:  # rank 0's seed: the same initial topics everywhere
             gen.manual_seed(reducer.same_seed(gen.initial_seed()))
         if first:
-            params, t, bounds = self._initial_params(counts, gen), 0, []
+            params, t, bounds = self._initial_params(counts, gen, reducer, seeded=True,
+                                                     method="online"), 0, []
         else:
             params, t, bounds = self._params(counts.device), self.n_batch_iter_, \
                 list(self.lower_bounds_)
