@@ -169,7 +169,8 @@ def test_coherence_and_top_words(fitted, lda_data):
     npmi = lda.coherence(X, top_n=5)
     assert npmi.shape == (4,) and np.all((npmi >= -1) & (npmi <= 1))
     assert np.all(lda.coherence(X, measure="umass", top_n=5) <= 0.0 + 1e-12)
-    top = lda.top_words(5)
+    with pytest.warns(UserWarning, match="column indices"):
+        top = lda.top_words(5)
     assert len(top) == 4 and all(len(t) == 5 for t in top)
     # the true topics live on disjoint blocks of 10 words: each top list stays in one block
     assert all(len({w // 10 for w in t}) == 1 for t in top)

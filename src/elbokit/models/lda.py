@@ -394,12 +394,16 @@ class LDAModel:
 
     def _guarded(self, params, batch, previous, gamma, etheta, norm, B):
         """Per document, the better (by its bound) of the fresh local optimum and the
-        previous iteration's gamma under the new topics: the bound cannot drop."""
+        previous iteration's gamma under the new topics: the bound cannot drop
+        (by more than 1e-12 relative, the margin that settles near ties)."""
         prev = previous.to(gamma.dtype)
         e_prev = torch.exp(dirichlet_expectation(prev))
         n_prev = _row_dots(e_prev, batch.doc, B).add_(torch.finfo(B.dtype).eps)
-        keep = self.doc_bounds(params, batch, prev, n_prev) > \
-            self.doc_bounds(params, batch, gamma, norm)
+        fresh = self.doc_bounds(params, batch, gamma, norm)
+        # keep the previous state only when it is better by more than rounding, so
+        # that a near tie (both at the same optimum) goes the same way whatever
+        # the order of the sums (several processes, batch sizes)
+        keep = self.doc_bounds(params, batch, prev, n_prev) > fresh + 1e-12 * fresh.abs()
         gamma = torch.where(keep[:, None], prev, gamma)
         etheta = torch.where(keep[:, None], e_prev, etheta)
         norm = torch.where(keep[batch.doc], n_prev, norm)
