@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -24,6 +25,7 @@ from elbokit.data.text import Corpus, CountBatches, SparseCounts, as_counts, vec
 from elbokit.inference import distributed
 from elbokit.inference.sampling import run_gibbs, standard_gamma
 from elbokit.inference.vi import online_bound, online_step, run_batch_vi, run_online_vi
+from elbokit.models import lda_gibbs
 from elbokit.models.lda import (
     GammaTable,
     LDADraw,
@@ -580,10 +582,13 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         if model.learn_eta:
             learned.append(lambda d: torch.log(d.eta[:1]))
         monitor = (lambda d: torch.cat([f(d) for f in learned])) if learned else None
-        run = run_gibbs(model, draw, source, n_sweeps=max_iter, burn_in=burn_in,
-                        generator=gen, local_generator=local_gen, verbose=int(self.verbose),
-                        tol=float(self.tol), desc="LDA Gibbs", reduce=reducer,
-                        monitor=monitor)
+        threads = lda_gibbs.cpu_threads() if counts.device.type == "cpu" else \
+            contextlib.nullcontext()
+        with threads:
+            run = run_gibbs(model, draw, source, n_sweeps=max_iter, burn_in=burn_in,
+                            generator=gen, local_generator=local_gen,
+                            verbose=int(self.verbose), tol=float(self.tol), desc="LDA Gibbs",
+                            reduce=reducer, monitor=monitor)
         eta = run.params.eta
         lam = eta[None, :] + run.mean_stats["topic_word"]
         return (LDAParams(lam, run.params.alpha, eta), run.log_likelihoods, run.converged,
