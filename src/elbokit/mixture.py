@@ -52,6 +52,13 @@ _INIT_SAMPLE = 100_000  # rows k-means initialisation sees at most
 _CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 
 
+def _positive_diagonal(gm, value) -> str | None:
+    """Load check: covariances, precisions and their factors have a positive diagonal."""
+    t = torch.as_tensor(value)
+    d = torch.diagonal(t, dim1=-2, dim2=-1) if gm.covariance_type in ("full", "tied") else t
+    return None if bool((d > 0).all()) else "must have a positive diagonal"
+
+
 @io.register
 class GaussianMixture(ElbokitEstimator):
     """Gaussian mixture fitted by expectation-maximisation.
@@ -157,6 +164,17 @@ class GaussianMixture(ElbokitEstimator):
         "lower_bounds_", "lower_bound_", "converged_", "n_iter_", "n_features_in_",
         "n_steps_", "n_reseeded_",
     )
+    _fitted_schema = {
+        "weights_": io.array("n_components", low=0, check=io.sums_to_one),
+        "means_": io.array("n_components", "n_features_in_"),
+        "covariances_": io.array(lambda m: m._cov_shape(m.n_features_in_), check=_positive_diagonal),
+        "precisions_": io.array(lambda m: m._cov_shape(m.n_features_in_), check=_positive_diagonal),
+        "precisions_cholesky_": io.array(lambda m: m._cov_shape(m.n_features_in_),
+                                         check=_positive_diagonal),
+        "lower_bounds_": io.array(None), "lower_bound_": io.real(), "converged_": io.flag(),
+        "n_iter_": io.integer(low=0), "n_features_in_": io.integer(low=1),
+        "n_steps_": io.integer(low=0, optional=True), "n_reseeded_": io.integer(low=0, optional=True),
+    }
 
     def __init__(
         self,
@@ -438,6 +456,7 @@ class GaussianMixture(ElbokitEstimator):
         model = self._model()
         warm = self.warm_start and self.__sklearn_is_fitted__()
         if warm:
+            self._check_features(n_features, "X")  # a warm start continues from the same columns
             first = self._params(device)
 
             def initialize(i):
