@@ -90,11 +90,14 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         afresh); ``gibbs``: a sparse blocked Gibbs sampler (theta collapsed,
         the topics drawn once per sweep), ``components_`` being eta plus the
         topic-word counts averaged after the burn-in; ``auto``: ``gibbs``
-        for integer counts, ``batch`` for real-valued weights (such as
+        for integer counts of short documents (at most ``AUTO_REPEAT`` = 2
+        tokens per non-zero count on average: verses, fortunes, posts),
+        ``batch`` for long documents (whose VI cost follows their distinct
+        words, a sampler's every token) and for real-valued weights (such as
         tf-idf), which a sampler cannot take. ``method_`` is the one used.
     max_iter : int, optional
         Iterations (batch, default 100), passes over the data (online,
-        default 10) or most sweeps (gibbs, default 1000).
+        default 10) or most sweeps (gibbs, default 200).
     batch_size : int, optional
         Documents per mini-batch (online; default 256), or per chunk of the
         local updates (batch and gibbs; default: chosen to bound memory).
@@ -215,6 +218,10 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         "n_features_in_": io.integer(low=1),
         "vocabulary_": io.strings(length="n_features_in_", nullable=True),
         "vectorizer_params_": io.json_value(nullable=True),
+        "method_": io.Field("str", optional=True,
+                            check=lambda model, v: None if v in ("batch", "online", "gibbs")
+                            else f"method_={v!r} is not batch, online or gibbs"),
+        "n_docs_seen_": io.integer(low=0, optional=True),
     }
 
     def __init__(
