@@ -445,7 +445,9 @@ def test_diversity_and_coherence_measures(fitted, lda_data):
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 
-@parametrize_with_checks([LDA()])
+# max_iter=5: what scikit-learn's own common tests set for its LDA (the checks test the
+# API, not convergence)
+@parametrize_with_checks([LDA(max_iter=5)])
 def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
