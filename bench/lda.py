@@ -1,40 +1,62 @@
-"""LDA side by side: elbokit (batch, online, gibbs) against scikit-learn, gensim, tomotopy.
+"""LDA on real corpora of different shapes: elbokit against scikit-learn, gensim and tomotopy.
 
-Corpus: the King James Bible, one document per verse (31,102 verses), from
-the Debian package ``bible-kjv-text`` read through its ``bible`` command
-(``apt-get install bible-kjv``). 90% of the verses train, 10% are held out.
+Corpora, all installed offline on Debian (``--corpora kjv,licences,fortunes``):
 
-Every system gets the same vocabulary (elbokit.Corpus over the training
-verses: English and archaic stop words removed, min_df=5, max_df=0.5), the
-same K, the same priors (alpha = eta = 1/K), the same number of passes over
-the training data, and the same number of threads (``--threads``, default 2; on a machine busy with
-other work, ``--threads 1`` gives steadier figures: OpenMP threads that
-must wait for a core slow torch down many times over).
-Printed per system:
+* ``kjv``: the King James Bible (``bible-kjv``), one document per verse
+  (31,102 short documents);
+* ``licences``: every ``/usr/share/doc/*/copyright`` file, one document each
+  (long documents, median ~570 words, up to ~57,000);
+* ``fortunes``: the fortune databases of ``/usr/share/games/fortunes``, one
+  document per fortune (short, ~15,000 documents).
 
-* wall time of the fit, and the speed-up of each elbokit method over each
-  anchor (anchor time / elbokit time);
-* held-out per-word log-likelihood by document completion: each held-out
-  verse's words are split in two by binomial thinning (seeded, the same
-  split for everyone); the topic mixture is inferred from the first part
-  by the system's own inference, and the second part is scored with
-  log sum_k theta_k beta_kw, beta the system's topic-word distributions;
-* NPMI coherence of each topic's top 10 words, from document co-occurrence
-  in the training verses (one function for every system), averaged over
-  topics.
+Each corpus is vectorised once (scikit-learn's CountVectorizer, English stop
+words, min_df=5, max_df=0.5), 10% of its documents are held out (seeded), and
+every system is fitted on the same counts with K topics (default 50), each
+with its own defaults except where the line says otherwise:
+
+* elbokit's default ``LDA(K)``, and each method (batch, online, gibbs) with
+  that method's defaults;
+* scikit-learn batch (10 iterations) and online (10 passes), on float32 input
+  (its fastest path), ``n_jobs=--threads`` (its CPU seconds are spent in
+  worker processes, not counted here), and batch again with ``n_jobs=1``
+  (``sklearn-batch-1``: all its CPU time in this process);
+* gensim ``LdaModel`` (10 passes, its defaults: alpha = eta = 1/K);
+* tomotopy ``LDAModel`` (1000 iterations, its defaults: alpha 0.1 optimised
+  every 10 iterations, eta 0.01), ``workers=--threads``.
+
+One evaluator scores every system (:func:`evaluate`, reusable: it takes a
+topic-word matrix and a function inferring topic mixtures, so any topic
+model plugs in):
+
+* held-out log-likelihood per token by document completion: each held-out
+  document's words are split in two by binomial thinning (seeded, the same
+  for everyone); the mixture is inferred from the first part by the system's
+  own inference and the second part scored with log sum_k theta_k beta_kw;
+* NPMI of each topic's top 10 words over the held-out documents (document
+  co-occurrence; gensim's ``c_npmi`` formula), averaged over topics;
+* c_v of the top 10 words over the held-out texts (gensim's ``c_v``, sliding
+  windows of 110 tokens);
+* topic diversity: distinct words among all topics' top 25.
+
+Times: wall clock of the fit and CPU seconds of this process during it (the
+machine is shared: CPU time is steadier than wall time under load), with
+``uptime``'s load average printed before each corpus.
 
 Usage::
 
-    python bench/lda.py [--topics 50] [--passes 10] [--only elbokit-batch,gensim ...]
+    python bench/lda.py [--corpora kjv,licences,fortunes] [--topics 50] [--threads 2]
+                        [--only elbokit-default,tomotopy,...] [--out bench/results/lda.txt]
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import warnings
 
@@ -44,86 +66,143 @@ import torch
 
 import elbokit
 from elbokit import LDA, Corpus
-from elbokit.data.text import as_counts
-from elbokit.models.lda import completion_log_likelihood, split_counts, topic_coherence
+from elbokit.data.text import analyzer, as_counts
+from elbokit.models.lda import (
+    completion_log_likelihood,
+    split_counts,
+    topic_coherence,
+    topic_diversity,
+)
 
 THREADS = 2
-ONLINE_BATCH = 2000  # documents per mini-batch for every online method (gensim's default)
-ARCHAIC = ["thee", "thou", "thy", "thine", "ye", "hath", "unto", "shall", "shalt", "hast",
-           "doth", "dost", "art", "saith", "said", "wilt", "upon", "also", "even", "therefore",
-           "things", "thing", "come", "came", "went", "let", "say", "make", "made", "man",
-           "men", "day", "lord", "god"]
 
 
+# ---------------------------------------------------------------- corpora
 def read_kjv() -> list[str]:
     if shutil.which("bible") is None:
-        raise SystemExit("the `bible` command is missing: apt-get install bible-kjv bible-kjv-text")
-    out = subprocess.run(["bible", "-l100000", "Gen1:1-Rev22:21"], capture_output=True,
-                         text=True, check=True).stdout
-    verses = []
-    for line in out.splitlines():
-        m = re.match(r"^\s+\d+\s+(.*)$", line)
-        if m:
-            verses.append(m.group(1))
-    return verses
+        raise SystemExit("the `bible` command is missing: apt-get install bible-kjv")
+    out = subprocess.run(["bible", "-f", "Ge1:1-Re22:21"], capture_output=True, text=True,
+                         check=True).stdout
+    return [re.sub(r"^\S+\d+:\d+\s+", "", line) for line in out.splitlines() if line.strip()]
 
 
-def data(seed=0):
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    verses = read_kjv()
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(verses))
-    n_test = len(verses) // 10
-    test = [verses[i] for i in order[:n_test]]
-    train = [verses[i] for i in order[n_test:]]
-    stop = sorted(set(ENGLISH_STOP_WORDS) | set(ARCHAIC))
-    corpus = Corpus(train, stop_words=stop, min_df=5, max_df=0.5)
-    X_test = corpus.transform(test)
-    first, second = split_counts(as_counts(X_test), 0.5, torch.Generator().manual_seed(seed))
-    obs, held = first.to_scipy().astype(np.int64), second.to_scipy().astype(np.int64)
-    keep = (np.asarray(obs.sum(1)).ravel() > 0) & (np.asarray(held.sum(1)).ravel() > 0)
-    return corpus, obs[keep], held[keep]
+def read_licences() -> list[str]:
+    return [open(f, errors="replace").read() for f in sorted(glob.glob("/usr/share/doc/*/copyright"))]
 
 
-def completion(theta, beta, held) -> float:
-    """Per-word held-out log-likelihood, the same function for every system."""
-    ll = completion_log_likelihood(torch.as_tensor(theta, dtype=torch.float64),
-                                   torch.as_tensor(beta, dtype=torch.float64),
-                                   as_counts(held, dtype=torch.float64))
-    return float(ll.sum() / held.sum())
+def read_fortunes() -> list[str]:
+    docs = []
+    for f in sorted(glob.glob("/usr/share/games/fortunes/*")):
+        if os.path.isfile(f) and "." not in os.path.basename(f):
+            text = open(f, errors="replace").read()
+            docs += [d.strip() for d in re.split(r"\n%\n", text) if d.strip()]
+    return docs
 
 
-def npmi(beta, X) -> float:
-    top = np.argsort(-beta, axis=1, kind="stable")[:, :10]
-    return float(topic_coherence(top, X, "npmi").mean())
+CORPORA = {"kjv": read_kjv, "licences": read_licences, "fortunes": read_fortunes}
+
+
+class Split:
+    """A corpus vectorised once, with its held-out documents split for completion.
+
+    Attributes
+    ----------
+    corpus : elbokit.Corpus of the training documents
+    X : csr int64 (n_train, V) training counts
+    observed, heldout : csr int64 (n_test, V): the two halves of each held-out document
+    test : csr int64 (n_test, V): the held-out documents (observed + heldout)
+    sequences : list of int arrays: held-out documents' tokens as word indices (-1 outside)
+    """
+
+    def __init__(self, docs: list[str], seed: int = 0):
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(docs))
+        n_test = len(docs) // 10
+        train = [docs[i] for i in order[n_test:]]
+        test = [docs[i] for i in order[:n_test]]
+        self.corpus = Corpus(train, min_df=5, max_df=0.5)
+        self.X = self.corpus.counts
+        X_test = self.corpus.transform(test)
+        first, second = split_counts(as_counts(X_test), 0.5, torch.Generator().manual_seed(seed))
+        obs = first.to_scipy().astype(np.int64)
+        held = second.to_scipy().astype(np.int64)
+        keep = (np.asarray(obs.sum(1)).ravel() > 0) & (np.asarray(held.sum(1)).ravel() > 0)
+        self.observed, self.heldout = obs[keep], held[keep]
+        self.test = (self.observed + self.heldout).tocsr()
+        where = {w: i for i, w in enumerate(self.corpus.vocabulary)}
+        analyze = analyzer(self.corpus.vectorizer_params)
+        self.sequences = [np.array([where.get(w, -1) for w in analyze(test[i])], dtype=np.int64)
+                          for i in np.nonzero(keep)[0]]
+
+    def describe(self) -> str:
+        lengths = np.asarray(self.X.sum(1)).ravel()
+        return (f"{self.X.shape[0]} training documents, {self.X.shape[1]} words, "
+                f"{int(self.X.sum())} tokens (per document: median {np.median(lengths):.0f}, "
+                f"max {lengths.max()}); {self.observed.shape[0]} held-out documents "
+                f"({int(self.observed.sum())} tokens to infer from, {int(self.heldout.sum())} "
+                "to score)")
+
+
+# ---------------------------------------------------------------- the evaluator
+def evaluate(topic_word, infer, split: Split, top_n: int = 10) -> dict:
+    """Score a topic model on a :class:`Split`, the same way for every system.
+
+    Parameters
+    ----------
+    topic_word : array (K, V)
+        Topic-word distributions (rows are normalised here).
+    infer : callable
+        ``infer(counts)`` -> topic mixtures (n_docs, K) of a csr count matrix.
+    split : Split
+
+    Returns
+    -------
+    dict with ``ll`` (held-out log-likelihood per token by document
+    completion), ``npmi`` (top ``top_n`` words over the held-out documents),
+    ``c_v`` (top ``top_n``, windows of 110 tokens), ``diversity`` (top 25).
+    """
+    beta = np.asarray(topic_word, dtype=np.float64)
+    beta = beta / beta.sum(1, keepdims=True)
+    theta = np.asarray(infer(split.observed), dtype=np.float64)
+    theta = theta / theta.sum(1, keepdims=True)
+    ll = completion_log_likelihood(torch.as_tensor(theta), torch.as_tensor(beta),
+                                   as_counts(split.heldout, dtype=torch.float64))
+    order = np.argsort(-beta, axis=1, kind="stable")
+    top = order[:, :top_n]
+    return {
+        "ll": float(ll.sum() / split.heldout.sum()),
+        "npmi": float(topic_coherence(top, split.test, "npmi").mean()),
+        "c_v": float(topic_coherence(top, measure="c_v", sequences=split.sequences,
+                                     window_size=110).mean()),
+        "diversity": topic_diversity(order[:, :25]),
+    }
 
 
 # ---------------------------------------------------------------- systems
-def run_elbokit(method, X, obs, K, passes, seed):
-    kw = dict(batch=dict(tol=0.0), online=dict(batch_size=ONLINE_BATCH, tol=0.0),
-              gibbs=dict())[method]
-    lda = LDA(K, method=method, max_iter=passes, alpha=1.0 / K, eta=1.0 / K,
-              random_state=seed, **kw)
+def timed(fn):
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t, time.process_time() - c
+
+
+def run_elbokit(split, K, seed, **kw):
+    lda = LDA(K, random_state=seed, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", elbokit.ConvergenceWarning)
-        t = time.perf_counter()
-        lda.fit(X)
-        wall = time.perf_counter() - t
-    return wall, lda.transform(obs), lda.topic_word_
+        _, wall, cpu = timed(lambda: lda.fit(split.X))
+    note = f"{lda.method_}, {lda.n_iter_} iterations"
+    return lda.topic_word_, lda.transform, wall, cpu, note
 
 
-def run_sklearn(method, X, obs, K, passes, seed):
+def run_sklearn(split, K, seed, method, jobs=None):
     from sklearn.decomposition import LatentDirichletAllocation
 
-    lda = LatentDirichletAllocation(
-        K, doc_topic_prior=1.0 / K, topic_word_prior=1.0 / K, learning_method=method,
-        max_iter=passes, batch_size=ONLINE_BATCH, random_state=seed, n_jobs=THREADS)
-    t = time.perf_counter()
-    lda.fit(X)
-    wall = time.perf_counter() - t
-    beta = lda.components_ / lda.components_.sum(1, keepdims=True)
-    return wall, lda.transform(obs), beta
+    lda = LatentDirichletAllocation(K, learning_method=method, max_iter=10, random_state=seed,
+                                    n_jobs=jobs or THREADS)
+    X32 = split.X.astype(np.float32)
+    _, wall, cpu = timed(lambda: lda.fit(X32))
+    return lda.components_, lambda X: lda.transform(X.astype(np.float32)), wall, cpu, \
+        "10 passes" if method == "online" else "10 iterations"
 
 
 def _bow(X):
@@ -132,114 +211,160 @@ def _bow(X):
                      X.data[X.indptr[d]:X.indptr[d + 1]].tolist())) for d in range(X.shape[0])]
 
 
-def run_gensim(X, obs, K, passes, seed, vocab):
+def run_gensim(split, K, seed):
     from gensim.corpora import Dictionary
     from gensim.models import LdaModel
 
-    bow = _bow(X)
-    id2word = Dictionary.from_corpus(bow, id2word=dict(enumerate(vocab)))
-    t = time.perf_counter()
-    lda = LdaModel(bow, num_topics=K, id2word=id2word, passes=passes, alpha=1.0 / K,
-                   eta=1.0 / K, chunksize=ONLINE_BATCH, random_state=seed)
-    wall = time.perf_counter() - t
-    gamma, _ = lda.inference(_bow(obs))
-    theta = gamma / gamma.sum(1, keepdims=True)
-    beta = lda.get_topics()  # (K, V), in our column order (ids are our columns)
-    return wall, theta, beta
+    bow = _bow(split.X)
+    id2word = Dictionary.from_corpus(bow, id2word=dict(enumerate(split.corpus.vocabulary)))
+    lda, wall, cpu = timed(lambda: LdaModel(bow, num_topics=K, id2word=id2word, passes=10,
+                                            random_state=seed))
+
+    def infer(X):
+        gamma, _ = lda.inference(_bow(X))
+        return gamma
+
+    return lda.get_topics(), infer, wall, cpu, "10 passes"
 
 
 def _words(X, vocab):
     X = sp.csr_matrix(X)
-    out = []
-    for d in range(X.shape[0]):
-        ids = X.indices[X.indptr[d]:X.indptr[d + 1]]
-        cnt = X.data[X.indptr[d]:X.indptr[d + 1]]
-        out.append([vocab[i] for i, c in zip(ids, cnt) for _ in range(int(c))])
-    return out
+    return [[vocab[i] for i, c in zip(X.indices[X.indptr[d]:X.indptr[d + 1]],
+                                      X.data[X.indptr[d]:X.indptr[d + 1]]) for _ in range(int(c))]
+            for d in range(X.shape[0])]
 
 
-def run_tomotopy(X, obs, K, passes, seed, vocab):
+def run_tomotopy(split, K, seed, iterations=1000):
     import tomotopy as tp
 
-    docs = _words(X, vocab)
-    mdl = tp.LDAModel(k=K, alpha=1.0 / K, eta=1.0 / K, seed=seed)
-    for words in docs:
+    vocab = split.corpus.vocabulary
+    mdl = tp.LDAModel(k=K, seed=seed)
+    for words in _words(split.X, vocab):
         mdl.add_doc(words if words else ["__empty__"])
-    t = time.perf_counter()
-    mdl.train(passes, workers=THREADS)
-    wall = time.perf_counter() - t
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, wall, cpu = timed(lambda: mdl.train(iterations, workers=THREADS))
     where = {w: i for i, w in enumerate(mdl.used_vocabs)}
     cols = np.array([where.get(w, -1) for w in vocab])
     beta = np.zeros((K, len(vocab)))
     for k in range(K):
         dist = np.asarray(mdl.get_topic_word_dist(k))
         beta[k] = np.where(cols >= 0, dist[np.maximum(cols, 0)], 0.0)
-    beta /= beta.sum(1, keepdims=True)
-    held_docs = [mdl.make_doc(w) for w in _words(obs, vocab)]
-    dists, _ = mdl.infer(held_docs, iterations=100, workers=THREADS)
-    # tomotopy returns topic distributions (0.13+) or documents (older)
-    theta = np.array([d if isinstance(d, np.ndarray) else d.get_topic_dist() for d in dists])
-    return wall, theta, beta
+
+    def infer(X):
+        docs = [mdl.make_doc(w) for w in _words(X, vocab)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dists, _ = mdl.infer(docs, workers=THREADS)
+        return np.array([d if isinstance(d, np.ndarray) else d.get_topic_dist() for d in dists])
+
+    return beta, infer, wall, cpu, f"{iterations} iterations"
+
+
+def systems(split, K, seed):
+    return {
+        "elbokit-default": lambda: run_elbokit(split, K, seed),
+        "elbokit-batch": lambda: run_elbokit(split, K, seed, method="batch"),
+        "elbokit-online": lambda: run_elbokit(split, K, seed, method="online"),
+        "elbokit-gibbs": lambda: run_elbokit(split, K, seed, method="gibbs"),
+        "sklearn-batch": lambda: run_sklearn(split, K, seed, "batch"),
+        "sklearn-batch-1": lambda: run_sklearn(split, K, seed, "batch", jobs=1),
+        "sklearn-online": lambda: run_sklearn(split, K, seed, "online"),
+        "gensim": lambda: run_gensim(split, K, seed),
+        "tomotopy": lambda: run_tomotopy(split, K, seed),
+    }
+
+
+# ---------------------------------------------------------------- Gibbs sweep speed
+def sweep_speed(split, K, seed, sweeps=20):
+    """CPU and wall seconds per token of one Gibbs sweep: elbokit's and tomotopy's, on
+    the same counts (tomotopy with its defaults, elbokit without learned priors)."""
+    import tomotopy as tp
+
+    lda = LDA(K, method="gibbs", max_iter=sweeps, tol=0, random_state=seed, alpha=0.1,
+              eta=0.01)
+    LDA(K, method="gibbs", max_iter=2, tol=0, random_state=seed).fit(split.X[:50])  # compile
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, wall, cpu = timed(lambda: lda.fit(split.X))
+    tokens = float(split.X.sum())
+    mdl = tp.LDAModel(k=K, seed=seed)
+    for words in _words(split.X, split.corpus.vocabulary):
+        mdl.add_doc(words if words else ["__empty__"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mdl.train(0, workers=THREADS)
+        _, twall, tcpu = timed(lambda: mdl.train(sweeps, workers=THREADS))
+    per = 1e9 / (sweeps * tokens)
+    return {"elbokit": (wall * per, cpu * per), "tomotopy": (twall * per, tcpu * per)}
+
+
+# ---------------------------------------------------------------- main
+def load() -> str:
+    try:
+        return open("/proc/loadavg").read().split()[0]
+    except OSError:
+        return "?"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpora", default="kjv,licences,fortunes")
     ap.add_argument("--topics", type=int, default=50)
-    ap.add_argument("--passes", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default="", help="comma-separated subset of systems")
     ap.add_argument("--threads", type=int, default=2,
-                    help="threads/processes per system (torch threads, sklearn n_jobs, "
-                         "tomotopy workers; gensim's LdaModel is single-threaded)")
+                    help="threads per system (torch and elbokit's sampler, scikit-learn "
+                         "n_jobs, tomotopy workers; gensim's LdaModel is single-threaded)")
+    ap.add_argument("--no-sweeps", action="store_true", help="skip the sweep-speed comparison")
     args = ap.parse_args()
     global THREADS
     THREADS = args.threads
     torch.set_num_threads(THREADS)
-    K, P, seed = args.topics, args.passes, args.seed
-    corpus, obs, held = data(seed)
-    X = corpus.counts
-    print(f"KJV verses: {X.shape[0]} training documents, {X.shape[1]} words, {X.nnz} non-zeros, "
-          f"{int(X.sum())} tokens; {obs.shape[0]} held-out documents "
-          f"({int(obs.sum())} words to infer from, {int(held.sum())} to score)")
-    print(f"K={K}, {P} passes, alpha=eta=1/K, {THREADS} thread(s); torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs\n")
-    systems = {
-        "elbokit-batch": lambda: run_elbokit("batch", X, obs, K, P, seed),
-        "elbokit-online": lambda: run_elbokit("online", X, obs, K, P, seed),
-        "elbokit-gibbs": lambda: run_elbokit("gibbs", X, obs, K, P, seed),
-        "sklearn-batch": lambda: run_sklearn("batch", X, obs, K, P, seed),
-        "sklearn-online": lambda: run_sklearn("online", X, obs, K, P, seed),
-        "gensim": lambda: run_gensim(X, obs, K, P, seed, corpus.vocabulary),
-        "tomotopy": lambda: run_tomotopy(X, obs, K, P, seed, corpus.vocabulary),
-    }
+    K, seed = args.topics, args.seed
     only = [s for s in args.only.split(",") if s]
-    results = {}
-    print(f"{'system':16s} {'fit s':>8s} {'held-out ll/word':>17s} {'NPMI@10':>8s}")
-    for name, fn in systems.items():
-        if only and name not in only:
-            continue
-        try:
-            wall, theta, beta = fn()
-        except ImportError as err:
-            print(f"{name:16s} skipped: {err} (pip install -e '.[bench]')")
-            continue
-        ll, co = completion(theta, beta, held), npmi(beta, X)
-        results[name] = (wall, ll, co)
-        print(f"{name:16s} {wall:8.2f} {ll:17.4f} {co:8.4f}", flush=True)
-    ours = [n for n in results if n.startswith("elbokit")]
-    anchors = [n for n in results if not n.startswith("elbokit")]
-    if ours and anchors:
-        print("\nspeed-up (anchor fit time / elbokit fit time):")
-        print(f"{'':16s}" + "".join(f"{a:>16s}" for a in anchors))
-        for o in ours:
-            print(f"{o:16s}" + "".join(f"{results[a][0] / results[o][0]:16.2f}x"
-                                       for a in anchors))
-        best_ll = max(results[a][1] for a in anchors)
-        best_co = max(results[a][2] for a in anchors)
-        print(f"\nbest anchor: held-out ll/word {best_ll:.4f}, NPMI {best_co:.4f}")
-        for o in ours:
-            print(f"{o:16s} ll/word {results[o][1] - best_ll:+.4f} vs best anchor, "
-                  f"NPMI {results[o][2] - best_co:+.4f}")
+    print(f"bench/lda.py: K={K}, {THREADS} thread(s), seed {seed}; torch {torch.__version__}, "
+          f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}")
+    for name in args.corpora.split(","):
+        split = Split(CORPORA[name](), seed)
+        print(f"\n== {name}: {split.describe()}; load average {load()}", flush=True)
+        print(f"{'system':16s} {'wall s':>8s} {'cpu s':>8s} {'ll/token':>9s} {'NPMI':>7s} "
+              f"{'c_v':>6s} {'divers':>6s}  note")
+        results = {}
+        for sysname, fn in systems(split, K, seed).items():
+            if only and sysname not in only:
+                continue
+            try:
+                beta, infer, wall, cpu, note = fn()
+            except ImportError as err:
+                print(f"{sysname:16s} skipped: {err} (pip install -e '.[bench]')")
+                continue
+            r = evaluate(beta, infer, split)
+            results[sysname] = dict(r, wall=wall, cpu=cpu)
+            print(f"{sysname:16s} {wall:8.2f} {cpu:8.2f} {r['ll']:9.4f} {r['npmi']:7.4f} "
+                  f"{r['c_v']:6.4f} {r['diversity']:6.3f}  {note}; load {load()}", flush=True)
+        anchors = [n for n in results if not n.startswith("elbokit")]
+        if anchors and "elbokit-default" in results:
+            d = results["elbokit-default"]
+            best_ll = max(anchors, key=lambda a: results[a]["ll"])
+            best_co = max(anchors, key=lambda a: results[a]["npmi"])
+            print(f"elbokit-default vs best anchor: ll/token {d['ll'] - results[best_ll]['ll']:+.4f}"
+                  f" ({best_ll}), NPMI {d['npmi'] - results[best_co]['npmi']:+.4f} ({best_co})")
+            if "sklearn-batch" in results:
+                s = results["sklearn-batch"]
+                s1 = results.get("sklearn-batch-1", s)
+                print(f"elbokit-default time / scikit-learn batch (10 iterations): wall "
+                      f"{d['wall'] / s['wall']:.3f} (n_jobs={THREADS}), cpu {d['cpu'] / s1['cpu']:.3f}"
+                      " (n_jobs=1) (target <= 1/3)")
+        if not args.no_sweeps and (not only or "sweeps" in only):
+            try:
+                sp_ = sweep_speed(split, K, seed)
+            except ImportError:
+                continue
+            (ew, ec), (tw, tc) = sp_["elbokit"], sp_["tomotopy"]
+            print(f"Gibbs sweep, ns per token: elbokit wall {ew:.0f} cpu {ec:.0f}; tomotopy wall "
+                  f"{tw:.0f} cpu {tc:.0f}; elbokit/tomotopy wall {ew / tw:.2f}, cpu {ec / tc:.2f}"
+                  f"; load {load()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -513,9 +513,12 @@ def _read_documents(data: str) -> list[str]:
 def _lda_options(f):
     """The topic model's and the vocabulary's options (fit lda and select lda)."""
     for option in reversed([
-        click.option("--method", type=click.Choice(["batch", "online", "gibbs"]), default="batch",
-                     show_default=True),
-        click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True),
+        click.option("--method", type=click.Choice(["auto", "batch", "online", "gibbs"]),
+                     default="auto", show_default=True,
+                     help="auto: Gibbs sampling for short documents' counts, batch VI otherwise "
+                          "(LDA's default)."),
+        click.option("--max-iter", type=click.IntRange(min=1), default=None,
+                     help="Iterations / passes / most sweeps (default: the method's, see LDA)."),
         click.option("--min-df", type=float, default=2, show_default=True),
         click.option("--max-df", type=float, default=0.5, show_default=True),
         click.option("--max-features", type=click.IntRange(min=1), default=None),
@@ -558,7 +561,7 @@ def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features,
                "vocabulary_size": len(lda.vocabulary_), "fit_seconds": seconds,
                "lower_bounds": [float(b) for b in lda.lower_bounds_]}
     lda.save(out_dir, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
-    click.echo(f"fitted {n_topics} topics ({method}) on {n_docs} documents, "
+    click.echo(f"fitted {n_topics} topics ({lda.method_}) on {n_docs} documents, "
                f"{len(lda.vocabulary_)} words, in {seconds:.2f} s; saved to {out}")
 
 

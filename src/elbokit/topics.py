@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from elbokit import io
@@ -22,6 +25,7 @@ from elbokit.data.text import Corpus, CountBatches, SparseCounts, as_counts, vec
 from elbokit.inference import distributed
 from elbokit.inference.sampling import run_gibbs, standard_gamma
 from elbokit.inference.vi import online_bound, online_step, run_batch_vi, run_online_vi
+from elbokit.models import lda_gibbs
 from elbokit.models.lda import (
     GammaTable,
     LDADraw,
@@ -30,9 +34,13 @@ from elbokit.models.lda import (
     completion_log_likelihood,
     split_counts,
     topic_coherence,
+    topic_diversity,
 )
 
-METHODS = ("batch", "online", "gibbs")
+METHODS = ("auto", "batch", "online", "gibbs")
+# max_iter=None: iterations (batch), passes (online), most sweeps (gibbs)
+DEFAULT_MAX_ITER = {"batch": 100, "online": 10, "gibbs": 200}
+AUTO_REPEAT = 2.0  # method="auto": Gibbs up to this many tokens per non-zero count
 _CHUNK_ELEMENTS = 1 << 23  # elements of one (nnz, K) work tensor in batch mode
 
 
@@ -45,7 +53,7 @@ def _is_text(X) -> bool:
 
 
 @io.register
-class LDA(ElbokitEstimator):
+class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
     """Latent Dirichlet allocation, by variational inference or Gibbs sampling.
 
     Documents are mixtures of ``n_topics`` topics, each topic a distribution
@@ -57,32 +65,48 @@ class LDA(ElbokitEstimator):
     ----------
     n_topics : int, default=10
         Number of topics K.
-    alpha : float, array of shape (K,), "symmetric", "asymmetric" or "auto", optional
-        Document-topic prior. None or "symmetric": 1/K for every topic; a
-        float: that value for every topic; an array: one value per topic;
-        "asymmetric": proportional to 1 / (k + sqrt(K)), summing to 1 (as
-        gensim); "auto": start symmetric and learn alpha by empirical Bayes
-        (Newton updates, Minka 2000) in every global update (VI methods only).
-    eta : float or array of shape (V,), optional
-        Topic-word prior; None: 1/K.
-    method : {"batch", "online", "gibbs"}, default="batch"
-        ``batch``: variational EM (Blei et al. 2003), local updates
-        warm-started across iterations so that the bound never decreases;
-        ``online``: stochastic VI (Hoffman et al. 2010) over shuffled
-        mini-batches of ``batch_size`` documents, step (tau0 + t)^-kappa
-        (in ``fit``, a document's local updates start from its gamma of the
-        previous pass; ``partial_fit`` streams and starts afresh);
-        ``gibbs``: a blocked Gibbs sampler (theta and z per document, then
-        the topics), each block one tensor operation; ``components_`` is eta
-        plus the topic-word counts averaged after ``burn_in`` sweeps.
-    max_iter : int, default=50
-        Iterations (batch), passes over the data (online) or sweeps (gibbs).
+    n_components : int, optional
+        scikit-learn's name for ``n_topics``; when given it wins.
+    alpha : float, array of shape (K,), "symmetric", "asymmetric" or "auto", default="auto"
+        Document-topic prior. "symmetric": 1/K for every topic; a float: that
+        value for every topic; an array: one value per topic; "asymmetric":
+        proportional to 1 / (k + sqrt(K)), summing to 1 (as gensim); "auto":
+        start at 1/K and learn an asymmetric alpha by empirical Bayes in every
+        global update (VI: Newton's method on the bound; Gibbs: Minka's fixed
+        point on the sampled counts, as Mallet and tomotopy). None means 1/K.
+    eta : float, array of shape (V,), "symmetric" or "auto", optional
+        Topic-word prior; "symmetric": 1/K; "auto": start at 1/K and learn a
+        symmetric eta alike. None (default): "auto" for Gibbs sampling,
+        "symmetric" for VI (where learning it did not help held-out quality
+        in the measurements, see the README).
+    method : {"auto", "batch", "online", "gibbs"}, default="auto"
+        ``batch``: variational EM (Blei et al. 2003): every iteration solves
+        each document's local problem afresh and keeps, per document, that
+        optimum or its previous state, whichever scores higher, so the bound
+        never decreases; ``online``: stochastic VI (Hoffman et al. 2010)
+        over shuffled mini-batches of ``batch_size`` documents, step
+        (tau0 + t)^-kappa (in ``fit``, a document's local updates start from
+        its gamma of the previous pass; ``partial_fit`` streams and starts
+        afresh); ``gibbs``: a sparse blocked Gibbs sampler (theta collapsed,
+        the topics drawn once per sweep), ``components_`` being eta plus the
+        topic-word counts averaged after the burn-in; ``auto``: ``gibbs``
+        for integer counts of short documents (at most ``AUTO_REPEAT`` = 2
+        tokens per non-zero count on average: verses, fortunes, posts),
+        ``batch`` for long documents (whose VI cost follows their distinct
+        words, a sampler's every token) and for real-valued weights (such as
+        tf-idf), which a sampler cannot take. ``method_`` is the one used.
+    max_iter : int, optional
+        Iterations (batch, default 100), passes over the data (online,
+        default 10) or most sweeps (gibbs, default 200).
     batch_size : int, optional
         Documents per mini-batch (online; default 256), or per chunk of the
         local updates (batch and gibbs; default: chosen to bound memory).
     tol : float, default=1e-4
         Stop when the per-word bound changes by less than ``tol`` between
-        iterations (batch) or passes (online); 0 runs ``max_iter``.
+        iterations (batch) or passes (online); gibbs: the burn-in ends when the
+        per-word log-likelihood of two consecutive windows of 10 sweeps differs
+        by less than ``tol`` or two standard errors, and the sampler then
+        averages as many sweeps as the burn-in took. 0 runs ``max_iter``.
     local_max_iter : int, default=100
         Most local (per-document) iterations of the variational updates, in
         fitting and in ``transform``.
@@ -94,14 +118,15 @@ class LDA(ElbokitEstimator):
     kappa : float, default=0.7
         Online: forgetting rate, in (0.5, 1].
     total_docs : int, optional
-        Online: the number of documents D in the full corpus, scaling each
-        mini-batch's statistics by D / batch size (``fit`` uses the data's
-        size; ``partial_fit`` requires it).
+        ``partial_fit``: the number of documents D in the whole stream, scaling
+        each mini-batch's statistics by D / batch size (default: the documents
+        seen so far). ``fit`` uses the data's own size and ignores it.
     burn_in : int, optional
-        Gibbs: sweeps discarded before averaging (default ``max_iter // 2``).
+        Gibbs: sweeps discarded before averaging; a fixed schedule of
+        ``max_iter`` sweeps. Default: adaptive (see ``tol``).
     random_state : int, RandomState or None
         Seed of the initial topics, the shuffling and the sampler: the same
-        seed gives the same topics for every method.
+        seed gives the same initial topics for every method.
     device : str or torch.device, optional
         Where to compute; by default where the data is.
     dtype : {"float32", "float64"}, default="float32"
@@ -134,22 +159,29 @@ class LDA(ElbokitEstimator):
         plus the averaged topic-word counts).
     topic_word_ : array of shape (K, V)
         E[beta]: ``components_`` normalised per topic.
+    exp_dirichlet_component_ : array of shape (K, V)
+        exp(E[log beta]) (scikit-learn's name).
     alpha_ : array of shape (K,)
         The document-topic prior (learned when ``alpha="auto"``).
     eta_ : array of shape (V,)
+    method_ : str
+        The method used (``method="auto"`` resolved).
     lower_bounds_ : array
         Per-word bound history: ELBO per word at each batch iteration (and
         last under the fitted parameters); for online, the per-pass mean of
         the mini-batch estimates (one entry per pass, or per ``partial_fit``
-        call); for gibbs, log p(words | theta, beta) per
-        word of each sweep's draw.
+        call); for gibbs, the mean over tokens of log p(w_i | z_-i, beta),
+        each token's predictive probability at its draw, per sweep.
     lower_bound_ : float
     converged_ : bool
-        Whether the bound settled within ``tol`` (batch, online); for gibbs,
-        always True: a sampler runs its ``max_iter`` sweeps, with no test.
+        Whether the bound settled within ``tol`` (batch, online) or the chain
+        settled and stopped before ``max_iter`` (gibbs): a run that used all
+        of ``max_iter`` is not converged.
     n_iter_ : int
     n_batch_iter_ : int
         Global updates made (the online step counter t).
+    n_docs_seen_ : int
+        Documents fitted on (by ``partial_fit``: over all calls).
     n_features_in_ : int
         Vocabulary size V.
     vocabulary_ : list of str or None
@@ -169,12 +201,14 @@ class LDA(ElbokitEstimator):
     ``perplexity(X, estimate="bound")`` is exp(-sum of score_samples / number
     of words) -- the same quantity, normalised per word. Unlike
     scikit-learn's, neither adds the topics' prior term, which belongs to the
-    training corpus and not to the documents scored.
+    training corpus and not to the documents scored (see :meth:`perplexity`
+    for how the scales compare).
     """
 
     _fitted_attributes = (
         "components_", "alpha_", "eta_", "lower_bounds_", "lower_bound_", "converged_",
         "n_iter_", "n_batch_iter_", "n_features_in_", "vocabulary_", "vectorizer_params_",
+        "method_", "n_docs_seen_",
     )
     _fitted_schema = {
         "components_": io.array("n_topics", "n_features_in_", low=0),
@@ -184,16 +218,21 @@ class LDA(ElbokitEstimator):
         "n_features_in_": io.integer(low=1),
         "vocabulary_": io.strings(length="n_features_in_", nullable=True),
         "vectorizer_params_": io.json_value(nullable=True),
+        "method_": io.Field("str", optional=True,
+                            check=lambda model, v: None if v in ("batch", "online", "gibbs")
+                            else f"method_={v!r} is not batch, online or gibbs"),
+        "n_docs_seen_": io.integer(low=0, optional=True),
     }
 
     def __init__(
         self,
         n_topics=10,
         *,
-        alpha=None,
+        n_components=None,
+        alpha="auto",
         eta=None,
-        method="batch",
-        max_iter=50,
+        method="auto",
+        max_iter=None,
         batch_size=None,
         tol=1e-4,
         local_max_iter=100,
@@ -209,6 +248,7 @@ class LDA(ElbokitEstimator):
         distributed=None,
     ):
         self.n_topics = n_topics
+        self.n_components = n_components
         self.alpha = alpha
         self.eta = eta
         self.method = method
@@ -227,12 +267,54 @@ class LDA(ElbokitEstimator):
         self.verbose = verbose
         self.distributed = distributed
 
+    # ------------------------------------------------------------ scikit-learn
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.input_tags.positive_only = True
+        return tags
+
+    @property
+    def _n_features_out(self):
+        """Number of output features of ``transform`` (one per topic)."""
+        return int(self.components_.shape[0])
+
     # ------------------------------------------------------------ validation
+    def _k(self) -> int:
+        """K: ``n_components`` when given, else ``n_topics``."""
+        if self.n_components is not None:
+            return check_positive_int(self.n_components, "n_components")
+        return check_positive_int(self.n_topics, "n_topics")
+
+    def _max_iter(self, method: str) -> int:
+        if self.max_iter is None:
+            return DEFAULT_MAX_ITER[method]
+        return check_positive_int(self.max_iter, "max_iter")
+
+    def _resolve_method(self, counts: SparseCounts, reducer) -> str:
+        """``auto``: Gibbs for integer counts of documents that use a word about once
+        (tokens per non-zero up to AUTO_REPEAT: short documents, where sampling gave
+        the best topics), batch VI for long documents (where VI's cost follows the
+        distinct words, the sampler's every token) and for real-valued weights."""
+        if self.method != "auto":
+            return self.method
+        d = counts.data.to(torch.float64)
+        sums = torch.tensor([float((d != d.round()).sum()), float(d.sum()), float(d.numel())],
+                            dtype=torch.float64)
+        if reducer is not None:
+            sums = torch.tensor([reducer.sum(float(v)) for v in sums], dtype=torch.float64)
+        fractional, tokens, nnz = sums.tolist()
+        if fractional > 0 or tokens > AUTO_REPEAT * max(nnz, 1.0):
+            return "batch"
+        return "gibbs"
+
     def _check_hyperparameters(self):
-        check_positive_int(self.n_topics, "n_topics")
-        check_positive_int(self.max_iter, "max_iter")
+        self._k()
+        if self.max_iter is not None:
+            check_positive_int(self.max_iter, "max_iter")
         check_positive_int(self.local_max_iter, "local_max_iter")
-        check_positive_int(self.verbose, "verbose", minimum=0)
+        if not isinstance(self.verbose, bool):  # True/False: 1/0, as scikit-learn allows
+            check_positive_int(self.verbose, "verbose", minimum=0)
         check_nonneg_float(self.tol, "tol")
         check_nonneg_float(self.local_tol, "local_tol")
         check_nonneg_float(self.tau0, "tau0")
@@ -240,7 +322,7 @@ class LDA(ElbokitEstimator):
             check_positive_int(self.batch_size, "batch_size")
         if self.total_docs is not None:
             check_positive_int(self.total_docs, "total_docs")
-        if self.method not in METHODS:
+        if not isinstance(self.method, str) or self.method not in METHODS:
             raise ValueError(
                 f"method={self.method!r} is not supported: use one of "
                 f"{', '.join(map(repr, METHODS))}."
@@ -252,29 +334,30 @@ class LDA(ElbokitEstimator):
             )
         if self.burn_in is not None:
             check_positive_int(self.burn_in, "burn_in", minimum=0)
-            if self.burn_in >= self.max_iter:
+            if self.max_iter is not None and self.burn_in >= self.max_iter:
                 raise ValueError(
                     f"burn_in={self.burn_in} must be < max_iter={self.max_iter}: "
                     "some sweeps must be kept."
                 )
-        if isinstance(self.alpha, str) and self.alpha == "auto" and self.method == "gibbs":
-            raise ValueError(
-                "alpha='auto' (learned) is supported by method='batch' and 'online'; "
-                "give the Gibbs sampler a fixed alpha."
-            )
+
+    def _learned(self, value) -> bool:
+        return isinstance(value, str) and value == "auto"
+
+    def _eta_setting(self, method: str):
+        return ("auto" if method == "gibbs" else "symmetric") if self.eta is None else self.eta
 
     def _prior(self, value, name, size, device, choices):
-        K = int(self.n_topics)
-        if value is None or (isinstance(value, str) and value in ("symmetric", "auto")
-                             and "symmetric" in choices):
+        K = self._k()
+        if value is None or (isinstance(value, str) and value in ("symmetric", "auto")):
             return torch.full((size,), 1.0 / K, dtype=torch.float64, device=device)
         if isinstance(value, str):
             if value == "asymmetric" and "asymmetric" in choices:
                 p = 1.0 / (torch.arange(size, dtype=torch.float64, device=device) + math.sqrt(K))
                 return p / p.sum()
+            options = ("symmetric", "auto") + tuple(choices)
             raise ValueError(
                 f"{name}={value!r} is not supported: use a positive float, an array of shape "
-                f"({size},){', ' + ', '.join(map(repr, choices)) if choices else ''} or None."
+                f"({size},), {', '.join(map(repr, options))} or None."
             )
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             v = check_nonneg_float(value, name, strict=True)
@@ -290,30 +373,34 @@ class LDA(ElbokitEstimator):
 
     def _counts(self, X, name="X", reset=False, allow_empty=False) -> SparseCounts:
         dtype = resolve_dtype(self.dtype)
+        if not reset:
+            check_is_fitted(self)
         if _is_text(X):
             if reset or getattr(self, "vocabulary_", None) is None:
+                how = ("this LDA was fitted on a count matrix, which carries no words"
+                       if not reset else "a model fitted on it would have no vocabulary")
                 raise TypeError(
-                    f"{name} is raw text, but this model has no vocabulary: fit it on an "
-                    "elbokit.Corpus, or pass a count matrix."
+                    f"{name} is raw text, but {how}: vectorise the text with the vectorizer "
+                    "that made the counts (vectorizer.transform(texts)), or fit on an "
+                    "elbokit.Corpus, which keeps its vocabulary so that raw text works."
                 )
             X = vectorize([X] if isinstance(X, str) else X, self.vocabulary_,
                           self.vectorizer_params_)
         device = resolve_device(self.device, X if isinstance(X, torch.Tensor) else None)
         n_features = None if reset else self.n_features_in_
-        if not reset:
-            check_is_fitted(self)
         return as_counts(X, name=name, dtype=dtype, device=device, n_features=n_features,
-                         integer=self.method == "gibbs" and reset, allow_empty=allow_empty)
+                         allow_empty=allow_empty, estimator=type(self).__name__)
 
-    def _model(self) -> LDAModel:
+    def _model(self, method: str) -> LDAModel:
         return LDAModel(resolve_dtype(self.dtype), int(self.local_max_iter),
-                        float(self.local_tol), learn_alpha=self.alpha == "auto")
+                        float(self.local_tol), learn_alpha=self._learned(self.alpha),
+                        learn_eta=self._learned(self._eta_setting(method)))
 
     def _chunk_rows(self, counts: SparseCounts) -> int:
         if self.batch_size is not None:
             return int(self.batch_size)
         nnz_per_doc = max(1.0, counts.indices.shape[0] / max(1, counts.n_docs))
-        return max(64, int(_CHUNK_ELEMENTS / (nnz_per_doc * int(self.n_topics))))
+        return max(64, int(_CHUNK_ELEMENTS / (nnz_per_doc * self._k())))
 
     # ------------------------------------------------------------ state
     def _params(self, device) -> LDAParams:
@@ -324,18 +411,59 @@ class LDA(ElbokitEstimator):
 
         return LDAParams(t(self.components_), t(self.alpha_), t(self.eta_))
 
-    def _initial_params(self, counts: SparseCounts, gen) -> LDAParams:
-        K, V = int(self.n_topics), counts.n_features
+    def _initial_params(self, counts: SparseCounts, gen, reducer=None,
+                        seeded: bool = False, method: str = "batch") -> LDAParams:
+        """Priors and initial topics: lambda ~ Gamma(100, 1/100) (Hoffman et al., as
+        scikit-learn and gensim), plus, when ``seeded``, the counts of one random
+        document per topic (Blei et al.'s "seeded" start), scaled down to the
+        median document length when longer (a long document would otherwise make
+        its topic a copy of itself), the same on every rank."""
+        K, V = self._k(), counts.n_features
         device = counts.device
-        alpha = self._prior(self.alpha, "alpha", K, device, ("symmetric", "asymmetric", "auto"))
-        eta = self._prior(self.eta, "eta", V, device, ())
-        # lambda ~ Gamma(100, 1/100), as Hoffman et al., scikit-learn and gensim
+        alpha = self._prior(self.alpha, "alpha", K, device, ("asymmetric",))
+        eta = self._prior(self._eta_setting(method), "eta", V, device, ())
         lam = standard_gamma(torch.full((K, V), 100.0, dtype=torch.float64, device=device),
                              gen) / 100.0
+        if seeded:
+            offset, n_total = 0, counts.n_docs
+            if reducer is not None:
+                sizes = reducer.sizes(counts.n_docs)
+                offset, n_total = sum(sizes[:reducer.rank]), sum(sizes)
+            picks = torch.randperm(n_total, generator=gen, device=gen.device)[:K].to(device)
+            seed = torch.zeros(K, V, dtype=torch.float64, device=device)
+            mine = (picks >= offset) & (picks < offset + counts.n_docs)
+            if bool(mine.any()):
+                part = counts.take(picks[mine] - offset)
+                rows = part.row_ids()
+                topics = torch.nonzero(mine).squeeze(1)[rows]
+                seed.index_put_((topics, part.indices), part.data.to(torch.float64),
+                                accumulate=True)
+            if reducer is not None:
+                seed = reducer({"seed": seed})["seed"]
+            total = seed.sum(1, keepdim=True)
+            median = self._median_length(counts, reducer)
+            lam = lam + seed * torch.clamp(median / total.clamp_min(1e-300), max=1.0)
         return LDAParams(lam, alpha, eta)
 
+    @staticmethod
+    def _median_length(counts: SparseCounts, reducer=None) -> float:
+        """Median length of the non-empty documents (over every rank's)."""
+        lengths = counts.doc_lengths().round().to(torch.int64)
+        longest = int(lengths.max()) if lengths.numel() else 0
+        if reducer is not None:
+            longest = max(reducer.sizes(longest))
+        hist = torch.bincount(lengths, minlength=longest + 1).to(torch.float64)[:longest + 1]
+        if reducer is not None:
+            hist = reducer({"lengths": hist})["lengths"]
+        hist[0] = 0.0
+        cum = torch.cumsum(hist, 0)
+        if float(cum[-1]) <= 0:
+            return 1.0
+        return float(torch.searchsorted(cum, cum[-1] / 2))
+
     def _store(self, params, *, is_torch, vocabulary=None, vectorizer_params=None,
-               bounds=(), converged=False, n_iter=0, n_batch_iter=0, n_features=None):
+               bounds=(), converged=False, n_iter=0, n_batch_iter=0, n_features=None,
+               method=None, n_docs=0):
         out = (lambda t: t) if is_torch else (lambda t: t.detach().cpu().numpy())
         self.components_ = out(params.concentration)
         self.alpha_ = out(params.alpha)
@@ -348,6 +476,14 @@ class LDA(ElbokitEstimator):
         self.n_features_in_ = int(n_features)
         self.vocabulary_ = vocabulary
         self.vectorizer_params_ = vectorizer_params
+        self.method_ = method
+        self.n_docs_seen_ = int(n_docs)
+
+    def _set_fitted_state(self, state: dict) -> None:
+        # models saved before these attributes existed
+        state.setdefault("method_", self.method if self.method != "auto" else "batch")
+        state.setdefault("n_docs_seen_", 0)
+        super()._set_fitted_state(state)
 
     @property
     def topic_word_(self):
@@ -356,6 +492,16 @@ class LDA(ElbokitEstimator):
         c = self.components_
         return c / c.sum(1, keepdims=True) if not isinstance(c, torch.Tensor) \
             else c / c.sum(1, keepdim=True)
+
+    @property
+    def exp_dirichlet_component_(self):
+        """exp(E[log beta]) under q(beta), shape (K, V) (scikit-learn's attribute)."""
+        from elbokit.models.lda import dirichlet_expectation
+
+        check_is_fitted(self)
+        c = torch.as_tensor(self.components_).to(torch.float64)
+        e = torch.exp(dirichlet_expectation(c))
+        return e if isinstance(self.components_, torch.Tensor) else e.numpy()
 
     # ------------------------------------------------------------ fitting
     def fit(self, X, y=None):
@@ -382,71 +528,102 @@ class LDA(ElbokitEstimator):
         n_words = counts.n_words if reducer is None else reducer.sum(counts.n_words)
         if n_words <= 0:
             raise ValueError("X has no words (every count is 0): there is nothing to fit.")
+        method = self._resolve_method(counts, reducer)
+        if method == "gibbs":
+            distributed.checked(reducer, lambda: self._check_integer(counts))
+        max_iter = self._max_iter(method)
+        if self.burn_in is not None and self.burn_in >= max_iter:
+            raise ValueError(f"burn_in={self.burn_in} must be < max_iter={max_iter}: "
+                             "some sweeps must be kept.")
         gen = make_generator(self.random_state, counts.device)
         shard = None
         if reducer is not None:  # one seed: the same initial topics and global draws everywhere
             gen.manual_seed(reducer.same_seed(gen.initial_seed()))
             sizes = reducer.sizes(counts.n_docs)
             shard = (sum(sizes[:reducer.rank]), sum(sizes))
-        params = self._initial_params(counts, gen)
-        model = self._model()
-        method = self.method
+        params = self._initial_params(counts, gen, reducer, seeded=method != "gibbs",
+                                      method=method)
         if method == "batch":
+            model = self._model(method)
             source = CountBatches(counts, self._chunk_rows(counts))
-            run = run_batch_vi(model, params, source, tol=float(self.tol),
-                               max_iter=int(self.max_iter), verbose=int(self.verbose),
-                               desc="LDA batch VI", reduce=reducer)
+            run = run_batch_vi(model, params, source, tol=float(self.tol), max_iter=max_iter,
+                               verbose=int(self.verbose), desc="LDA batch VI", reduce=reducer)
             params, bounds = run.params, run.lower_bounds
             converged, n_iter, n_updates = run.converged, run.n_iter, run.n_updates
         elif method == "online":
+            model = self._model(method)
             source = CountBatches(counts, self.batch_size or 256, shuffle=True, generator=gen,
                                   shard=shard)
-            total = self.total_docs or (counts.n_docs if shard is None else shard[1])
-            table = GammaTable(counts.n_docs, int(self.n_topics), model.dtype, counts.device)
+            total = counts.n_docs if shard is None else shard[1]
+            table = GammaTable(counts.n_docs, self._k(), model.dtype, counts.device)
             run = run_online_vi(model, params, source, total=total, tau0=float(self.tau0),
-                                kappa=float(self.kappa), max_iter=int(self.max_iter),
+                                kappa=float(self.kappa), max_iter=max_iter,
                                 tol=float(self.tol), verbose=int(self.verbose),
                                 desc="LDA online VI", local=table, reduce=reducer)
             params, bounds = run.params, run.lower_bounds
             converged, n_iter, n_updates = run.converged, run.n_iter, run.n_updates
         else:
-            source = CountBatches(counts, self._chunk_rows(counts))
-            draw = LDADraw(params.concentration / params.concentration.sum(1, keepdim=True),
-                           params.alpha, params.eta)
-            burn_in = self.max_iter // 2 if self.burn_in is None else int(self.burn_in)
-            # the globals' draws from gen (alike on every rank); each rank's locals from its own
-            local_seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
-            rank = 0 if reducer is None else reducer.rank
-            local_gen = torch.Generator(device=counts.device).manual_seed(
-                (local_seed + 7919 * rank) % 2**63)
-            run = run_gibbs(model, draw, source, n_sweeps=int(self.max_iter), burn_in=burn_in,
-                            generator=gen, local_generator=local_gen, verbose=int(self.verbose),
-                            desc="LDA Gibbs", reduce=reducer)
-            lam = params.eta[None, :] + run.mean_stats["topic_word"]
-            params = LDAParams(lam, params.alpha, params.eta)
-            bounds, converged, n_iter, n_updates = run.log_likelihoods, True, run.n_iter, run.n_iter
+            params, bounds, converged, n_iter = self._fit_gibbs(counts, params, gen, reducer,
+                                                                max_iter)
+            n_updates = n_iter
         self._store(params, is_torch=counts.is_torch, vocabulary=vocabulary,
                     vectorizer_params=vec_params, bounds=bounds, converged=converged,
-                    n_iter=n_iter, n_batch_iter=n_updates, n_features=counts.n_features)
+                    n_iter=n_iter, n_batch_iter=n_updates, n_features=counts.n_features,
+                    method=method, n_docs=counts.n_docs if shard is None else shard[1])
         return self
+
+    @staticmethod
+    def _check_integer(counts: SparseCounts):
+        d = counts.data.to(torch.float64)
+        if bool((d != d.round()).any()):
+            raise ValueError(
+                "X has non-integer counts, which the Gibbs sampler cannot use: pass word "
+                "counts, or use method='batch' or 'online'."
+            )
+
+    def _fit_gibbs(self, counts, params, gen, reducer, max_iter):
+        model = self._model("gibbs")
+        source = CountBatches(counts, self._chunk_rows(counts))
+        draw = LDADraw(params.concentration / params.concentration.sum(1, keepdim=True),
+                       params.alpha, params.eta)
+        # the globals' draws from gen (alike on every rank); each rank's locals from its own
+        local_seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
+        rank = 0 if reducer is None else reducer.rank
+        local_gen = torch.Generator(device=counts.device).manual_seed(
+            (local_seed + 7919 * rank) % 2**63)
+        burn_in = None if self.burn_in is None else int(self.burn_in)
+        learned = []
+        if model.learn_alpha:
+            learned.append(lambda d: torch.log(d.alpha))
+        if model.learn_eta:
+            learned.append(lambda d: torch.log(d.eta[:1]))
+        monitor = (lambda d: torch.cat([f(d) for f in learned])) if learned else None
+        threads = lda_gibbs.cpu_threads() if counts.device.type == "cpu" else \
+            contextlib.nullcontext()
+        with threads:
+            run = run_gibbs(model, draw, source, n_sweeps=max_iter, burn_in=burn_in,
+                            generator=gen, local_generator=local_gen,
+                            verbose=int(self.verbose), tol=float(self.tol), desc="LDA Gibbs",
+                            reduce=reducer, monitor=monitor)
+        eta = run.params.eta
+        lam = eta[None, :] + run.mean_stats["topic_word"]
+        return (LDAParams(lam, run.params.alpha, eta), run.log_likelihoods, run.converged,
+                run.n_iter)
 
     def partial_fit(self, X, y=None):
         """One online (stochastic VI) update per mini-batch of ``X``.
 
         The first call initialises the topics from ``random_state``; later
-        calls continue the step counter ``n_batch_iter_``. ``total_docs``
-        (the corpus size D) must be set.
+        calls continue the step counter ``n_batch_iter_``. Each mini-batch's
+        statistics are scaled to ``total_docs`` documents (the size D of the
+        whole stream), or, when it is not set, to the documents seen so far
+        (``n_docs_seen_``, this call's included).
 
         Returns
         -------
         self
         """
         self._check_hyperparameters()
-        if self.total_docs is None:
-            raise ValueError(
-                "partial_fit needs total_docs: set LDA(total_docs=D) to the number of "
-                "documents in the whole corpus, which scales each mini-batch's statistics."
-            )
         first = not self.__sklearn_is_fitted__()
         vocabulary = vec_params = None
         if isinstance(X, Corpus):
@@ -465,19 +642,23 @@ class LDA(ElbokitEstimator):
         if reducer is not None:  # rank 0's seed: the same initial topics everywhere
             gen.manual_seed(reducer.same_seed(gen.initial_seed()))
         if first:
-            params, t, bounds = self._initial_params(counts, gen), 0, []
+            params, t, bounds = self._initial_params(counts, gen, reducer, seeded=True,
+                                                     method="online"), 0, []
         else:
             params, t, bounds = self._params(counts.device), self.n_batch_iter_, \
                 list(self.lower_bounds_)
             vocabulary, vec_params = self.vocabulary_, self.vectorizer_params_
-        model = self._model()
+        seen = (0 if first else int(getattr(self, "n_docs_seen_", 0))) + (
+            counts.n_docs if reducer is None else int(reducer.sum(counts.n_docs)))
+        total = float(self.total_docs) if self.total_docs is not None else float(max(1, seen))
+        model = self._model("online")
         local_bounds, units = [], []
         if reducer is None:
             batches = CountBatches(counts, self.batch_size or counts.n_docs)
         else:  # one step per call, every rank's X (possibly empty) part of one mini-batch
             batches = CountBatches(counts, shard=(0, max(1, counts.n_docs)))
         for batch in batches:
-            params, b, u = online_step(model, params, batch, total=float(self.total_docs), t=t,
+            params, b, u = online_step(model, params, batch, total=total, t=t,
                                        tau0=float(self.tau0), kappa=float(self.kappa),
                                        reduce=reducer)
             t += 1
@@ -487,7 +668,8 @@ class LDA(ElbokitEstimator):
         self._store(params, is_torch=counts.is_torch, vocabulary=vocabulary,
                     vectorizer_params=vec_params, bounds=bounds, converged=False,
                     n_iter=getattr(self, "n_iter_", 0) + 1, n_batch_iter=t,
-                    n_features=counts.n_features)
+                    n_features=counts.n_features, method="online")
+        self.n_docs_seen_ = seen
         return self
 
     def fit_transform(self, X, y=None):
@@ -501,7 +683,7 @@ class LDA(ElbokitEstimator):
     # ------------------------------------------------------------ inference
     def _infer(self, counts: SparseCounts, max_iter=None, tol=None):
         """gamma (n_docs, K) and per-document bounds (float64) for ``counts``."""
-        model = self._model()
+        model = self._model("batch")
         params = self._params(counts.device)
         gammas, bounds = [], []
         for batch in CountBatches(counts, self._chunk_rows(counts)):
@@ -564,8 +746,22 @@ class LDA(ElbokitEstimator):
         return float(bound.mean())
 
     def perplexity(self, X, *, estimate="completion", X_heldout=None, fraction=0.5,
-                   random_state=0):
+                   random_state=0, sub_sampling=False):
         """Per-word perplexity exp(-log-likelihood per word), lower is better.
+
+        Comparing with scikit-learn: ``LatentDirichletAllocation.perplexity``
+        is exp(-bound / words), its bound being the ELBO of the documents *plus*
+        the topics' prior term E_q[log p(beta) - log q(beta)] of the whole
+        model (a negative number the size of the vocabulary times K), charged
+        to whatever documents are scored. On a held-out set of N words that
+        term is divided by N, so scikit-learn's figure grows as N shrinks and
+        is not a per-word quantity: on the same model and documents it is
+        exp(-(sum of our ``score_samples`` + global term) / N), the global term
+        being ``elbokit.models.lda.LDAModel().global_bound(...)`` (checked in
+        the tests against scikit-learn on the same topics).
+        ``estimate="bound"`` here is the per-word bound of the documents alone,
+        and the default, document completion, is a log-likelihood estimate
+        (not a bound), comparable across methods and libraries.
 
         Parameters
         ----------
@@ -583,6 +779,9 @@ class LDA(ElbokitEstimator):
             is inferred from. By default X is split by binomial thinning,
             each word copy going to the inference part with probability
             ``fraction``, seeded by ``random_state``.
+        sub_sampling : bool
+            Accepted for scikit-learn compatibility; no effect (every
+            document of ``X`` is scored).
 
         Returns
         -------
@@ -638,8 +837,9 @@ class LDA(ElbokitEstimator):
         ----------
         n : int
         vocabulary : list of str, optional
-            Words by column; default ``vocabulary_``. Without either, word
-            indices are returned.
+            Words by column; default ``vocabulary_`` (kept when fitted on a
+            :class:`~elbokit.Corpus`). Without either, column indices are
+            returned, with a warning that says so.
 
         Returns
         -------
@@ -655,22 +855,73 @@ class LDA(ElbokitEstimator):
             )
         top = self._top_indices(n)
         if vocabulary is None:
+            warnings.warn(
+                "top_words returns column indices: this LDA was fitted on a count matrix, "
+                "which carries no words. Pass vocabulary=vectorizer.get_feature_names_out() "
+                "(the vectorizer that made the counts), or fit on an elbokit.Corpus.",
+                UserWarning, stacklevel=2)
             return [[int(i) for i in row] for row in top]
         return [[vocabulary[i] for i in row] for row in top]
 
-    def coherence(self, X, measure="npmi", top_n=10):
-        """Topic coherence of each topic's ``top_n`` words, shape (K,).
+    def coherence(self, X, measure="npmi", top_n=10, window_size=None):
+        """Topic coherence of each topic's ``top_n`` words, shape (K,). Higher is better.
 
         Parameters
         ----------
-        X : count matrix, Corpus or list of str
-            Reference documents; document co-occurrence is what counts.
-        measure : {"npmi", "umass"}
-            See :func:`elbokit.models.lda.topic_coherence`. Higher is better.
+        X : count matrix, Corpus, list of str, or list of token lists
+            Reference documents. Counts (or a Corpus) make every document one
+            window; raw text (with the model's vocabulary) or token lists keep
+            the word order, for sliding windows.
+        measure : {"npmi", "c_v", "umass"}
+            See :func:`elbokit.models.lda.topic_coherence`: ``npmi`` and ``c_v``
+            are gensim's ``c_npmi`` and ``c_v`` (``CoherenceModel``), ``umass``
+            Mimno et al.'s.
         top_n : int, default=10
+        window_size : int, optional
+            Sliding window over the token sequences (gensim's default: 110 for
+            c_v, 10 for npmi). Default: for c_v on texts 110, otherwise whole
+            documents.
         """
-        if measure not in ("npmi", "umass"):
-            raise ValueError(f"measure={measure!r} is not supported: use 'npmi' or 'umass'.")
+        if measure not in ("npmi", "c_v", "umass"):
+            raise ValueError(f"measure={measure!r} is not supported: use 'npmi', 'c_v' or "
+                             "'umass'.")
         top_n = check_positive_int(top_n, "top_n", minimum=2)
+        check_is_fitted(self)
+        top = self._top_indices(top_n)
+        if isinstance(X, (list, tuple)) and X and (_is_text(X) or isinstance(X[0], (list, tuple))):
+            if measure == "umass":
+                raise ValueError("measure='umass' counts documents: pass counts or a Corpus.")
+            sequences = self._sequences(X)
+            if window_size is None:
+                window_size = 110 if measure == "c_v" else None
+            if window_size is not None:
+                window_size = check_positive_int(window_size, "window_size")
+            return topic_coherence(top, measure=measure, sequences=sequences,
+                                   window_size=window_size)
+        if window_size is not None:
+            raise ValueError("window_size needs the word order: pass raw texts or token lists, "
+                             "not counts.")
         counts = self._counts(X)
-        return topic_coherence(self._top_indices(top_n), counts.to_scipy(), measure)
+        return topic_coherence(top, counts.to_scipy(), measure)
+
+    def _sequences(self, X):
+        """Word-index sequences (-1 outside the vocabulary) of texts or token lists."""
+        if getattr(self, "vocabulary_", None) is None:
+            raise TypeError(
+                "X holds texts, but this LDA was fitted on a count matrix, which carries no "
+                "words: pass reference counts made by the same vectorizer, or fit on an "
+                "elbokit.Corpus.")
+        where = {w: i for i, w in enumerate(self.vocabulary_)}
+        if _is_text(X):
+            from elbokit.data.text import analyzer
+
+            analyze = analyzer(self.vectorizer_params_)
+            X = [analyze(t) for t in ([X] if isinstance(X, str) else X)]
+        return [np.array([where.get(w, -1) for w in tokens], dtype=np.int64) for tokens in X]
+
+    def diversity(self, top_n=25):
+        """Topic diversity: the fraction of distinct words among all topics' ``top_n`` words
+        (Dieng, Ruiz & Blei 2020; 25 words as there). 1 when no two topics share a top word."""
+        top_n = check_positive_int(top_n, "top_n")
+        check_is_fitted(self)
+        return topic_diversity(self._top_indices(top_n))

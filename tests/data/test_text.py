@@ -87,10 +87,10 @@ def test_as_counts_drops_explicit_zeros():
 
 
 @pytest.mark.parametrize("X, match", [
-    (np.array([[1, -1]]), "negative counts"),
+    (np.array([[1, -1]]), "Negative values"),
     (np.array([[1.0, np.nan]]), "NaN or inf"),
     (np.array([1, 2]), "2-D"),
-    (np.zeros((0, 3)), "0 documents"),
+    (np.zeros((0, 3)), "0 sample"),
     (np.array([["a", "b"]]), "numbers"),
     (["some text"], "is text"),
 ])
@@ -100,7 +100,7 @@ def test_as_counts_rejects_bad_input(X, match):
 
 
 def test_as_counts_checks_vocabulary_size_and_integers():
-    with pytest.raises(ValueError, match="vocabulary of 5"):
+    with pytest.raises(ValueError, match="expecting 5 features"):
         as_counts(np.ones((2, 3)), n_features=5)
     with pytest.raises(ValueError, match="non-integer"):
         as_counts(np.array([[0.5, 1.0]]), integer=True)

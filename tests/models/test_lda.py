@@ -93,7 +93,9 @@ def test_one_batch_vi_iteration_agrees_with_scikit_learn(lda_data):
     skl.exp_dirichlet_component_ = np.exp(_dirichlet_expectation_2d(lam))
     skl._em_step(X, total_samples=X.shape[0], batch_update=True)
     model = LDAModel(F64, local_max_iter=60, local_tol=0.0)
-    res = model.local_step(params, one_batch(X), torch.ones(X.shape[0], K, dtype=F64))
+    batch = one_batch(X)
+    gamma, etheta, norm, _, _ = model.infer(params, batch, torch.ones(X.shape[0], K, dtype=F64))
+    res = model.result(params, batch, gamma, etheta, norm, gamma)
     new = model.maximize(res.stats, params)
     np.testing.assert_allclose(new.concentration.numpy(), skl.components_, rtol=1e-7)
     # and the bounds agree: ours (local + global terms) vs scikit-learn's _approx_bound
@@ -161,9 +163,12 @@ def test_collapsed_step_samples_its_exact_conditional():
     local = None
     for _ in range(15):  # the chain on 4 states mixes in a few sweeps
         stats, ll, units, local = model.sample_local(draw, batch, local, gen)
-    z = local[0].view(n, 2)  # tokens of doc d are 2d (word 0) and 2d+1 (word 1)
+    # tokens of doc d are 2d and 2d+1, in a random order: sort each pair by word
+    z, w = local.z.view(n, 2).long(), local.word.view(n, 2).long()
+    first = torch.where(w[:, 0] == 0, z[:, 0], z[:, 1])
+    second = torch.where(w[:, 0] == 0, z[:, 1], z[:, 0])
     emp = np.zeros((K, K))
-    np.add.at(emp, (z[:, 0].numpy(), z[:, 1].numpy()), 1.0 / n)
+    np.add.at(emp, (first.numpy(), second.numpy()), 1.0 / n)
     a, b = alpha.numpy(), beta.numpy()
     exact = np.array([[a[i] * (a[j] + (i == j)) * b[i, 0] * b[j, 1] for j in range(K)]
                       for i in range(K)])
@@ -187,8 +192,10 @@ def test_topic_coherence_by_hand():
     X = sp.csr_matrix(np.array([[1, 1, 0, 1], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0]]))
     top = np.array([[0, 1], [0, 2], [0, 3]])
     npmi = topic_coherence(top, X, "npmi")
-    pmi_03 = np.log((1 / 4) / ((2 / 4) * (1 / 4)))
-    np.testing.assert_allclose(npmi, [1.0, -1.0, pmi_03 / -np.log(1 / 4)])
+    eps = 1e-12  # gensim's smoothing
+    pmi_02 = np.log(eps / ((2 / 4) * (2 / 4))) / -np.log(eps)  # never together: about -1
+    pmi_03 = np.log((1 / 4 + eps) / ((2 / 4) * (1 / 4))) / -np.log(1 / 4 + eps)
+    np.testing.assert_allclose(npmi, [1.0, pmi_02, pmi_03], rtol=1e-9)
     umass = topic_coherence(top, X, "umass")
     np.testing.assert_allclose(umass, [np.log(3 / 2), np.log(1 / 2), np.log(2 / 2)])
 
@@ -223,3 +230,62 @@ def test_gamma_table_warm_starts_seen_documents_only(lda_data):
     fresh = torch.full((20, 3), -1.0, dtype=F64)
     torch.testing.assert_close(table.start(torch.arange(10, 30), fresh)[:10], table.gamma[10:20])
     assert (table.start(torch.arange(10, 30), fresh)[10:] == -1).all()
+
+
+TEXTS = [
+    "human machine interface for lab abc computer applications",
+    "a survey of user opinion of computer system response time",
+    "the eps user interface management system",
+    "system and human engineering testing of eps system",
+    "relation of user perceived response time to error measurement",
+    "the generation of random binary unordered trees",
+    "the intersection graph of paths in trees",
+    "graph minors iv widths of trees and well quasi ordering",
+    "graph minors a survey of computer science trees and eps",
+    "survey of graph theory response trees and human interface",
+]
+TOPICS = [["human", "computer", "interface", "system", "eps"],
+          ["graph", "trees", "minors", "survey", "response"],
+          ["user", "time", "response", "system", "survey"]]
+
+
+@pytest.mark.parametrize("measure, window", [("c_v", 110), ("c_v", 4), ("npmi", 10),
+                                             ("npmi", 3)])
+def test_coherence_equals_gensim(measure, window):
+    """c_v and NPMI against gensim's CoherenceModel on the same topics and texts.
+
+    (No word repeats within a window here: gensim's sliding window forgets a word when
+    one of its occurrences leaves the window although another is still inside; elbokit
+    counts the windows that hold the word.)"""
+    gensim = pytest.importorskip("gensim")
+    from gensim.corpora import Dictionary
+    from gensim.models.coherencemodel import CoherenceModel
+
+    texts = [t.split() for t in TEXTS]
+    dictionary = Dictionary(texts)
+    ref = CoherenceModel(topics=TOPICS, texts=texts, dictionary=dictionary,
+                         coherence="c_npmi" if measure == "npmi" else "c_v",
+                         window_size=window, processes=1).get_coherence_per_topic()
+    vocab = sorted(dictionary.token2id)
+    where = {w: i for i, w in enumerate(vocab)}
+    seqs = [np.array([where[w] for w in t]) for t in texts]
+    top = np.array([[where[w] for w in t] for t in TOPICS])
+    ours = topic_coherence(top, measure=measure, sequences=seqs, window_size=window)
+    np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
+    assert gensim.__version__
+
+
+def test_coherence_on_counts_equals_whole_document_windows():
+    """Counts (no word order) make each document one window: the same as gensim's with a
+    window longer than every document."""
+    texts = [t.split() for t in TEXTS]
+    vocab = sorted({w for t in texts for w in t})
+    where = {w: i for i, w in enumerate(vocab)}
+    seqs = [np.array([where[w] for w in t]) for t in texts]
+    X = sp.csr_matrix((np.ones(sum(map(len, seqs))), np.concatenate(seqs),
+                       np.cumsum([0] + [len(q) for q in seqs])), shape=(len(seqs), len(vocab)))
+    top = np.array([[where[w] for w in t] for t in TOPICS])
+    for measure in ("npmi", "c_v"):
+        np.testing.assert_allclose(topic_coherence(top, X, measure),
+                                   topic_coherence(top, measure=measure, sequences=seqs,
+                                                   window_size=1000), rtol=1e-12)

@@ -264,7 +264,7 @@ class SparseCounts:
 
 
 def as_counts(X, *, name="X", dtype=torch.float32, device=None, n_features=None,
-              integer=False, allow_empty=False) -> SparseCounts:
+              integer=False, allow_empty=False, estimator="the model") -> SparseCounts:
     """Check a document-term count matrix and return it as :class:`SparseCounts`.
 
     Parameters
@@ -281,6 +281,10 @@ def as_counts(X, *, name="X", dtype=torch.float32, device=None, n_features=None,
         Required number of columns (the fitted vocabulary size).
     integer : bool
         Require integer counts.
+    allow_empty : bool
+        Accept 0 documents.
+    estimator : str
+        Name of the estimator, for error messages.
 
     Raises
     ------
@@ -303,9 +307,10 @@ def as_counts(X, *, name="X", dtype=torch.float32, device=None, n_features=None,
             device = X.device
         t = X.detach()
         if t.is_complex():
-            raise ValueError(f"{name} has complex values: counts must be real.")
+            raise ValueError(f"Complex data not supported: {name} must hold real counts.")
         if t.ndim != 2:
-            raise ValueError(f"{name} must be 2-D (n_docs, n_words); got shape {tuple(t.shape)}.")
+            raise ValueError(f"{name} must be 2-D (n_docs, n_words); got shape {tuple(t.shape)}. "
+                             "Reshape your data: one row of counts per document.")
         if t.layout == torch.sparse_csr:
             indptr, indices, data = t.crow_indices(), t.col_indices(), t.values()
         else:
@@ -325,12 +330,22 @@ def as_counts(X, *, name="X", dtype=torch.float32, device=None, n_features=None,
             m = sp.csr_matrix(X)
         else:
             arr = np.asarray(X)
+            if arr.dtype.kind == "O":  # numbers stored as objects
+                try:
+                    arr = arr.astype(np.float64)
+                except (TypeError, ValueError) as err:
+                    raise TypeError(f"{name} must hold numbers: {err}.") from err
+            if arr.dtype.kind == "c":
+                raise ValueError(f"Complex data not supported: {name} must hold real counts.")
             if arr.dtype.kind not in "biuf":
                 raise TypeError(f"{name} must hold numbers; got dtype {arr.dtype}.")
             if arr.ndim != 2:
                 raise ValueError(
-                    f"{name} must be 2-D (n_docs, n_words); got shape {arr.shape}.")
+                    f"{name} must be 2-D (n_docs, n_words); got shape {arr.shape}. Reshape "
+                    "your data: one row of counts per document.")
             m = sp.csr_matrix(arr)
+        if m.dtype.kind == "c":
+            raise ValueError(f"Complex data not supported: {name} must hold real counts.")
         if m.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold numbers; got dtype {m.dtype}.")
         m.sum_duplicates()
@@ -340,19 +355,22 @@ def as_counts(X, *, name="X", dtype=torch.float32, device=None, n_features=None,
         indices = torch.from_numpy(m.indices.astype(np.int64))
         data = torch.from_numpy(np.asarray(m.data, dtype=np.float64))
     if shape[0] < 1 and not allow_empty:
-        raise ValueError(f"{name} has 0 documents (shape={shape}): pass at least one.")
+        raise ValueError(f"{name} has 0 sample(s) (shape={shape}) while a minimum of 1 is "
+                         "required: pass at least one document.")
     if shape[1] < 1:
-        raise ValueError(f"{name} has 0 words (shape={shape}): the vocabulary is empty.")
+        raise ValueError(f"{name} has 0 feature(s) (shape={shape}) while a minimum of 1 is "
+                         "required: the vocabulary is empty.")
     if n_features is not None and shape[1] != n_features:
         raise ValueError(
-            f"{name} has {shape[1]} words (columns), but the model was fitted on a vocabulary "
-            f"of {n_features}: build {name} with the same vocabulary (e.g. corpus.transform)."
+            f"X has {shape[1]} features, but {estimator} is expecting {n_features} features "
+            f"as input: {name}'s columns must be the vocabulary the model was fitted on "
+            "(build it with the same vectorizer, e.g. corpus.transform)."
         )
     data64 = data.to(torch.float64)
     if not bool(torch.isfinite(data64).all()):
         raise ValueError(f"{name} contains NaN or inf: counts must be finite.")
     if bool((data64 < 0).any()):
-        raise ValueError(f"{name} has negative counts: word counts must be >= 0.")
+        raise ValueError(f"Negative values in data passed as {name}: word counts must be >= 0.")
     if integer and bool((data64 != data64.round()).any()):
         raise ValueError(
             f"{name} has non-integer counts, which the Gibbs sampler cannot use: pass word "
@@ -459,6 +477,15 @@ class CountBatches:
             n_docs = rows.shape[0]
             doc = torch.repeat_interleave(torch.arange(n_docs, device=device), lengths)
             yield DocBatch(doc, word, count, n_docs, i, rows)
+
+
+def analyzer(params: dict):
+    """The CountVectorizer analyzer of saved settings: text -> tokens, in order (for
+    coherence measures on sliding windows)."""
+    kw = {k: params[k] for k in VECTORIZER_KEYS if k in params}
+    kw["ngram_range"] = tuple(kw.get("ngram_range", (1, 1)))
+    kw.update(min_df=1, max_df=1.0, max_features=None)
+    return CountVectorizer(**kw).build_analyzer()
 
 
 def read_documents(path) -> list[str]:

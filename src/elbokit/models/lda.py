@@ -38,6 +38,8 @@ term of the bound at the optimal phi.  Compute is in the estimator's dtype
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +49,7 @@ import torch
 from elbokit.data.text import DocBatch, SparseCounts
 from elbokit.inference.sampling import dirichlet
 from elbokit.inference.vi import LocalResult
+from elbokit.models import lda_gibbs
 
 
 def dirichlet_expectation(concentration: torch.Tensor) -> torch.Tensor:
@@ -110,11 +113,34 @@ def initial_gamma(n_docs: int, doc_lengths: torch.Tensor, alpha: torch.Tensor, d
 
 def _row_dots(et, doc, B):
     """sum_k et[doc_i, k] B[i, k] for every non-zero i, shape (nnz,)."""
-    return torch.linalg.vecdot(et.index_select(0, doc), B)
+    return torch.einsum("ik,ik->i", et.index_select(0, doc), B)
+
+
+def _doc_sums(doc, n_docs: int, weights, B):
+    """sum over each document's non-zeros i of weights[i] B[i], shape (n_docs, K).
+
+    ``doc`` is sorted (the non-zeros come document by document), so this is a
+    sparse CSR (n_docs x nnz) times dense product, several times faster than a
+    scatter-add, and it sums each document's rows in their order whatever
+    other documents share the batch."""
+    crow = torch.zeros(n_docs + 1, dtype=torch.int64, device=doc.device)
+    crow[1:] = torch.cumsum(torch.bincount(doc, minlength=n_docs), 0)
+    cols = torch.arange(doc.shape[0], device=doc.device)
+    with warnings.catch_warnings():  # torch calls its CSR support "beta"
+        warnings.simplefilter("ignore", UserWarning)
+        S = torch.sparse_csr_tensor(crow, cols, weights.to(B.dtype), size=(n_docs, doc.shape[0]),
+                                    check_invariants=False)
+        return S @ B
 
 
 def local_update(doc, count, n_docs, B, alpha, gamma, *, max_iter: int, tol: float):
-    """Coordinate ascent on q(theta_d), q(z_d) for a batch of documents.
+    """Coordinate ascent on q(theta_d), q(z_d) for a batch of documents, each on its own.
+
+    Every document iterates until its own gamma settles (mean absolute
+    change below ``tol``) or ``max_iter`` iterations: a document's result
+    does not depend on the other documents of the batch (the work is
+    compacted to the documents still moving once the stopped ones hold 30%
+    of the non-zeros; until then a stopped document's gamma is left as it is).
 
     Parameters
     ----------
@@ -128,10 +154,11 @@ def local_update(doc, count, n_docs, B, alpha, gamma, *, max_iter: int, tol: flo
     gamma : Tensor, shape (n_docs, K)
         Starting point; updated in place.
     max_iter : int
-        Most iterations.
+        Most iterations per document.
     tol : float
-        A document stops when its mean absolute change of gamma is below
-        ``tol``; the loop stops when every document has.
+        A document stops when its mean absolute change of gamma is below ``tol``
+        (or below 64 float-epsilons of its mean gamma: the resolution of
+        float32 sums over a long document's words; ``tol=0`` runs ``max_iter``).
 
     Returns
     -------
@@ -141,36 +168,47 @@ def local_update(doc, count, n_docs, B, alpha, gamma, *, max_iter: int, tol: flo
     norm : Tensor, shape (nnz,)
         phi's normaliser at the returned gamma (consistent with it).
     n_iter : int
+        Iterations of the longest-running document.
     """
     eps = torch.finfo(B.dtype).eps
+    floor = 64 * eps  # relative resolution of the sums below
     alpha = alpha.to(B.dtype)
     etheta = torch.exp(dirichlet_expectation(gamma))
-    rows = None  # None: every document still active
+    rows = None  # the documents worked on (None: all of them)
+    live = None  # which of those are still moving (None: all)
     a_doc, a_B, a_cnt = doc, B, count
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
         et = etheta if rows is None else etheta.index_select(0, rows)
         g_old = gamma if rows is None else gamma.index_select(0, rows)
         norm = _row_dots(et, a_doc, a_B).add_(eps)
-        acc = torch.zeros_like(et).index_add_(0, a_doc, a_B * (a_cnt / norm)[:, None])
+        acc = _doc_sums(a_doc, et.shape[0], a_cnt / norm, a_B)
         g_new = acc.mul_(et).add_(alpha)
         change = (g_new - g_old).abs_().mean(1)
+        if live is not None:  # documents that stopped keep their gamma
+            g_new = torch.where(live[:, None], g_new, g_old)
+            change = change.masked_fill_(~live, 0.0)
         e_new = torch.exp(dirichlet_expectation(g_new))
         if rows is None:
             gamma, etheta = g_new, e_new
         else:
             gamma[rows], etheta[rows] = g_new, e_new
-        active = change >= tol
-        n_active = int(active.sum())
-        if n_active == 0:
+        # (with tol > 0) a change below the compute dtype's resolution at gamma's
+        # scale is rounding: a long document's gamma cannot settle finer than that
+        moving = change >= (torch.clamp(g_new.mean(1) * floor, min=tol) if tol > 0 else tol)
+        n_moving = int(moving.sum())
+        if n_moving == 0:
             break
-        if n_active <= active.shape[0] // 2:  # compact: keep only the active documents
-            nnz_keep = active[a_doc]
-            new_index = torch.cumsum(active, 0) - 1
+        nnz_keep = moving[a_doc]
+        if int(nnz_keep.sum()) <= 0.7 * nnz_keep.shape[0]:  # compact to the moving documents
+            new_index = torch.cumsum(moving, 0) - 1
             a_doc = new_index[a_doc[nnz_keep]]
             a_B, a_cnt = a_B[nnz_keep], a_cnt[nnz_keep]
-            idx = torch.nonzero(active).squeeze(1)
+            idx = torch.nonzero(moving).squeeze(1)
             rows = idx if rows is None else rows[idx]
+            live = None
+        else:
+            live = moving
     if gamma.shape[0] != n_docs:
         raise AssertionError("gamma lost its shape")
     norm = _row_dots(etheta, doc, B).add_(eps)
@@ -186,16 +224,26 @@ def doc_terms(gamma64: torch.Tensor, alpha64: torch.Tensor) -> torch.Tensor:
 
 
 def update_alpha(alpha: torch.Tensor, mean_elog_theta: torch.Tensor, *, max_iter: int = 50,
-                 tol: float = 1e-10) -> torch.Tensor:
+                 tol: float = 1e-10, bounds=(1e-6, 1e4)) -> torch.Tensor:
     """Empirical-Bayes alpha: maximise sum_d E_q[log Dirichlet(theta_d | alpha)].
 
     The objective n (log Gamma(sum a) - sum log Gamma(a) + sum (a - 1) m), with
     m the mean E[log theta] over documents, is concave; Newton's method with
-    the diagonal-plus-rank-one Hessian (Minka 2000) solves it in O(K) per step,
-    halving steps that would leave alpha non-positive.
+    the diagonal-plus-rank-one Hessian (Minka 2000) solves it in O(K) per
+    step. Each step is halved until it stays in ``bounds`` and raises the
+    objective, so that degenerate statistics (a document or two, float32
+    rounding) leave alpha where it was rather than diverge.
     """
     a = alpha.to(torch.float64).clone()
     m = mean_elog_theta.to(torch.float64)
+    lo, hi = bounds
+
+    def objective(x):
+        return float(torch.lgamma(x.sum()) - torch.lgamma(x).sum() + ((x - 1) * m).sum())
+
+    if not bool(torch.isfinite(m).all()):
+        return a
+    f = objective(a)
     for _ in range(max_iter):
         g = torch.digamma(a.sum()) - torch.digamma(a) + m
         q = -torch.polygamma(1, a)
@@ -203,13 +251,18 @@ def update_alpha(alpha: torch.Tensor, mean_elog_theta: torch.Tensor, *, max_iter
         b = (g / q).sum() / (1.0 / z + (1.0 / q).sum())
         step = (g - b) / q
         s = 1.0
-        while bool((a - s * step <= 0).any()) and s > 1e-8:
+        while s > 1e-10:
+            new = a - s * step
+            if bool(((new >= lo) & (new <= hi)).all()):
+                f_new = objective(new)
+                if f_new >= f:
+                    break
             s /= 2
-        a = a - s * step
+        else:
+            break
+        a, f = new, f_new
         if float(step.abs().max()) * s < tol:
             break
-    if not bool(torch.isfinite(a).all()):
-        raise FloatingPointError("the alpha update diverged; pass a fixed alpha instead.")
     return a
 
 
@@ -241,6 +294,40 @@ class GammaTable:
         self.seen[rows] = True
 
 
+def update_eta(eta: float, elog_beta_sum: float, n_topics: int, n_words: int, *,
+               max_iter: int = 50, tol: float = 1e-10) -> float:
+    """Empirical-Bayes symmetric eta: maximise sum_k E_q[log Dirichlet(beta_k | eta)].
+
+    The objective K (log Gamma(V e) - V log Gamma(e)) + (e - 1) S, with S the
+    sum over topics and words of E[log beta_kw], is concave in e; Newton's
+    method on log e (Minka 2000) keeps e positive.
+    """
+    K, V, S = float(n_topics), float(n_words), float(elog_beta_sum)
+    x = math.log(float(eta))
+    for _ in range(max_iter):
+        e = math.exp(x)
+        g = K * V * (_digamma(V * e) - _digamma(e)) + S           # d/de
+        h = K * V * (V * _trigamma(V * e) - _trigamma(e))         # d2/de2 < 0
+        gx, hx = g * e, h * e * e + g * e                          # in x = log e
+        step = gx / hx if hx < 0 else -1.0 if gx < 0 else 1.0
+        step = max(-2.0, min(2.0, step))
+        x -= step
+        if abs(step) < tol:
+            break
+    e = math.exp(x)
+    if not math.isfinite(e):
+        raise FloatingPointError("the eta update diverged; pass a fixed eta instead.")
+    return e
+
+
+def _digamma(x: float) -> float:
+    return float(torch.digamma(torch.tensor(x, dtype=torch.float64)))
+
+
+def _trigamma(x: float) -> float:
+    return float(torch.polygamma(1, torch.tensor(x, dtype=torch.float64)))
+
+
 class LDAModel:
     """The LDA math the engines call.
 
@@ -252,26 +339,40 @@ class LDAModel:
         Most local (per-document) iterations per local step.
     local_tol : float
         Local convergence: mean absolute change of gamma per document.
-    learn_alpha : bool
-        Re-estimate alpha by empirical Bayes in each global update.
+    learn_alpha, learn_eta : bool
+        Re-estimate alpha (asymmetric) / eta (symmetric) by empirical Bayes in
+        each global update: Newton's method on the bound (VI), Minka's fixed
+        point on the sampled counts (Gibbs).
+    use_numba : bool, optional
+        Gibbs on CPU: the compiled sweep (default when numba imports) or the
+        vectorised torch one.
     """
 
     def __init__(self, dtype=torch.float32, local_max_iter: int = 100, local_tol: float = 1e-3,
-                 learn_alpha: bool = False):
+                 learn_alpha: bool = False, learn_eta: bool = False,
+                 use_numba: bool | None = None):
         self.dtype = dtype
         self.local_max_iter = local_max_iter
         self.local_tol = local_tol
         self.learn_alpha = learn_alpha
+        self.learn_eta = learn_eta
+        self.use_numba = use_numba
 
     # ------------------------------------------------------------ local
+    def _lengths(self, batch: DocBatch) -> torch.Tensor:
+        lengths = torch.zeros(batch.n_docs, dtype=torch.float64, device=batch.count.device)
+        return lengths.index_add_(0, batch.doc, batch.count.to(torch.float64))
+
     def infer(self, params: LDAParams, batch: DocBatch, gamma=None, *, max_iter=None, tol=None):
-        """Local update of one batch; returns (gamma, exp_elog_theta, norm, B, n_iter)."""
+        """Local update of one batch; returns (gamma, exp_elog_theta, norm, B, n_iter).
+
+        Without ``gamma`` every document starts from Blei et al.'s
+        deterministic point alpha + N_d / K, so its result is its own alone.
+        """
         B = params.exp_elog_beta_t(self.dtype)[batch.word]
         count = batch.count.to(self.dtype)
         if gamma is None:
-            lengths = torch.zeros(batch.n_docs, dtype=torch.float64, device=count.device)
-            lengths.index_add_(0, batch.doc, count.to(torch.float64))
-            gamma = initial_gamma(batch.n_docs, lengths, params.alpha, self.dtype)
+            gamma = initial_gamma(batch.n_docs, self._lengths(batch), params.alpha, self.dtype)
         gamma, etheta, norm, n_iter = local_update(
             batch.doc, count, batch.n_docs, B, params.alpha, gamma.clone(),
             max_iter=self.local_max_iter if max_iter is None else max_iter,
@@ -291,21 +392,53 @@ class LDAModel:
                          batch.count.to(torch.float64) * torch.log(norm.to(torch.float64)))
         return words + doc_terms(gamma.to(torch.float64), params.alpha)
 
+    def _guarded(self, params, batch, previous, gamma, etheta, norm, B):
+        """Per document, the better (by its bound) of the fresh local optimum and the
+        previous iteration's gamma under the new topics: the bound cannot drop
+        (by more than 1e-12 relative, the margin that settles near ties)."""
+        prev = previous.to(gamma.dtype)
+        e_prev = torch.exp(dirichlet_expectation(prev))
+        n_prev = _row_dots(e_prev, batch.doc, B).add_(torch.finfo(B.dtype).eps)
+        fresh = self.doc_bounds(params, batch, gamma, norm)
+        # keep the previous state only when it is better by more than rounding, so
+        # that a near tie (both at the same optimum) goes the same way whatever
+        # the order of the sums (several processes, batch sizes)
+        keep = self.doc_bounds(params, batch, prev, n_prev) > fresh + 1e-12 * fresh.abs()
+        gamma = torch.where(keep[:, None], prev, gamma)
+        etheta = torch.where(keep[:, None], e_prev, etheta)
+        norm = torch.where(keep[batch.doc], n_prev, norm)
+        return gamma, etheta, norm
+
     def local_step(self, params: LDAParams, batch: DocBatch, local) -> LocalResult:
         """Local updates of one batch, its statistics and bound terms.
 
-        ``local``: None (fresh start), the batch's previous gamma (batch VI),
-        or a :class:`GammaTable` (read for the start, then updated).
+        ``local``: None (a fresh start), the batch's previous gamma (batch VI)
+        or a :class:`GammaTable` (online VI: read for the start, then updated).
+
+        Batch VI re-solves every document's local problem from its fresh
+        start at every iteration and keeps, per document, whichever of that
+        optimum and the previous gamma scores higher under the new topics:
+        the bound never decreases, and no document stays bound to the topic
+        it happened to favour under the random initial topics (warm starts
+        alone do that: the fixed point with near-duplicate topics).
         """
         table = local if isinstance(local, GammaTable) else None
+        start = None
         if table is not None:
-            lengths = torch.zeros(batch.n_docs, dtype=torch.float64, device=batch.count.device)
-            lengths.index_add_(0, batch.doc, batch.count.to(torch.float64))
-            local = table.start(batch.rows, initial_gamma(batch.n_docs, lengths, params.alpha,
-                                                          self.dtype))
-        gamma, etheta, norm, B, _ = self.infer(params, batch, local)
+            start = table.start(batch.rows, initial_gamma(batch.n_docs, self._lengths(batch),
+                                                          params.alpha, self.dtype))
+        gamma, etheta, norm, B, _ = self.infer(params, batch, start)
         if table is not None:
             table.store(batch.rows, gamma)
+        elif local is not None:
+            gamma, etheta, norm = self._guarded(params, batch, local, gamma, etheta, norm, B)
+        return self.result(params, batch, gamma, etheta, norm,
+                           gamma if table is None else table)
+
+    def result(self, params: LDAParams, batch: DocBatch, gamma, etheta, norm,
+               local=None) -> LocalResult:
+        """The statistics and bound terms of a batch's local state (gamma and the
+        matching exp(E log theta) and phi normalisers)."""
         ratio = (batch.count.to(self.dtype) / norm)[:, None]
         V, K = params.concentration.shape[1], params.concentration.shape[0]
         sw = torch.zeros(V, K, dtype=torch.float64, device=norm.device)
@@ -316,37 +449,45 @@ class LDAModel:
             stats["n_docs"] = torch.tensor(float(batch.n_docs), dtype=torch.float64,
                                            device=norm.device)
         bound = self.doc_bounds(params, batch, gamma, norm).sum()
-        return LocalResult(stats, bound, batch.n_docs, batch.n_words,
-                           gamma if table is None else table)
+        return LocalResult(stats, bound, batch.n_docs, batch.n_words, local)
 
     # ------------------------------------------------------------ global
-    def zero_statistics(self, params: LDAParams) -> dict:
+    def zero_statistics(self, params) -> dict:
         """The statistics of no document (an empty shard under torch.distributed).
 
         ``params``: LDAParams (variational; expected statistics) or LDADraw
-        (Gibbs; sampled topic-word counts only).
+        (Gibbs; sampled counts).
         """
-        table = params.topic_word if isinstance(params, LDADraw) else params.concentration
+        gibbs = isinstance(params, LDADraw)
+        table = params.topic_word if gibbs else params.concentration
         K, V = table.shape
         f64, device = torch.float64, table.device
         stats = {"topic_word": torch.zeros(K, V, dtype=f64, device=device)}
-        if self.learn_alpha and not isinstance(params, LDADraw):
+        if self.learn_alpha and not gibbs:
             stats["elog_theta"] = torch.zeros(K, dtype=f64, device=device)
             stats["n_docs"] = torch.zeros((), dtype=f64, device=device)
+        if self.learn_alpha and gibbs:
+            stats["alpha_num"] = torch.zeros(K, dtype=f64, device=device)
+            stats["alpha_den"] = torch.zeros((), dtype=f64, device=device)
         return stats
 
     def maximize(self, stats, params: LDAParams, scale: float = 1.0) -> LDAParams:
-        """lambda = eta + scale * E[topic-word counts]; alpha by empirical Bayes if learned."""
+        """lambda = eta + scale * E[topic-word counts]; alpha, eta by empirical Bayes if learned."""
         lam = params.eta[None, :] + scale * stats["topic_word"]
-        alpha = params.alpha
+        alpha, eta = params.alpha, params.eta
         if self.learn_alpha and float(stats["n_docs"]) > 0:
             alpha = update_alpha(alpha, stats["elog_theta"] / stats["n_docs"])
-        return LDAParams(lam, alpha, params.eta)
+        if self.learn_eta:
+            e = update_eta(float(eta[0]), float(dirichlet_expectation(lam).sum()), *lam.shape)
+            eta = torch.full_like(eta, e)
+            lam = lam - params.eta[None, :] + eta[None, :]
+        return LDAParams(lam, alpha, eta)
 
     def blend(self, params: LDAParams, target: LDAParams, rho: float) -> LDAParams:
         lam = (1 - rho) * params.concentration + rho * target.concentration
         alpha = (1 - rho) * params.alpha + rho * target.alpha
-        return LDAParams(lam, alpha, params.eta)
+        eta = (1 - rho) * params.eta + rho * target.eta
+        return LDAParams(lam, alpha, eta)
 
     def global_bound(self, params: LDAParams) -> torch.Tensor:
         """E_q[log p(beta | eta) - log q(beta | lambda)] summed over topics (float64)."""
@@ -361,71 +502,44 @@ class LDAModel:
     def sample_local(self, draw: LDADraw, batch: DocBatch, local, generator):
         """One sweep over a batch's tokens: z_dn | z_d,-n, beta with theta collapsed.
 
-        Given beta, documents are independent, so the sweep visits token
-        position j of *every* document at once: one tensor operation per
-        position (a loop over the longest document's length, never over
-        tokens or documents), drawing z from
-        p(z_dn = k | ...) proportional to (n_dk without token n + alpha_k) beta_k,w_dn,
-        an exact Gibbs step for p(z_d | w_d, beta) with theta integrated out.
-        A non-zero with count c is c tokens.
+        Given beta the documents are independent; each token's topic is drawn
+        from (n_dk^-i + alpha_k) beta_kw, sparsely (see
+        :mod:`elbokit.models.lda_gibbs`). A non-zero with count c is c tokens.
 
         Returns
         -------
-        stats : {"topic_word": (K, V) float64 counts of the new assignments}
+        stats : dict
+            ``topic_word``: (K, V) float64 counts of the new assignments; with
+            alpha learned, ``alpha_num`` / ``alpha_den``: the sums of Minka's
+            fixed point at the sweep's alpha.
         log_likelihood : float64
-            sum_dw n_dw log sum_k theta_hat_dk beta_kw, theta_hat the posterior
-            mean of theta given the assignments.
+            sum over tokens of log p(w_i | z_-i, beta), each token's predictive
+            probability at its draw.
         n_units : float64, the batch's words
-        local : the assignments and the batch's token layout
+        local : :class:`~elbokit.models.lda_gibbs.TokenState`
         """
         K, V = draw.topic_word.shape
-        device = batch.count.device
         if local is None:
-            local = _token_layout(batch, K, generator)
-        z, ndk, tok_doc, tok_word, order, offsets = local
-        alpha = draw.alpha.to(self.dtype)
+            local = lda_gibbs.token_state(batch, K, generator)
         beta_t = draw.topic_word.t().contiguous().to(self.dtype)
-        for j in range(len(offsets) - 1):
-            idx = order[offsets[j]:offsets[j + 1]]
-            d, w = tok_doc[idx], tok_word[idx]
-            ndk[d, z[idx]] -= 1
-            p = (ndk[d] + alpha) * beta_t[w]
-            cdf = torch.cumsum(p, 1)
-            u = torch.rand(len(idx), 1, generator=generator, device=device, dtype=self.dtype)
-            new = (cdf < u * cdf[:, -1:]).sum(1).clamp_(max=K - 1)
-            ndk[d, new] += 1
-            z[idx] = new
-        nkw = torch.bincount(z * V + tok_word, minlength=K * V).view(K, V).to(torch.float64)
-        theta = ndk + alpha
-        theta = theta / theta.sum(1, keepdim=True)
-        p_word = (theta[batch.doc] * beta_t[batch.word]).sum(1).to(torch.float64)
-        log_lik = (batch.count.to(torch.float64) * torch.log(p_word)).sum()
-        return {"topic_word": nkw}, log_lik, batch.n_words, (z, ndk, tok_doc, tok_word, order,
-                                                              offsets)
+        ll, num, den = lda_gibbs.sweep(local, beta_t, draw.alpha, generator, self.use_numba)
+        nkw = torch.bincount(local.z.to(torch.int64) * V + local.word.to(torch.int64),
+                             minlength=K * V).view(K, V).to(torch.float64)
+        stats = {"topic_word": nkw}
+        if self.learn_alpha:
+            stats["alpha_num"], stats["alpha_den"] = num, den
+        return stats, ll.sum(), batch.n_words, local
 
     def sample_global(self, stats, draw: LDADraw, generator) -> LDADraw:
+        """beta ~ Dirichlet(eta + counts); then alpha (one step) and eta by Minka's fixed
+        point if learned."""
         beta = dirichlet(draw.eta[None, :] + stats["topic_word"], generator)
-        return LDADraw(beta, draw.alpha, draw.eta)
-
-
-def _token_layout(batch: DocBatch, K: int, generator):
-    """Tokens of a batch, grouped by their position in their document, with random topics."""
-    device = batch.count.device
-    nnz = batch.count.shape[0]
-    token = torch.repeat_interleave(torch.arange(nnz, device=device),
-                                    batch.count.round().to(torch.int64))
-    tok_doc, tok_word = batch.doc[token], batch.word[token]
-    T = tok_doc.shape[0]
-    doc_len = torch.bincount(tok_doc, minlength=batch.n_docs)
-    doc_start = torch.cumsum(doc_len, 0) - doc_len
-    pos = torch.arange(T, device=device) - doc_start[tok_doc]
-    order = torch.argsort(pos, stable=True)
-    per_pos = torch.bincount(pos, minlength=1) if T else torch.zeros(1, dtype=torch.int64)
-    offsets = [0] + torch.cumsum(per_pos, 0).tolist() if T else [0]
-    z = torch.randint(0, K, (T,), generator=generator, device=device)
-    ndk = torch.zeros(batch.n_docs, K, device=device)
-    ndk.index_put_((tok_doc, z), torch.ones(T, device=device), accumulate=True)
-    return z, ndk, tok_doc, tok_word, order, offsets
+        alpha, eta = draw.alpha, draw.eta
+        if self.learn_alpha:
+            alpha = lda_gibbs.minka_alpha_step(alpha, stats["alpha_num"], stats["alpha_den"])
+        if self.learn_eta:
+            eta = torch.full_like(eta, lda_gibbs.minka_eta(float(eta[0]), stats["topic_word"]))
+        return LDADraw(beta, alpha, eta)
 
 
 # ---------------------------------------------------------------- evaluation helpers
@@ -465,23 +579,113 @@ def completion_log_likelihood(theta: torch.Tensor, topic_word: torch.Tensor,
     return torch.zeros(heldout.n_docs, dtype=torch.float64, device=ll.device).index_add_(0, rows, ll)
 
 
-def topic_coherence(top: np.ndarray, X, measure: str = "npmi") -> np.ndarray:
-    """Coherence of each topic's top words from document co-occurrence in ``X``.
+EPSILON = 1e-12  # gensim's smoothing of co-occurrence probabilities in (N)PMI
+
+
+def cooccurrence(words: np.ndarray, X=None, sequences=None, window_size: int | None = None):
+    """How often the ``words`` occur, alone and in pairs, in reference "windows".
+
+    Parameters
+    ----------
+    words : int array, shape (u,)
+        Distinct word indices.
+    X : scipy.sparse matrix, shape (n_docs, V), optional
+        Counts: every document is one window (order is unknown).
+    sequences : list of int arrays, optional
+        Token sequences (word index per position, -1 for a token outside the
+        vocabulary, which still takes its place in a window), with
+        ``window_size``: gensim's boolean sliding window -- every run of
+        ``window_size`` consecutive tokens of a document is one window, a
+        document shorter than that is one window. (gensim's accumulator drops
+        a word from a window when one of its occurrences slides out although
+        another is still inside; here a window holds a word if any of its
+        tokens is that word, so the two agree unless a word repeats within a
+        window.)
+
+    Returns
+    -------
+    occurrences : float64 array, shape (u,)
+        Windows holding each word.
+    co : float64 array, shape (u, u)
+        Windows holding both words (its diagonal is ``occurrences``).
+    n_windows : int
+    """
+    words = np.asarray(words, dtype=np.int64)
+    if sequences is None:
+        B = (sp.csc_matrix(X)[:, words] > 0).astype(np.float64)
+        co = np.asarray((B.T @ B).todense())
+        return np.diag(co).copy(), co, int(X.shape[0])
+    where = np.full(int(max(words.max(), max((int(q.max()) for q in sequences if len(q)),
+                                                 default=0))) + 2, -1, dtype=np.int64)
+    where[words] = np.arange(len(words))
+    u = len(words)
+    co = np.zeros((u, u))
+    n_windows = 0
+    for seq in sequences:
+        seq = np.asarray(seq, dtype=np.int64)
+        L = len(seq)
+        n_win = max(1, L - window_size + 1) if window_size else 1
+        n_windows += n_win
+        slot = where[seq] if L else seq
+        present = np.unique(slot[slot >= 0])
+        if present.size == 0:
+            continue
+        if not window_size or L <= window_size:
+            co[np.ix_(present, present)] += 1.0
+            continue
+        # window s = tokens [s, s + window_size); word j is in it if any of its positions is
+        hits = np.zeros((present.size, L + 1))
+        rank = np.searchsorted(present, slot[slot >= 0])
+        hits[rank, np.nonzero(slot >= 0)[0] + 1] = 1.0
+        cum = np.cumsum(hits, 1)
+        inside = (cum[:, window_size:] - cum[:, :L - window_size + 1]) > 0  # (m, n_win)
+        W = inside.astype(np.float64)
+        co[np.ix_(present, present)] += W @ W.T
+    return np.diag(co).copy(), co, n_windows
+
+
+def npmi_matrix(occurrences, co, n_windows) -> np.ndarray:
+    """Normalised PMI of every pair, as gensim computes it (``EPSILON``-smoothed).
+
+    log((p_ij + eps) / (p_i p_j)) / -log(p_ij + eps), p the fractions of
+    windows; a pair with a word that never occurs gets -1 (gensim would
+    return inf there).
+    """
+    n = float(n_windows)
+    p = occurrences / n
+    pij = co / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log((pij + EPSILON) / np.outer(p, p)) / -np.log(pij + EPSILON)
+    missing = (p[:, None] == 0) | (p[None, :] == 0)
+    return np.where(missing, -1.0, out)
+
+
+def topic_coherence(top: np.ndarray, X=None, measure: str = "npmi", *, sequences=None,
+                    window_size: int | None = None) -> np.ndarray:
+    """Coherence of each topic's top words from co-occurrence in reference documents.
 
     Parameters
     ----------
     top : int array, shape (K, n)
         Each topic's top words, most probable first.
-    X : scipy.sparse matrix, shape (n_docs, V)
-        Reference counts; only whether a word occurs in a document matters.
-    measure : {"npmi", "umass"}
-        ``npmi``: mean over word pairs of log(p(wi, wj) / (p(wi) p(wj))) /
-        -log p(wi, wj), with p the fraction of documents containing the
-        words; -1 for pairs that never co-occur (range [-1, 1], higher is
-        better). ``umass`` (Mimno et al. 2011): mean over pairs i < j
-        (ordered by probability) of log((D(wi, wj) + 1) / D(wj)), with D
-        document counts; pairs whose higher-ranked word is absent from ``X``
-        are skipped.
+    X : scipy.sparse matrix, shape (n_docs, V), optional
+        Reference counts: each document is one window (only whether a word
+        occurs in it matters).
+    measure : {"npmi", "c_v", "umass"}
+        ``npmi``: mean over word pairs of the normalised PMI (range [-1, 1]);
+        gensim's ``c_npmi``. ``c_v`` (Roeder, Both & Hinneburg 2015): for
+        each top word, the cosine between its vector of NPMIs with the
+        topic's words and the sum of those vectors over the topic's words,
+        averaged; gensim's ``c_v``. ``umass`` (Mimno et al. 2011): mean over
+        pairs i < j (ordered by probability) of log((D(wi, wj) + 1) / D(wi)),
+        D document counts; pairs whose higher-ranked word is absent are
+        skipped. Higher is better for all.
+    sequences, window_size :
+        Token sequences and a sliding window (see :func:`cooccurrence`)
+        instead of ``X``: then ``npmi`` and ``c_v`` equal gensim's
+        ``CoherenceModel(coherence="c_npmi" / "c_v", window_size=...)``
+        on the same tokens. With ``X`` they equal gensim's with a window at
+        least as long as the longest document.
 
     Returns
     -------
@@ -490,31 +694,38 @@ def topic_coherence(top: np.ndarray, X, measure: str = "npmi") -> np.ndarray:
     top = np.asarray(top)
     vocab = np.unique(top)
     where = {w: i for i, w in enumerate(vocab)}
-    B = (sp.csc_matrix(X)[:, vocab] > 0).astype(np.float64)
-    co = np.asarray((B.T @ B).todense())  # document co-occurrence counts, (u, u)
-    df = np.diag(co).copy()
-    n = X.shape[0]
+    occ, co, n = cooccurrence(vocab, X, sequences, window_size)
     K, m = top.shape
     out = np.empty(K)
     iu, ju = np.triu_indices(m, 1)
+    npmi = npmi_matrix(occ, co, n) if measure in ("npmi", "c_v") else None
     for k in range(K):
         idx = np.array([where[w] for w in top[k]])
-        a, b = idx[iu], idx[ju]
-        dij = co[a, b]
         if measure == "npmi":
+            out[k] = npmi[idx[iu], idx[ju]].mean()
+        elif measure == "c_v":
+            M = npmi[np.ix_(idx, idx)]
+            total = M.sum(0)
             with np.errstate(divide="ignore", invalid="ignore"):
-                pij = dij / n
-                pmi = np.log(pij) - np.log(df[a] / n) - np.log(df[b] / n)
-                npmi = pmi / -np.log(pij)
-            npmi = np.where(dij > 0, npmi, -1.0)
-            npmi = np.where(dij == n, 1.0, npmi)  # pairs in every document
-            out[k] = npmi.mean()
-        else:
-            ok = df[a] > 0
+                cos = (M @ total) / (np.linalg.norm(M, axis=1) * np.linalg.norm(total))
+            out[k] = np.nan_to_num(cos).mean()
+        elif measure == "umass":
+            a, b = idx[iu], idx[ju]
+            ok = occ[a] > 0
             if not ok.any():
                 raise ValueError(
                     f"topic {k}'s top words never occur in X: pass reference documents "
                     "that use the model's vocabulary."
                 )
-            out[k] = np.mean(np.log((dij[ok] + 1.0) / df[a][ok]))
+            out[k] = np.mean(np.log((co[a, b][ok] + 1.0) / occ[a][ok]))
+        else:
+            raise ValueError(f"measure={measure!r} is not supported: use 'npmi', 'c_v' or "
+                             "'umass'.")
     return out
+
+
+def topic_diversity(top: np.ndarray) -> float:
+    """Fraction of distinct words among all topics' top words (Dieng, Ruiz & Blei 2020):
+    1 when no two topics share a top word, 1/K when all are the same."""
+    top = np.asarray(top)
+    return float(np.unique(top).size / top.size)

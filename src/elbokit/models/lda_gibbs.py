@@ -1,0 +1,522 @@
+"""LDA's Gibbs conditional, drawn sparsely: the local sweep of the blocked sampler.
+
+The sampler (:meth:`elbokit.models.lda.LDAModel.sample_local`) draws the
+topics beta once per sweep; given beta the documents are independent, and
+inside a document each token's topic is drawn from its conditional with
+theta integrated out (Magnusson, Jonsson, Villani & Broman 2018, "sparse
+partially collapsed" LDA)::
+
+    p(z_i = k | z_-i, beta)  proportional to  (n_dk^-i + alpha_k) beta_kw
+
+    = alpha_k beta_kw           smoothing bucket s_w = sum_k alpha_k beta_kw:
+                                the word's alone, its cumulative sums built
+                                once per sweep, a topic found by bisection
+    + n_dk^-i beta_kw           document bucket r = sum over the document's
+                                topics in use only
+
+(SparseLDA's decomposition, Yao, Mimno & McCallum 2009). One uniform per
+token picks the bucket and the topic inside it, so the draw is exact, and
+its cost per token is the number of topics the document uses plus log K:
+a short document's few topics, at most K for a long one.
+
+Two implementations of the same conditional:
+
+* :func:`sweep_numba` (CPU): each document's tokens in turn, documents in
+  parallel threads. A Python-level tensor program cannot do this at
+  tomotopy's speed: a vectorised sweep runs one tensor operation per token
+  position over the documents that reach it, dozens of operations a
+  position, each a full pass over memory with its dispatch cost, and a
+  step per position of the longest document (measured in the closing
+  note). numba compiles the loop (cached on disk after the first call).
+* :func:`sweep_torch` (any device, GPUs): position j of every document at
+  once, the conditional computed densely over K (exact, vectorised). Tokens
+  beyond position ``long_from`` of long documents are drawn in one block
+  given theta_d ~ Dirichlet(alpha + n_d) (an exact blocked-Gibbs step of the
+  model with theta kept), so the number of sequential steps is bounded
+  whatever the documents' lengths.
+
+The uniforms come from the estimator's ``torch.Generator`` (one per token
+per sweep), so a seed repeats the chain on every path and thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from elbokit.data.text import DocBatch
+from elbokit.inference.sampling import dirichlet
+
+LONG_FROM = 64  # torch path: tokens past this position of a document are drawn given theta
+
+
+@dataclass
+class TokenState:
+    """One batch's tokens and their topics, grouped by document.
+
+    Attributes
+    ----------
+    z : IntTensor, shape (T,)
+        Topic of each token (int32).
+    word : IntTensor, shape (T,)
+        Word of each token (int32), tokens of document d in
+        ``[doc_ptr[d], doc_ptr[d + 1])``, in a random order fixed at the start.
+    doc_ptr : LongTensor, shape (n_docs + 1,)
+    doc : LongTensor, shape (T,)
+        Document of each token.
+    ndk : IntTensor, shape (n_docs, K)
+        Topic counts per document, consistent with ``z`` after every sweep.
+    """
+
+    z: torch.Tensor
+    word: torch.Tensor
+    doc_ptr: torch.Tensor
+    doc: torch.Tensor
+    ndk: torch.Tensor
+    _cache: dict | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.z.shape[0])
+
+    def lengths(self) -> torch.Tensor:
+        return self.doc_ptr[1:] - self.doc_ptr[:-1]
+
+
+def token_state(batch: DocBatch, K: int, generator: torch.Generator) -> TokenState:
+    """Tokens of ``batch`` (a non-zero of count c is c tokens), shuffled within each
+    document, with topics drawn uniformly."""
+    device = batch.count.device
+    counts = batch.count.round().to(torch.int64)
+    token = torch.repeat_interleave(torch.arange(counts.shape[0], device=device), counts)
+    doc = batch.doc[token]
+    T = int(doc.shape[0])
+    # a random order within each document: sort by (document, random key)
+    key = torch.rand(T, generator=generator, device=device, dtype=torch.float64)
+    order = torch.argsort(doc.to(torch.float64) + key * 0.5, stable=True)
+    token, doc = token[order], doc[order]
+    lengths = torch.bincount(doc, minlength=batch.n_docs)
+    doc_ptr = torch.zeros(batch.n_docs + 1, dtype=torch.int64, device=device)
+    doc_ptr[1:] = torch.cumsum(lengths, 0)
+    z = torch.randint(0, K, (T,), generator=generator, device=device, dtype=torch.int64)
+    ndk = doc_topic_counts(doc, z, batch.n_docs, K)
+    return TokenState(z.to(torch.int32), batch.word[token].to(torch.int32), doc_ptr, doc, ndk)
+
+
+def doc_topic_counts(doc, z, n_docs: int, K: int) -> torch.Tensor:
+    """n_dk, shape (n_docs, K), int32."""
+    flat = torch.bincount(doc * K + z.to(torch.int64), minlength=n_docs * K)
+    return flat.view(n_docs, K).to(torch.int32)
+
+
+def smoothing_cdf(beta_t: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Cumulative sums over topics of alpha_k beta_kw, shape (V, K): the smoothing
+    bucket of every word (its last column is s_w)."""
+    return torch.cumsum(beta_t * alpha.to(beta_t.dtype)[None, :], 1)
+
+
+# ---------------------------------------------------------------- CPU: numba
+_NUMBA_SWEEP = None
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return False
+    return True
+
+
+def _compile():
+    """The numba sweep, compiled on first use (and cached on disk by numba)."""
+    global _NUMBA_SWEEP
+    if _NUMBA_SWEEP is not None:
+        return _NUMBA_SWEEP
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def digamma(x):  # pragma: no cover - recurrence up to 6, then the asymptotic series
+        r = 0.0
+        while x < 6.0:
+            r -= 1.0 / x
+            x += 1.0
+        f = 1.0 / (x * x)
+        return r + math.log(x) - 0.5 / x - f * (1.0 / 12 - f * (1.0 / 120 - f * (
+            1.0 / 252 - f * (1.0 / 240 - f / 132))))
+
+    @njit(cache=True, nogil=True)
+    def sweep(doc_ptr, words, z, u, beta_t, scdf, alpha, ndk, ll, num, den,
+              first, stop):  # pragma: no cover
+        K = beta_t.shape[1]
+        a0 = 0.0
+        for k in range(K):
+            a0 += alpha[k]
+        psi_a = np.empty(K)
+        for k in range(K):
+            psi_a[k] = digamma(alpha[k])
+        psi_a0 = digamma(a0)
+        topics = np.empty(K, np.int32)   # the document's topics in use ...
+        where = np.full(K, -1, np.int32)  # ... and each one's slot in that list
+        for d in range(first, stop):
+            lo, hi = doc_ptr[d], doc_ptr[d + 1]
+            if hi == lo:
+                continue
+            nd = ndk[d]
+            m = 0
+            for t in range(lo, hi):  # the topics in use, from the tokens: O(length)
+                k = z[t]
+                if where[k] < 0:
+                    where[k] = m
+                    topics[m] = k
+                    m += 1
+            norm = (hi - lo - 1) + a0
+            acc = 0.0
+            prod = 1.0
+            for t in range(lo, hi):
+                w = words[t]
+                k = z[t]
+                nd[k] -= 1
+                if nd[k] == 0:  # drop k from the topics in use
+                    m -= 1
+                    last = topics[m]
+                    topics[where[k]] = last
+                    where[last] = where[k]
+                    where[k] = -1
+                r = 0.0  # document bucket
+                for j in range(m):
+                    kk = topics[j]
+                    r += nd[kk] * beta_t[w, kk]
+                s = scdf[w, K - 1]  # smoothing bucket
+                x = u[t] * (r + s)
+                if x < r:
+                    new = topics[m - 1]
+                    for j in range(m):
+                        kk = topics[j]
+                        x -= nd[kk] * beta_t[w, kk]
+                        if x < 0.0:
+                            new = kk
+                            break
+                else:
+                    x -= r
+                    a, b = 0, K - 1
+                    while a < b:
+                        mid = (a + b) >> 1
+                        if scdf[w, mid] > x:
+                            b = mid
+                        else:
+                            a = mid + 1
+                    new = a
+                prod *= (r + s) / norm
+                if prod < 1e-280:
+                    acc += math.log(prod)
+                    prod = 1.0
+                if nd[new] == 0:
+                    where[new] = m
+                    topics[m] = new
+                    m += 1
+                nd[new] += 1
+                z[t] = new
+            ll[d] = acc + math.log(prod)
+            # Minka's statistics: sum_d psi(n_dk + alpha_k) - psi(alpha_k), psi(N_d + a0) - psi(a0)
+            for j in range(m):
+                kk = topics[j]
+                num[kk] += digamma(nd[kk] + alpha[kk]) - psi_a[kk]
+                where[kk] = -1
+            den[0] += digamma((hi - lo) + a0) - psi_a0
+
+    _NUMBA_SWEEP = sweep
+    return sweep
+
+
+_POOL = None
+
+
+def _pool(threads: int):
+    """Threads for the numba sweep and the topic draws (both release the GIL).
+    Plain threads, not numba's parallel layer, whose OpenMP pool fights torch's."""
+    global _POOL
+    from concurrent.futures import ThreadPoolExecutor
+
+    if _POOL is None or _POOL._max_workers != threads:
+        if _POOL is not None:
+            _POOL.shutdown(wait=True)
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="elbokit-gibbs")
+    return _POOL
+
+
+_THREADS = None  # set by cpu_threads(): the sampler's threads while torch runs on one
+
+
+def threads() -> int:
+    """Threads the CPU sampler uses: torch's setting (``torch.set_num_threads``)."""
+    return _THREADS or max(1, torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def cpu_threads():
+    """Run the CPU sampler's threads with torch on one thread meanwhile.
+
+    torch's OpenMP workers spin between operations; next to the sampler's own
+    threads they take the cores the sweep needs (measured: 30 sweeps of the KJV
+    in 0.95 CPU s with one thread, 8 CPU s with two). The sweep's tensor
+    operations are small, so torch loses little on one thread.
+    """
+    global _THREADS
+    n = max(1, torch.get_num_threads())
+    outer = _THREADS
+    _THREADS = outer or n
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield _THREADS
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
+        _THREADS = outer
+
+
+def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
+                u: torch.Tensor):
+    """One sweep over a CPU batch, each token drawn from :func:`draw_reference`'s
+    conditional; updates ``state``.
+
+    Parameters
+    ----------
+    beta_t : Tensor, shape (V, K)
+        beta transposed (float32 or float64), contiguous.
+    alpha : Tensor, shape (K,)
+    u : float64 Tensor, shape (T,)
+        One uniform per token.
+
+    Returns
+    -------
+    ll : float64 Tensor, shape (n_docs,)
+        Per document, sum over its tokens of log p(w_i | z_-i, beta): the
+        log of each token's predictive probability at its draw.
+    num : float64 Tensor, shape (K,)
+        sum over documents of psi(n_dk + alpha_k) - psi(alpha_k) after the sweep.
+    den : float64 Tensor, shape ()
+        sum over non-empty documents of psi(N_d + alpha_0) - psi(alpha_0).
+    """
+    kernel = _compile()
+    n_docs, K = state.ndk.shape
+    ll = np.zeros(n_docs)
+    n_threads = max(1, min(threads(), n_docs, state.n_tokens // 20000 + 1))
+    num = np.zeros((n_threads, K))
+    den = np.zeros((n_threads, 1))
+    if state.n_tokens:
+        bt = np.ascontiguousarray(beta_t.numpy())
+        scdf = np.ascontiguousarray(smoothing_cdf(beta_t, alpha).numpy())
+        args = (state.doc_ptr.numpy(), state.word.numpy(), state.z.numpy(), u.numpy(), bt,
+                scdf, np.ascontiguousarray(alpha.to(torch.float64).numpy()),
+                state.ndk.numpy(), ll)
+        if n_threads == 1:
+            kernel(*args, num[0], den[0], 0, n_docs)
+        else:  # the documents in runs of about equal numbers of tokens
+            ptr = state.doc_ptr
+            cuts = torch.searchsorted(ptr, torch.linspace(0, state.n_tokens, n_threads + 1,
+                                                          dtype=torch.float64).to(ptr.dtype))
+            cuts = cuts.clamp_(max=n_docs).tolist()
+            cuts[0], cuts[-1] = 0, n_docs
+            jobs = [_pool(n_threads).submit(kernel, *args, num[i], den[i], a, b)
+                    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]
+            for job in jobs:
+                job.result()
+    return (torch.from_numpy(ll), torch.from_numpy(num.sum(0)),
+            torch.tensor(float(den.sum()), dtype=torch.float64))
+
+
+def gamma_rows(concentration: torch.Tensor, seed: int, rows_per_task: int = 8) -> torch.Tensor:
+    """Gamma(concentration, 1) variates (float64) of a CPU matrix, blocks of rows drawn
+    in parallel threads, each block from its own NumPy stream spawned from ``seed``
+    (so the draws do not depend on the number of threads)."""
+    c = np.ascontiguousarray(concentration.to(torch.float64).numpy())
+    out = np.empty_like(c)
+    blocks = list(range(0, c.shape[0], rows_per_task))
+    seeds = np.random.SeedSequence(seed).spawn(len(blocks))
+
+    def draw(i):
+        lo = blocks[i]
+        out[lo:lo + rows_per_task] = np.random.default_rng(seeds[i]).standard_gamma(
+            c[lo:lo + rows_per_task])
+
+    n = min(threads(), len(blocks))
+    if n <= 1:
+        for i in range(len(blocks)):
+            draw(i)
+    else:
+        list(_pool(n).map(draw, range(len(blocks))))
+    return torch.from_numpy(out)
+
+
+# ---------------------------------------------------------------- any device: torch
+def _plan(state: TokenState, long_from: int):
+    """The torch sweep's fixed layout, computed once per batch: the tokens drawn in
+    the theta-block (and their documents), and the others grouped by position."""
+    key = ("plan", long_from)
+    if getattr(state, "_cache", None) is None:
+        state._cache = {}
+    if key not in state._cache:
+        start = state.doc_ptr[:-1][state.doc]
+        pos = torch.arange(state.n_tokens, device=state.z.device) - start
+        late = torch.nonzero(pos >= long_from).squeeze(1)
+        long_docs = torch.unique(state.doc[late])
+        where = torch.full((state.ndk.shape[0],), -1, dtype=torch.int64, device=pos.device)
+        where[long_docs] = torch.arange(long_docs.numel(), device=pos.device)
+        early = torch.nonzero(pos < long_from).squeeze(1)
+        pos_e = pos[early]
+        order = early[torch.argsort(pos_e, stable=True)]
+        per_pos = torch.bincount(pos_e, minlength=1).tolist() if early.numel() else []
+        state._cache[key] = (late, long_docs, where[state.doc[late]], order, per_pos)
+    return state._cache[key]
+
+
+def sweep_torch(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor,
+                generator: torch.Generator, long_from: int = LONG_FROM) -> torch.Tensor:
+    """One sweep, vectorised over documents (any device); updates ``state``.
+
+    Tokens at position >= ``long_from`` are drawn first, all at once, from
+    theta_d beta_kw with theta_d ~ Dirichlet(alpha + n_d); then position j
+    = 0, 1, ... of every document, each draw from the collapsed conditional
+    (n_dk^-i + alpha_k) beta_kw computed densely. Returns the per-document sum
+    of log predictive probabilities of the tokens at their draws (for
+    the block, log sum_k theta_dk beta_kw) and :func:`alpha_statistics`.
+    """
+    device = state.z.device
+    dtype = beta_t.dtype
+    n_docs, K = state.ndk.shape
+    ll = torch.zeros(n_docs, dtype=torch.float64, device=device)
+    if state.n_tokens == 0:
+        return (ll, torch.zeros(K, dtype=torch.float64, device=device),
+                torch.zeros((), dtype=torch.float64, device=device))
+    alpha_c = alpha.to(dtype)
+    late, long_docs, slot, order, per_pos = _plan(state, long_from)
+    z = state.z.to(torch.int64)
+    if late.numel():
+        d = state.doc[late]
+        theta = dirichlet(alpha.to(torch.float64)[None, :]
+                          + state.ndk[long_docs].to(torch.float64), generator).to(dtype)
+        p = theta.index_select(0, slot) * beta_t.index_select(0, state.word[late].to(torch.int64))
+        cdf = torch.cumsum(p, 1)
+        total = cdf[:, -1]
+        new = (cdf < (u[late].to(dtype) * total)[:, None]).sum(1).clamp_(max=K - 1)
+        z[late] = new
+        ll.index_add_(0, d, torch.log(total.to(torch.float64)))
+    ndk = doc_topic_counts(state.doc, z, n_docs, K).to(dtype)
+    lengths = state.lengths().to(torch.float64)
+    a0 = float(alpha.to(torch.float64).sum())
+    start = 0
+    for n in per_pos:
+        idx = order[start:start + n]
+        start += n
+        d, w = state.doc[idx], state.word[idx].to(torch.int64)
+        old = z[idx]
+        ndk[d, old] -= 1
+        p = (ndk.index_select(0, d) + alpha_c) * beta_t.index_select(0, w)
+        cdf = torch.cumsum(p, 1)
+        total = cdf[:, -1]
+        new = (cdf < (u[idx].to(dtype) * total)[:, None]).sum(1).clamp_(max=K - 1)
+        ndk[d, new] += 1
+        z[idx] = new
+        ll.index_add_(0, d, torch.log(total.to(torch.float64) / (lengths[d] - 1 + a0)))
+    state.z = z.to(torch.int32)
+    state.ndk = ndk.round().to(torch.int32)
+    num, den = alpha_statistics(state.ndk, state.lengths(), alpha)
+    return ll, num, den
+
+
+def alpha_statistics(ndk: torch.Tensor, lengths: torch.Tensor, alpha: torch.Tensor):
+    """sum_d psi(n_dk + alpha_k) - psi(alpha_k) per topic, and sum over non-empty
+    documents of psi(N_d + alpha_0) - psi(alpha_0): Minka's fixed-point statistics."""
+    a = alpha.to(torch.float64)
+    nd = ndk.to(torch.float64)
+    num = torch.where(nd > 0, torch.digamma(nd + a) - torch.digamma(a), 0.0).sum(0)
+    lengths = lengths.to(torch.float64)
+    lengths = lengths[lengths > 0]
+    den = (torch.digamma(lengths + a.sum()) - torch.digamma(a.sum())).sum()
+    return num, den
+
+
+def sweep(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
+          generator: torch.Generator, use_numba: bool | None = None):
+    """One local sweep: numba on CPU (when available), the vectorised torch sweep
+    elsewhere. Returns (per-document log predictive, Minka's alpha numerators and
+    denominator), see :func:`sweep_numba`."""
+    u = torch.rand(state.n_tokens, generator=generator, device=state.z.device,
+                   dtype=torch.float64)
+    if use_numba is None:
+        use_numba = state.z.device.type == "cpu" and numba_available()
+    if use_numba:
+        return sweep_numba(state, beta_t.contiguous(), alpha, u)
+    return sweep_torch(state, beta_t, alpha, u, generator)
+
+
+def draw_reference(n_minus: torch.Tensor, alpha: torch.Tensor, beta_w: torch.Tensor) -> torch.Tensor:
+    """The dense conditional (n_dk^-i + alpha_k) beta_kw normalised, shape (..., K): what
+    every sweep draws from (for tests and documentation)."""
+    p = (n_minus.to(torch.float64) + alpha.to(torch.float64)) * beta_w.to(torch.float64)
+    return p / p.sum(-1, keepdim=True)
+
+
+# ---------------------------------------------------------------- learned priors
+def minka_alpha_step(alpha: torch.Tensor, num: torch.Tensor, den: torch.Tensor, *,
+                     floor: float = 1e-6) -> torch.Tensor:
+    """One step of Minka's fixed point for an asymmetric Dirichlet prior on theta:
+
+    alpha_k <- alpha_k sum_d [psi(n_dk + alpha_k) - psi(alpha_k)]
+                     / sum_d [psi(N_d + alpha_0) - psi(alpha_0)],
+
+    ``num`` and ``den`` those sums at the current alpha (see
+    :func:`alpha_statistics`). Each step raises the Dirichlet-multinomial
+    evidence of the counts (Minka 2000; Mallet and tomotopy optimise alpha
+    so); the sampler takes one per sweep, the counts moving with it.
+    """
+    a = alpha.to(torch.float64)
+    if float(den) <= 0:
+        return a.clone()
+    new = (a * num.to(torch.float64) / den).clamp_min(floor)
+    if not bool(torch.isfinite(new).all()):
+        raise FloatingPointError("the alpha update diverged; pass a fixed alpha instead.")
+    return new
+
+
+def minka_alpha(alpha: torch.Tensor, ndk: torch.Tensor, *, n_iter: int = 100,
+                floor: float = 1e-6) -> torch.Tensor:
+    """Minka's fixed point iterated on fixed counts ``ndk`` (n_docs, K): the alpha
+    maximising their Dirichlet-multinomial evidence."""
+    lengths = ndk.sum(1)
+    a = alpha.to(torch.float64)
+    for _ in range(n_iter):
+        a = minka_alpha_step(a, *alpha_statistics(ndk, lengths, a), floor=floor)
+    return a
+
+
+def minka_eta(eta: float, topic_word: torch.Tensor, *, n_iter: int = 20,
+              floor: float = 1e-6) -> float:
+    """Minka's fixed point for a symmetric Dirichlet prior eta on the topics from counts.
+
+    eta <- eta sum_kw [psi(n_kw + eta) - psi(eta)] / (V sum_k [psi(n_k + V eta) - psi(V eta)]),
+
+    the first sum taken from the histogram of the counts:
+    sum_n h(n) (psi(n + eta) - psi(eta)) = sum_j (#counts > j) / (eta + j).
+    """
+    nkw = topic_word.to(torch.float64)
+    K, V = nkw.shape
+    hist = torch.bincount(nkw.round().to(torch.int64).reshape(-1), minlength=2).to(torch.float64)
+    above = torch.flip(torch.cumsum(torch.flip(hist, (0,)), 0), (0,))[1:]  # counts > j
+    j = torch.arange(above.shape[0], dtype=torch.float64, device=nkw.device)
+    nk = nkw.sum(1)
+    e = torch.tensor(float(eta), dtype=torch.float64, device=nkw.device)
+    for _ in range(n_iter):
+        num = (above / (e + j)).sum()
+        den = V * (torch.digamma(nk + V * e) - torch.digamma(V * e)).sum()
+        if float(den) <= 0:
+            break
+        e = (e * num / den).clamp_min(floor)
+    if not bool(torch.isfinite(e)):
+        raise FloatingPointError("the eta update diverged; pass a fixed eta instead.")
+    return float(e)
