@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from elbokit._validation import storage_dtype
+from elbokit._validation import all_finite, storage_dtype
 
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 
@@ -80,7 +80,7 @@ def _check_batch(X: torch.Tensor, where: str, n_features: int | None) -> None:
             f"{where} has {X.shape[1]} features where earlier batches had {n_features}: "
             "every batch needs the same columns."
         )
-    if not bool(torch.isfinite(X).all()):
+    if not all_finite(X):
         raise ValueError(
             f"{where} contains NaN or inf: remove or impute those values first."
         )
@@ -223,21 +223,42 @@ class TableSource(_ConvertingSource):
         self.batch_size = batch_size
         self.suffix = self.path.suffix.lower()
 
+    def _csv_reader(self):
+        import pyarrow.csv as pcsv
+
+        delimiter = "\t" if self.suffix == ".tsv" else ","
+        return pcsv.open_csv(
+            self.path,
+            read_options=pcsv.ReadOptions(block_size=1 << 22),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter),
+        )
+
     def _record_batches(self):
         if self.suffix in (".parquet", ".pq"):
             import pyarrow.parquet as pq
 
             yield from pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_size)
             return
-        import pyarrow.csv as pcsv
+        yield from self._csv_reader()
 
-        delimiter = "\t" if self.suffix == ".tsv" else ","
-        reader = pcsv.open_csv(
-            self.path,
-            read_options=pcsv.ReadOptions(block_size=1 << 22),
-            parse_options=pcsv.ParseOptions(delimiter=delimiter),
-        )
-        yield from reader
+    @property
+    def feature_names(self) -> list[str]:
+        """The file's column names: its header row (CSV) or schema (Parquet)."""
+        if not hasattr(self, "_feature_names"):
+            import pyarrow as pa
+
+            try:
+                if self.suffix in (".parquet", ".pq"):
+                    import pyarrow.parquet as pq
+
+                    names = pq.ParquetFile(self.path).schema_arrow.names
+                else:
+                    with self._csv_reader() as reader:
+                        names = reader.schema.names
+            except pa.ArrowInvalid as err:
+                raise ValueError(f"{self.path} cannot be parsed: {err}") from err
+            self._feature_names = [str(n) for n in names]
+        return self._feature_names
 
     def _raw_batches(self):
         import pyarrow as pa
@@ -355,8 +376,13 @@ def sample_rows(source, max_rows: int, generator: torch.Generator):
     X : Tensor of shape (min(n, max_rows), n_features), or None when n = 0
     weight : Tensor of shape (min(n, max_rows),) or None
     """
-    if isinstance(source, InMemorySource) and source.n_samples <= max_rows:
-        return (source.X, source.weight) if source.n_samples else (None, None)
+    if isinstance(source, InMemorySource):
+        if source.n_samples <= max_rows:
+            return (source.X, source.weight) if source.n_samples else (None, None)
+        # the same keys, hence rows, as the streamed pass below, drawn at once
+        keys = torch.rand(source.n_samples, generator=generator, device=generator.device)
+        idx = torch.topk(keys, max_rows, largest=False).indices.sort().values.to(source.X.device)
+        return source.X[idx], None if source.weight is None else source.weight[idx]
     parts: list[tuple] = []
     held = 0
 
