@@ -52,9 +52,10 @@ INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 ALGORITHMS = ("em", "stepwise")
 # rows k-means initialisation sees at most (a random sample of the data):
 # _INIT_ROWS, or _INIT_ROWS_PER_COMPONENT per component when more
-_INIT_ROWS = 4096
+_INIT_ROWS = 2048
 _INIT_ROWS_PER_COMPONENT = 64
 _LLOYD_STEPS = 30  # Lloyd iterations at most: k-means only seeds EM
+_KMEANS_RUNS = 3  # k-means runs on the sample, the lowest inertia kept (cheap: it is small)
 # elements of one chunk's work tensor, (chunk, K + D) or for full covariances
 # the (chunk, K, D) residuals: on a CPU small enough to stay in cache (the
 # full type's fewer, larger GEMMs pay off up to twice that); on a GPU large
@@ -321,8 +322,9 @@ class GaussianMixture(ElbokitEstimator):
             p = torch.ones(X.shape[0], device=X.device) if weight is None else (weight > 0).float()
             idx = torch.multinomial(p, K, replacement=False, generator=gen)
             return X[idx].to(torch.float64)
-        steps = _LLOYD_STEPS if self.init_params == "kmeans" else 0
-        return kmeans(X, K, gen, weight, lloyd_steps=steps)
+        if self.init_params == "k-means++":  # the seeding alone, one draw
+            return kmeans(X, K, gen, weight, lloyd_steps=0)
+        return kmeans(X, K, gen, weight, lloyd_steps=_LLOYD_STEPS, n_init=_KMEANS_RUNS)
 
     def _initialize(self, source, sample, gen, n_features, device, reducer=None):
         """Initial parameters: an M-step from initial responsibilities, then user overrides.

@@ -107,10 +107,17 @@ def lloyd(X: torch.Tensor, centres: torch.Tensor, weight=None, max_iter: int = 1
     return centres, labels
 
 
+def inertia(X: torch.Tensor, centres: torch.Tensor, weight=None) -> float:
+    """Weighted sum of squared distances to the nearest centre (k-means' objective)."""
+    d = squared_distances(X, centres).amin(1)
+    return float(d.sum() if weight is None else d @ weight)
+
+
 def kmeans(X: torch.Tensor, n_clusters: int, generator: torch.Generator, weight=None, *,
-           lloyd_steps: int = 100) -> torch.Tensor:
+           lloyd_steps: int = 100, n_init: int = 1) -> torch.Tensor:
     """k-means centres of X: k-means++ seeding, then up to ``lloyd_steps`` Lloyd steps
-    (none with ``lloyd_steps=0``), on X centred at its mean, in float64.
+    (none with ``lloyd_steps=0``), on X centred at its mean, in float64; the best
+    (lowest inertia) of ``n_init`` runs.
 
     Warns, as scikit-learn's KMeans does, when fewer distinct clusters than
     ``n_clusters`` are found (duplicate points).
@@ -123,11 +130,17 @@ def kmeans(X: torch.Tensor, n_clusters: int, generator: torch.Generator, weight=
     w = None if weight is None else weight.to(torch.float64)
     mean = X64.mean(0) if w is None else (w @ X64) / w.sum()
     Xc = X64 - mean
-    centres = kmeans_plusplus(Xc, n_clusters, generator, w)
-    if lloyd_steps > 0:
-        centres, labels = lloyd(Xc, centres, w, max_iter=lloyd_steps)
-    else:
-        labels = squared_distances(Xc, centres).argmin(1)
+    best = None
+    for _ in range(n_init):
+        centres = kmeans_plusplus(Xc, n_clusters, generator, w)
+        if lloyd_steps > 0:
+            centres, labels = lloyd(Xc, centres, w, max_iter=lloyd_steps)
+        else:
+            labels = squared_distances(Xc, centres).argmin(1)
+        score = inertia(Xc, centres, w)
+        if best is None or score < best[0]:
+            best = (score, centres, labels)
+    _, centres, labels = best
     distinct = int(torch.unique(labels if w is None else labels[w > 0]).numel())
     if distinct < n_clusters:
         warnings.warn(
