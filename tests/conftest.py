@@ -63,3 +63,18 @@ def make_lda_corpus(n_docs=200, n_words=40, n_topics=4, doc_len=60, alpha=0.3, s
 @pytest.fixture(scope="session")
 def lda_data():
     return make_lda_corpus()
+
+
+@pytest.fixture(scope="session")
+def tour(tmp_path_factory):
+    """The main job (`elbokit tour`, shortened) run once: its output directory and console text."""
+    from click.testing import CliRunner
+
+    from elbokit.cli import cli
+
+    out = tmp_path_factory.mktemp("tour") / "tour"
+    result = CliRunner().invoke(cli, ["tour", "--n-init", "2", "--lda-sweeps", "30",
+                                      "--vae-epochs", "2", "--out", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, result.output

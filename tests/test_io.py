@@ -53,9 +53,12 @@ def test_existing_directory_is_never_overwritten_silently(fitted, tmp_path):
     (tmp_path / "m" / "precious.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="overwrite=True"):
         fitted.save(tmp_path / "m")
+    with pytest.raises(FileExistsError, match="not an elbokit model"):  # only models are replaced
+        fitted.save(tmp_path / "m", overwrite=True)
     assert (tmp_path / "m" / "precious.txt").read_text() == "keep me"
-    fitted.save(tmp_path / "m", overwrite=True)
-    assert elbokit.load(tmp_path / "m").n_components == 3
+    fitted.save(tmp_path / "m2")
+    GaussianMixture(2, random_state=0).fit(fitted.means_).save(tmp_path / "m2", overwrite=True)
+    assert elbokit.load(tmp_path / "m2").n_components == 2
 
 
 def test_truncated_tensor_file_is_a_clear_error(fitted, tmp_path):

@@ -9,6 +9,8 @@ __version__ = "0.1.0"
 
 from elbokit.autoencoder import VAE
 from elbokit.data.text import Corpus
+from elbokit.factor_analysis import PPCA, FactorAnalysis
+from elbokit.general_mixture import Mixture
 from elbokit.inference.em import ConvergenceWarning
 from elbokit.io import ModelFormatError, load
 from elbokit.mixture import GaussianMixture
@@ -20,9 +22,12 @@ __all__ = [
     "Corpus",
     "DegenerateComponentWarning",
     "DegenerateCovarianceError",
+    "FactorAnalysis",
     "GaussianMixture",
     "LDA",
+    "Mixture",
     "ModelFormatError",
+    "PPCA",
     "VAE",
     "load",
     "__version__",

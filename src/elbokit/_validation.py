@@ -93,11 +93,19 @@ def resolve_device(device, data=None) -> torch.device:
             return data.device
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(
             f"device={device!r} is not a torch device: use e.g. 'cpu' or 'cuda'."
         ) from err
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index is not None and resolved.index >= count):
+            raise ValueError(
+                f"device={device!r}, but this machine has {count} CUDA device(s) available to "
+                "PyTorch: use device='cpu'" + (f" or an index below {count}." if count else ".")
+            )
+    return resolved
 
 
 def _numpy_2d(X, name: str) -> np.ndarray:

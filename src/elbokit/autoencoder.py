@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensor_bytes
+from safetensors.torch import save_file
 from sklearn.utils.validation import check_is_fitted
 
-from elbokit import io
+from elbokit import files, io
 from elbokit._validation import (
     as_2d_tensor,
     check_nonneg_float,
@@ -114,6 +116,12 @@ class VAE(ElbokitEstimator):
     """
 
     _fitted_attributes = ("state_dict_", "history_", "lower_bounds_", "n_epochs_", "n_features_in_")
+    _fitted_schema = {
+        "state_dict_": io.tensor_dict(lambda vae: vae._state_spec()),
+        "history_": io.json_value(check=lambda vae, h: None if isinstance(h, dict) else "must be a dict"),
+        "lower_bounds_": io.array(None), "n_epochs_": io.integer(low=0),
+        "n_features_in_": io.integer(low=1),
+    }
 
     def __init__(
         self,
@@ -266,6 +274,12 @@ class VAE(ElbokitEstimator):
                            Decoder(dec_net, self.likelihood, n_features, self.n_categories), prior)
         return module.to(device=device, dtype=dtype)
 
+    def _state_spec(self) -> dict:
+        """{name: (shape, dtype)} of the networks the hyperparameters describe (built on no memory)."""
+        with torch.device("meta"):
+            module = self._build(int(self.n_features_in_), torch.device("meta"), resolve_dtype(self.dtype))
+        return {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
+
     def _objective(self):
         if self.objective == "iwae":
             return IWAEObjective(int(self.k))
@@ -379,13 +393,20 @@ class VAE(ElbokitEstimator):
             )
         return super().save(path, overwrite=overwrite, extra_files=extra_files)
 
-    def save_weights(self, path) -> None:
-        """The trained weights alone, as one safetensors file."""
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict_.items()}, str(path))
+    def save_weights(self, path, *, overwrite: bool = False):
+        """The trained weights alone, as one safetensors file (written safely: elbokit.files)."""
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict_.items()}
+        return files.write_output(path, lambda tmp: save_file(state, str(tmp)), overwrite=overwrite,
+                                  what="weights file")
 
     def load_weights(self, path, n_features: int):
         """Load weights written by :meth:`save_weights` into this (unfitted) VAE."""
-        self.state_dict_ = load_file(str(path))
+        raw = files.read_regular(path, max_bytes=io.MAX_TENSOR_BYTES, what="weights file",
+                                 error=io.ModelFormatError)
+        try:
+            self.state_dict_ = load_tensor_bytes(raw)
+        except Exception as err:  # SafetensorError and whatever a damaged header provokes
+            raise io.ModelFormatError(f"{path} is not a safetensors weights file: {err}.") from err
         self.n_features_in_ = int(n_features)
         self.history_ = {"train": [], "validation": []}
         self.lower_bounds_ = np.zeros(0)
@@ -394,14 +415,21 @@ class VAE(ElbokitEstimator):
         return self
 
     # ------------------------------------------------------------ inference
-    def _batched(self, X, fn, batch_size=1024):
+    def _batched(self, X, fn, batch_size=1024, desc=None):
         """``fn`` over row blocks, without gradients, with draws seeded by
-        ``random_state`` (so scores and sampled codes are repeatable)."""
+        ``random_state`` (so scores and sampled codes are repeatable); with
+        ``desc`` and ``verbose`` 1, a progress bar over the rows."""
         seed = int(make_generator(self.random_state, torch.device("cpu")).initial_seed())
         devices = [X.device] if X.is_cuda else []
+        starts = range(0, X.shape[0], batch_size)
+        if desc is not None and self.verbose == 1:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=desc, leave=False, file=sys.stderr, unit="block",
+                          disable=None)
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed + 2)
-            return torch.cat([fn(X[s:s + batch_size]) for s in range(0, X.shape[0], batch_size)])
+            return torch.cat([fn(X[s:s + batch_size]) for s in starts])
 
     def transform(self, X, sample: bool = False):
         """Latent codes: posterior means E_q[z | x] (or a draw with ``sample=True``), (n, latent)."""
@@ -485,7 +513,8 @@ class VAE(ElbokitEstimator):
         Xt = self._evaluation_data(Xt)
         m = self.module_
         rows = max(1, 2 ** 22 // max(1, n_samples * Xt.shape[1]))
-        return to_output(self._batched(Xt, lambda x: m.iwae(x, n_samples), rows), kind)
+        return to_output(self._batched(Xt, lambda x: m.iwae(x, n_samples), rows,
+                                       desc="importance sampling"), kind)
 
     def score(self, X, y=None, n_samples: int = 100):
         """Mean importance-sampled log p(x) per sample."""

@@ -11,10 +11,15 @@ class ElbokitEstimator(BaseEstimator):
     """Base class: ``get_params``/``set_params`` from scikit-learn, plus persistence.
 
     Subclasses list their fitted attributes in ``_fitted_attributes``; those
-    are what :meth:`save` writes and :func:`elbokit.load` restores.
+    are what :meth:`save` writes and :func:`elbokit.load` restores, after
+    checking each against its declaration in ``_fitted_schema`` (merged with
+    the base classes' declarations; see :mod:`elbokit.io`).
     """
 
     _fitted_attributes: tuple[str, ...] = ()
+    _fitted_schema: dict = {
+        "feature_names_in_": io.strings(length="n_features_in_", optional=True),
+    }
 
     def __sklearn_is_fitted__(self) -> bool:
         return all(hasattr(self, a) for a in self._fitted_attributes)
@@ -39,7 +44,8 @@ class ElbokitEstimator(BaseEstimator):
     def save(self, path, *, overwrite: bool = False, extra_files=None):
         """Save the fitted estimator to the directory ``path`` (safetensors + JSON).
 
-        Refuses to replace an existing ``path`` unless ``overwrite=True``.
+        Refuses to replace an existing ``path`` unless ``overwrite=True``, and
+        even then replaces only an elbokit model, never another directory.
         ``extra_files`` (name to text or bytes) are written alongside, in the
         same atomic step.  Load it back with :func:`elbokit.load`.
         """

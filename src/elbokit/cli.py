@@ -2,14 +2,17 @@
 
 Exit codes: 0 success, 1 a failure while running (e.g. a fit that broke
 down), 2 bad input or usage (missing file, wrong format, bad option).  Errors
-print one line; ``--debug`` shows the traceback.  Nothing that exists is
-overwritten without ``--force``, and an interrupted ``fit`` leaves no model
-directory behind (models are written to a temporary directory and renamed).
+print one line; ``--debug`` adds the traceback (the exit code is the same).
+Every output is claimed before the work starts and written through
+:mod:`elbokit.files`: nothing that exists is replaced without ``--force``
+(and then only elbokit's own output), an interrupted command leaves the old
+or the new version, complete, and nothing half-written.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -38,53 +41,155 @@ def _load_bundled(name: str):
     return X, bunch.target, f"{name} ({X.shape[0]} samples x {X.shape[1]} features)"
 
 
-def _check_new(path: Path, force: bool, what: str = "output") -> None:
-    if path.exists() and not force:
-        raise UserError(f"{path} already exists: choose another {what} or pass --force.")
+def _claim(path: Path, force: bool, what: str = "output", *, kind: str = "file",
+           replaceable=None, protect=()):
+    """Claim an output before the work starts; held until the command ends (elbokit.files)."""
+    from elbokit import files
+
+    try:
+        held = files.claim(path, kind=kind, overwrite=force, what=what, replaceable=replaceable,
+                           protect=[p for p in protect if p is not None])
+    except files.OutputExistsError as err:
+        raise UserError(err.for_cli()) from None
+    except files.OutputError as err:
+        raise UserError(str(err)) from None
+    return click.get_current_context().with_resource(held)
+
+
+def _claim_model(out: str, force: bool, inputs, distributed):
+    """The model directory, claimed by the process that will save it (under torchrun: rank 0)."""
+    import os
+
+    from elbokit import io
+
+    distributed = _under_torchrun() if distributed is None else distributed
+    if distributed and int(os.environ.get("RANK", "0")) != 0:
+        return None
+    return _claim(Path(out), force, "model directory", kind="dir",
+                  replaceable=io.replaceable_model, protect=inputs)
+
+
+def _claim_output(out: str, force: bool, protect=()):
+    """An output file (.csv, .npy or .parquet), claimed before the work."""
+    path = Path(out)
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        raise UserError(f"--out {path}: use a {', '.join(OUTPUT_FORMATS)} file name.")
+    return _claim(path, force, "output", protect=protect)
+
+
+def _model_files(model_dir) -> list[Path]:
+    from elbokit.io import CONFIG_NAME, TENSORS_NAME
+
+    return [Path(model_dir) / CONFIG_NAME, Path(model_dir) / TENSORS_NAME]
 
 
 def _is_idx(path: Path) -> bool:
-    return "idx" in path.name and (path.suffix in ("", ".gz") or "ubyte" in path.name)
+    from elbokit.data.idx import is_idx_path
+
+    return is_idx_path(path)
 
 
 def _check_data_path(data: str) -> str:
+    from elbokit import files
+    from elbokit.data.sources import TABLE_SUFFIXES, table_suffix
+
     path = Path(data)
-    if not path.exists():
-        raise UserError(f"no data file at {path}.")
-    if path.suffix.lower() not in (".csv", ".tsv", ".npy", ".parquet", ".pq") and not _is_idx(path):
-        raise UserError(f"{path}: unknown data format {path.suffix!r}; use .csv, .npy, .parquet "
-                        "or an IDX image file.")
+    try:
+        files.check_input(path, what="data file")
+    except FileNotFoundError:
+        raise UserError(f"no data file at {path}.") from None
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    suffix = table_suffix(path)
+    if suffix not in (*TABLE_SUFFIXES, ".npy") and not _is_idx(path):
+        raise UserError(f"{path}: unknown data format {path.suffix!r}; use .csv, .tsv (also "
+                        ".gz), .npy, .parquet or an IDX image file.")
+    if suffix in (".csv", ".tsv"):
+        from elbokit.data.sources import describe_header
+
+        click.echo(f"note: {describe_header(path)}", err=True)
     return str(path)
 
 
-def _in_memory(data: str) -> np.ndarray:
+def _data_options(f):
+    """--columns, --drop and --standardize: which columns a model uses and their scaling,
+    saved with the model (preprocessing.json) and applied alike by every later command."""
+    f = click.option("--standardize", is_flag=True,
+                     help="Scale each column to mean 0 and standard deviation 1 (computed on "
+                          "DATA, saved with the model, applied to later data).")(f)
+    f = click.option("--drop", default=None, metavar="COLS",
+                     help="Columns to leave out (e.g. a target column): names or 0-based "
+                          "positions, comma-separated.")(f)
+    f = click.option("--columns", default=None, metavar="COLS",
+                     help="Columns to use, in this order: names or 0-based positions, "
+                          "comma-separated (default: all).")(f)
+    return f
+
+
+def _preprocessing(data: str, columns, drop, standardize):
+    """The Preprocessing that --columns/--drop/--standardize ask for (None: none)."""
+    from elbokit.data.preprocess import preprocessing
+
+    def split(text):
+        return None if text is None else [c.strip() for c in text.split(",") if c.strip()]
+
+    return preprocessing(data, split(columns), split(drop), standardize)
+
+
+def _model_data(model_dir, data: str):
+    """DATA as the model in ``model_dir`` sees it (its saved preprocessing applied)."""
+    from elbokit.data.preprocess import load_preprocessing
+    from elbokit.report import Data
+
+    return Data(_check_data_path(data), load_preprocessing(model_dir))
+
+
+def _saved_data(data: str, prep, metrics: dict) -> dict:
+    """metrics.json entries and extra files recording DATA and its preprocessing."""
+    from elbokit.data.preprocess import PREPROCESSING_FILE, feature_names
+
+    names = feature_names(data, prep)
+    if names is not None:
+        metrics["feature_names"] = names
+    files = {"metrics.json": json.dumps(metrics, indent=2)}
+    if prep is not None:
+        files[PREPROCESSING_FILE] = prep.to_json()
+    return files
+
+
+def _in_memory(data: str, prep=None) -> np.ndarray:
     """The whole data file as an array (for models that take arrays, like the VAE)."""
-    from elbokit.report import load_rows
+    from elbokit.report import Data
 
-    return load_rows(data).astype(np.float32)
+    return Data(data, prep).array().astype(np.float32)
 
 
-def write_array(path: Path, values, columns: list[str], force: bool) -> None:
-    """Write a 1-D or 2-D array as CSV, .npy or Parquet, by the file's extension."""
-    suffix = path.suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        raise UserError(f"--out {path}: use a {', '.join(OUTPUT_FORMATS)} file name.")
-    _check_new(path, force)
+def write_array(target, values, columns: list[str], force: bool = False) -> None:
+    """Write a 1-D or 2-D array as CSV, .npy or Parquet, by the file's extension.
+
+    ``target`` is a path, or the claim on it that the command took before its work.
+    """
+    from elbokit import files
+
+    held = target if isinstance(target, files.Claim) else _claim_output(target, force)
+    suffix = held.path.suffix.lower()
     arr = np.asarray(values)
     arr2 = arr.reshape(len(arr), -1)
-    tmp = path.with_name(f".{path.name}.partial")
-    if suffix == ".npy":
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-    elif suffix == ".csv":
-        fmt = "%d" if arr.dtype.kind in "iu" else "%.8g"
-        np.savetxt(tmp, arr2, delimiter=",", header=",".join(columns), comments="", fmt=fmt)
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        pq.write_table(pa.table({c: arr2[:, i] for i, c in enumerate(columns)}), tmp)
-    tmp.replace(path)
+    def write(tmp):
+        if suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+        elif suffix == ".csv":
+            fmt = "%d" if arr.dtype.kind in "iu" else "%.8g"
+            np.savetxt(tmp, arr2, delimiter=",", header=",".join(columns), comments="", fmt=fmt)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({c: arr2[:, i] for i, c in enumerate(columns)}), tmp)
+
+    held.commit(write)
 
 
 def _model(model_dir: str):
@@ -132,7 +237,9 @@ def _init_distributed(device) -> int:
         raise UserError("--distributed needs the torchrun environment: "
                         "torchrun --nproc-per-node N -m elbokit.cli fit ...")
     if not dist.is_initialized():
-        cuda = device is not None and str(device).startswith("cuda")
+        from elbokit._validation import resolve_device
+
+        cuda = device is not None and resolve_device(device).type == "cuda"
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=10))
@@ -176,6 +283,8 @@ def _shard(data) -> np.ndarray:
         from elbokit.report import load_rows
 
         rows = load_rows(data)
+    elif callable(data):  # batches of a file read through --columns/--standardize
+        rows = np.concatenate(list(data()))
     else:
         rows = data
     bounds = np.linspace(0, rows.shape[0], world + 1).astype(int)
@@ -214,92 +323,230 @@ def fit():
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
 @click.option("--seed", type=int, default=0, show_default=True)
+@_data_options
 @_distributed_option
 @click.option("--force", is_flag=True, help="Replace an existing model directory.")
 def fit_gmm(data, out, components, covariance_type, max_iter, tol, n_init, reg_covar, algorithm,
-            batch_size, dtype, device, seed, distributed, force):
-    """Fit a Gaussian mixture by EM to DATA (.csv, .npy or .parquet, streamed in chunks)."""
+            batch_size, dtype, device, seed, columns, drop, standardize, distributed, force):
+    """Fit a Gaussian mixture by EM to DATA (.csv, .tsv, .npy or .parquet, streamed in chunks)."""
     from elbokit import GaussianMixture
+    from elbokit.report import Data
 
     data = _check_data_path(data)
-    out_dir = Path(out)
-    _check_new(out_dir, force, "model directory")
+    out_dir = _claim_model(out, force, [data], distributed)
+    prep = _preprocessing(data, columns, drop, standardize)
+    inputs = Data(data, prep).model_input()
     distributed, rank = _launch(distributed, device)
     gm = GaussianMixture(components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
                          n_init=n_init, reg_covar=reg_covar, algorithm=algorithm,
                          batch_size=batch_size, dtype=dtype, device=device, random_state=seed,
-                         verbose=1 if rank == 0 else 0, distributed=distributed or None)
-    seconds = _fit_timed(gm, data, distributed)
+                         verbose=1 if rank == 0 else 0, distributed=distributed)
+    seconds = _fit_timed(gm, inputs, distributed)
     if rank != 0:
         return
-    n = int(np.asarray(gm.predict(data)).shape[0])
+    n = int(np.asarray(gm.predict(inputs)).shape[0])
     metrics = {
         "model": "gmm", "data": str(Path(data).resolve()), "n_samples": n,
         "n_features": gm.n_features_in_, "fit_seconds": seconds,
         "lower_bounds": [float(b) for b in gm.lower_bounds_],
         "log_likelihood_per_sample": gm.lower_bound_, "converged": gm.converged_,
-        "n_iter": gm.n_iter_, "bic": gm.bic(data), "aic": gm.aic(data),
+        "n_iter": gm.n_iter_, "bic": gm.bic(inputs), "aic": gm.aic(inputs),
     }
-    gm.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    gm.save(out_dir, extra_files=_saved_data(data, prep, metrics))
     click.echo(f"fitted K={components} {covariance_type} on {n} x {gm.n_features_in_} in "
                f"{seconds:.2f} s: mean log p(x) {gm.lower_bound_:.4f}, {gm.n_iter_} iterations, "
-               f"{'converged' if gm.converged_ else 'NOT converged'}; saved to {out_dir}")
+               f"{'converged' if gm.converged_ else 'NOT converged'}; saved to {out}")
+
+
+FAMILY_NAMES = ("auto", "gaussian", "bernoulli", "categorical", "multinomial", "poisson",
+                "student_t", "von_mises_fisher", "factor_analyzer")
+
+
+def _rows_with_missing(data: str) -> np.ndarray:
+    """A data file as a float64 array, empty cells as NaN (missing values)."""
+    from elbokit.report.families import load_rows_with_missing
+
+    return _in_memory(data).astype(np.float64) if _is_idx(Path(data)) else load_rows_with_missing(data)
+
+
+def _family_from_options(family, covariance_type, n_factors):
+    """The family a `fit mixture` command line names."""
+    from elbokit.families import FactorAnalyzer, Gaussian, StudentT
+
+    if family == "gaussian":
+        return Gaussian(covariance_type)
+    if family == "student_t":
+        return StudentT("diag" if covariance_type == "diag" else "full")
+    if family == "factor_analyzer":
+        return FactorAnalyzer(n_factors)
+    return family
+
+
+def _save_em_fit(model, out_dir, out, data, seconds, what: str) -> None:
+    """Save a fitted family-EM model with its metrics; one line of summary."""
+    n = int(np.asarray(model.score_samples(data)).shape[0])
+    metrics = {"model": what, "data": str(Path(data).resolve()), "n_samples": n,
+               "n_features": model.n_features_in_, "fit_seconds": seconds,
+               "lower_bounds": [float(b) for b in model.lower_bounds_],
+               "log_likelihood_per_sample": model.lower_bound_, "converged": model.converged_,
+               "n_iter": model.n_iter_, "bic": model.bic(data), "aic": model.aic(data)}
+    model.save(out_dir, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    click.echo(f"fitted {what} on {n} x {model.n_features_in_} in {seconds:.2f} s: mean log p(x) "
+               f"{model.lower_bound_:.4f}, {model.n_iter_} iterations, "
+               f"{'converged' if model.converged_ else 'NOT converged'}; saved to {out}")
+
+
+@fit.command("mixture")
+@click.argument("data")
+@click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
+@click.option("--components", "-k", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--family", type=click.Choice(FAMILY_NAMES), default="auto", show_default=True,
+              help="Component family; 'auto': one per column type of a CSV/Parquet file (floats "
+                   "Gaussian, integers Poisson, booleans Bernoulli, strings Categorical).")
+@click.option("--covariance-type", type=click.Choice(["full", "tied", "diag", "spherical"]),
+              default="full", show_default=True, help="For gaussian (and student_t: full/diag).")
+@click.option("--n-factors", type=click.IntRange(min=1), default=2, show_default=True,
+              help="For factor_analyzer.")
+@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True)
+@click.option("--n-init", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_distributed_option
+@click.option("--force", is_flag=True, help="Replace an existing model directory.")
+def fit_mixture(data, out, components, family, covariance_type, n_factors, max_iter, tol, n_init,
+                dtype, device, seed, distributed, force):
+    """Fit a mixture of any component family by EM to DATA (.csv, .npy or .parquet; empty
+    cells are missing values, marginalised inside EM)."""
+    from elbokit import Mixture
+
+    data = _check_data_path(data)
+    out_dir = _claim_model(out, force, [data], distributed)
+    distributed, rank = _launch(distributed, device)
+    model = Mixture(components, family=_family_from_options(family, covariance_type, n_factors),
+                    max_iter=max_iter, tol=tol, n_init=n_init, dtype=dtype, device=device,
+                    random_state=seed, verbose=1 if rank == 0 else 0, distributed=distributed or None)
+    seconds = _fit_timed(model, data, distributed)
+    if rank == 0:
+        _save_em_fit(model, out_dir, out, data, seconds, f"mixture K={components} ({family})")
+
+
+@fit.command("factor")
+@click.argument("data")
+@click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
+@click.option("--components", "-k", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Latent dimension.")
+@click.option("--noise", type=click.Choice(["diag", "spherical"]), default="diag", show_default=True,
+              help="diag: factor analysis; spherical: probabilistic PCA.")
+@click.option("--max-iter", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-6, show_default=True)
+@click.option("--device", default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_distributed_option
+@click.option("--force", is_flag=True, help="Replace an existing model directory.")
+def fit_factor(data, out, components, noise, max_iter, tol, device, seed, distributed, force):
+    """Fit factor analysis (or, with --noise spherical, probabilistic PCA) to DATA."""
+    from elbokit import PPCA, FactorAnalysis
+
+    data = _check_data_path(data)
+    out_dir = _claim_model(out, force, [data], distributed)
+    distributed, rank = _launch(distributed, device)
+    cls = PPCA if noise == "spherical" else FactorAnalysis
+    model = cls(components, max_iter=max_iter, tol=tol, device=device, random_state=seed,
+                verbose=1 if rank == 0 else 0, distributed=distributed or None)
+    seconds = _fit_timed(model, _rows_with_missing(data), distributed)
+    if rank == 0:
+        _save_em_fit(model, out_dir, out, data, seconds, f"{cls.__name__} q={components}")
 
 
 def _read_corpus(data: str, **kwargs):
     """A Corpus from one-document-per-line text, a folder of .txt files, or JSONL."""
     from elbokit import Corpus
 
+    from elbokit import files
+
     path = Path(data)
-    if not path.exists():
-        raise UserError(f"no corpus at {path}.")
+    try:
+        files.check_input(path, what="corpus", allow_dir=True)
+    except FileNotFoundError:
+        raise UserError(f"no corpus at {path}.") from None
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    field = kwargs.pop("field", "text")
     if path.is_dir():
         return Corpus.from_folder(path, **kwargs)
     if path.suffix.lower() in (".jsonl", ".json"):
-        return Corpus.from_jsonl(path, **kwargs)
+        return Corpus.from_jsonl(path, field=field, **kwargs)
     return Corpus.from_lines(path, **kwargs)
+
+
+def _vectorizer_options(min_df, max_df, max_features, stop_words) -> dict:
+    """The Corpus settings the --min-df, --max-df, --max-features and --stop-words ask for."""
+    if stop_words == "none":
+        stop_words = None
+    elif stop_words != "english":
+        path = Path(stop_words)
+        if not path.is_file():
+            raise UserError(f"--stop-words {stop_words!r}: use 'english', 'none' or a file with "
+                            "one word per line.")
+        stop_words = [w.strip() for w in path.read_text().split() if w.strip()]
+    return {"min_df": int(min_df) if min_df >= 1 else min_df, "max_df": max_df,
+            "max_features": max_features, "stop_words": stop_words}
 
 
 def _read_documents(data: str) -> list[str]:
     """Raw documents for a fitted topic model (it keeps its own vocabulary)."""
+    from elbokit import files
     from elbokit.data.text import read_documents
 
-    return read_documents(data)
+    try:
+        files.check_input(data, what="documents file", allow_dir=True)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    documents = read_documents(data)
+    if not documents:
+        raise UserError(f"{data} holds no documents (one per line, or .txt files in a folder).")
+    return documents
+
+
+def _lda_options(f):
+    """The topic model's and the vocabulary's options (fit lda and select lda)."""
+    for option in reversed([
+        click.option("--method", type=click.Choice(["batch", "online", "gibbs"]), default="batch",
+                     show_default=True),
+        click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True),
+        click.option("--min-df", type=float, default=2, show_default=True),
+        click.option("--max-df", type=float, default=0.5, show_default=True),
+        click.option("--max-features", type=click.IntRange(min=1), default=None),
+        click.option("--stop-words", default="english", show_default=True,
+                     help="'english', 'none', or a file with one word per line."),
+        click.option("--device", default=None),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]):
+        f = option(f)
+    return f
 
 
 @fit.command("lda")
 @click.argument("data")
 @click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
 @click.option("--topics", "-k", "n_topics", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--method", type=click.Choice(["batch", "online", "gibbs"]), default="batch",
-              show_default=True)
-@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--min-df", type=float, default=2, show_default=True)
-@click.option("--max-df", type=float, default=0.5, show_default=True)
-@click.option("--max-features", type=click.IntRange(min=1), default=None)
-@click.option("--stop-words", default="english", show_default=True,
-              help="'english', 'none', or a file with one word per line.")
-@click.option("--device", default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
+@_lda_options
+@click.option("--field", default="text", show_default=True, help="JSONL: the key holding the text.")
 @_distributed_option
 @click.option("--force", is_flag=True, help="Replace an existing model directory.")
 def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features, stop_words,
-            device, seed, distributed, force):
+            field, device, seed, distributed, force):
     """Fit LDA to a text corpus: one document per line, a folder of .txt files, or JSONL."""
     from elbokit import LDA
 
-    out_dir = Path(out)
-    _check_new(out_dir, force, "model directory")
-    if stop_words == "none":
-        stop_words = None
-    elif stop_words != "english":
-        stop_words = [w.strip() for w in Path(stop_words).read_text().split() if w.strip()]
-    min_df = int(min_df) if min_df >= 1 else min_df
-    corpus = _read_corpus(data, min_df=min_df, max_df=max_df, max_features=max_features,
-                          stop_words=stop_words)
+    out_dir = _claim_model(out, force, [data], distributed)
+    corpus = _read_corpus(data, **_vectorizer_options(min_df, max_df, max_features, stop_words),
+                          field=field)
     distributed, rank = _launch(distributed, device)
     lda = LDA(n_topics, method=method, max_iter=max_iter, device=device, random_state=seed,
-              verbose=1 if rank == 0 else 0, distributed=distributed or None)
+              verbose=1 if rank == 0 else 0, distributed=distributed)
     # under torchrun: the same vocabulary everywhere, each rank its block of documents
     seconds = _fit_timed(lda, corpus.counts if distributed else corpus, distributed)
     if distributed:
@@ -310,72 +557,165 @@ def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features,
     metrics = {"model": "lda", "data": str(Path(data).resolve()), "n_documents": n_docs,
                "vocabulary_size": len(lda.vocabulary_), "fit_seconds": seconds,
                "lower_bounds": [float(b) for b in lda.lower_bounds_]}
-    lda.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    lda.save(out_dir, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
     click.echo(f"fitted {n_topics} topics ({method}) on {n_docs} documents, "
-               f"{len(lda.vocabulary_)} words, in {seconds:.2f} s; saved to {out_dir}")
+               f"{len(lda.vocabulary_)} words, in {seconds:.2f} s; saved to {out}")
+
+
+def _vae_options(f):
+    """The VAE's network and training options (fit vae and select vae)."""
+    for option in reversed([
+        click.option("--hidden", default="512,256", show_default=True, help="Hidden layer sizes."),
+        click.option("--architecture", type=click.Choice(["mlp", "conv"]), default="mlp",
+                     show_default=True, help="conv: a small convolutional network for images."),
+        click.option("--image-shape", default=None, metavar="C,H,W",
+                     help="For --architecture conv (default: from the IDX file, or square "
+                          "one-channel images)."),
+        click.option("--likelihood", type=click.Choice(["bernoulli", "continuous_bernoulli",
+                                                       "gaussian"]),
+                     default="continuous_bernoulli", show_default=True),
+        click.option("--binarize", type=click.Choice(["none", "dynamic"]), default="none",
+                     show_default=True),
+        click.option("--beta", type=click.FloatRange(min=0), default=1.0, show_default=True,
+                     help="Weight of the KL term (beta-VAE; 1: the ELBO)."),
+        click.option("--kl-warmup", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Epochs over which the KL weight rises from 0 to --beta."),
+        click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3,
+                     show_default=True),
+        click.option("--patience", type=click.IntRange(min=1), default=None,
+                     help="Stop after this many epochs without a better validation ELBO."),
+        click.option("--max-rows", type=click.IntRange(min=1), default=None,
+                     help="Use the first N rows."),
+        click.option("--device", default=None),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]):
+        f = option(f)
+    return _data_options(f)
+
+
+def _vae_params(data: str, n_features: int, *, hidden, architecture, image_shape, likelihood,
+                binarize, beta, kl_warmup, epochs, batch_size, lr, patience, device, seed,
+                **_) -> dict:
+    """VAE keyword arguments from the command line's options."""
+    try:
+        hidden_sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
+    except ValueError:
+        raise UserError(f"--hidden {hidden!r}: give sizes like 512,256.") from None
+    shape = None
+    if architecture == "conv":
+        shape = _image_shape(data, n_features, image_shape)
+    return dict(hidden_sizes=hidden_sizes, architecture=architecture, image_shape=shape,
+                likelihood=likelihood, binarize=None if binarize == "none" else binarize,
+                beta=beta, kl_warmup=kl_warmup, epochs=epochs, batch_size=batch_size, lr=lr,
+                patience=patience, device=device, random_state=seed)
+
+
+def _image_shape(data: str, n_features: int, given) -> tuple:
+    """(channels, height, width) for a convolutional VAE: --image-shape, the IDX file's, or a
+    square one-channel image."""
+    if given is not None:
+        try:
+            shape = tuple(int(v) for v in given.split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 3 or int(np.prod(shape)) != n_features:
+            raise UserError(f"--image-shape {given!r}: give C,H,W with C*H*W = {n_features}, the "
+                            "number of columns, e.g. 1,28,28.")
+        return shape
+    if _is_idx(Path(data)):
+        from elbokit.data.idx import read_idx
+
+        images = read_idx(data)
+        if images.ndim == 3 and images.shape[1] * images.shape[2] == n_features:
+            return (1, int(images.shape[1]), int(images.shape[2]))
+    side = int(round(n_features ** 0.5))
+    if side * side != n_features:
+        raise UserError(f"--architecture conv: {n_features} columns are not a square image; "
+                        "give --image-shape C,H,W.")
+    return (1, side, side)
 
 
 @fit.command("vae")
 @click.argument("data")
 @click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
 @click.option("--latent-dim", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--hidden", default="512,256", show_default=True, help="Hidden layer sizes.")
-@click.option("--likelihood", type=click.Choice(["bernoulli", "continuous_bernoulli", "gaussian"]),
-              default="continuous_bernoulli", show_default=True)
-@click.option("--binarize", type=click.Choice(["none", "dynamic"]), default="none", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Use the first N rows.")
-@click.option("--device", default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
+@_vae_options
+@click.option("--checkpoint-dir", type=click.Path(), default=None,
+              help="Write a checkpoint there after every epoch.")
+@click.option("--resume", type=click.Path(), default=None,
+              help="Continue the run checkpointed in this directory (same options and data); "
+                   "checkpoints go on there unless --checkpoint-dir says otherwise.")
 @_distributed_option
 @click.option("--force", is_flag=True, help="Replace an existing model directory.")
-def fit_vae(data, out, latent_dim, hidden, likelihood, binarize, epochs, batch_size, lr, max_rows,
-            device, seed, distributed, force):
+def fit_vae(data, out, latent_dim, checkpoint_dir, resume, distributed, force, max_rows, columns,
+            drop, standardize, **options):
     """Train a variational autoencoder on DATA (IDX images, .npy, .csv or .parquet)."""
     from elbokit import VAE
 
     data = _check_data_path(data)
-    out_dir = Path(out)
-    _check_new(out_dir, force, "model directory")
-    try:
-        hidden_sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
-    except ValueError:
-        raise UserError(f"--hidden {hidden!r}: give sizes like 512,256.") from None
-    X = _in_memory(data)[:max_rows]
-    distributed, rank = _launch(distributed, device)
-    vae = VAE(latent_dim, hidden_sizes=hidden_sizes, likelihood=likelihood,
-              binarize=None if binarize == "none" else binarize, epochs=epochs,
-              batch_size=batch_size, lr=lr, device=device, random_state=seed,
-              verbose=1 if rank == 0 else 0, distributed=distributed or None)
-    seconds = _fit_timed(vae, X, distributed)
+    out_dir = _claim_model(out, force, [data], distributed)
+    if resume is not None and not (Path(resume) / "checkpoint.json").is_file():
+        raise UserError(f"--resume {resume}: no checkpoint there (written by --checkpoint-dir).")
+    prep = _preprocessing(data, columns, drop, standardize)
+    X = _in_memory(data, prep)[:max_rows]
+    distributed, rank = _launch(distributed, options["device"])
+    vae = VAE(latent_dim, **_vae_params(data, X.shape[1], **options),
+              checkpoint_dir=checkpoint_dir or resume, verbose=1 if rank == 0 else 0,
+              distributed=distributed)
+    start = time.perf_counter()
+    vae.fit(_shard(X) if distributed else X, resume=resume)
+    seconds = time.perf_counter() - start
     if rank != 0:
         return
     metrics = {"model": "vae", "data": str(Path(data).resolve()), "n_samples": len(X),
                "n_features": int(X.shape[1]), "fit_seconds": seconds,
                "train_bounds": vae.history_["train"], "validation_elbo": vae.history_["validation"]}
-    vae.save(out_dir, overwrite=force, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
-    click.echo(f"trained a VAE (latent {latent_dim}) on {X.shape[0]} x {X.shape[1]} for {epochs} "
-               f"epochs in {seconds:.1f} s: training bound {vae.history_['train'][-1]:.4f}; "
-               f"saved to {out_dir}")
+    vae.save(out_dir, extra_files=_saved_data(data, prep, metrics))
+    stopped = (f" (stopped early: no better validation ELBO in {options['patience']} epochs)"
+               if vae.n_epochs_ < options["epochs"] else "")
+    click.echo(f"trained a VAE (latent {latent_dim}) on {X.shape[0]} x {X.shape[1]} for "
+               f"{vae.n_epochs_} epoch{'' if vae.n_epochs_ == 1 else 's'}{stopped} in "
+               f"{seconds:.1f} s: training bound "
+               f"{vae.history_['train'][-1]:.4f}; saved to {out}")
 
 
 # ------------------------------------------------------------------ use a model
-def _apply(model_dir, data, out, force, method: str, column: str):
+# what to use instead, when a model lacks a command's method
+_INSTEAD = {
+    ("LDA", "predict"): "use `elbokit transform MODEL DOCS --out theta.npy` for each document's "
+                        "topic mixture (its largest column is the dominant topic)",
+    ("LDA", "predict_proba"): "use `elbokit transform MODEL DOCS --out theta.npy` for each "
+                              "document's topic mixture",
+    ("VAE", "predict"): "use `elbokit transform MODEL DATA --out codes.npy` for the latent codes",
+    ("VAE", "predict_proba"): "use `elbokit transform MODEL DATA --out codes.npy` for the latent "
+                              "codes",
+}
+
+
+def _apply(model_dir, data, out, force, method: str, column: str, **kwargs):
+    claim = _claim_output(out, force, protect=[data, *_model_files(model_dir)])
     model = _model(model_dir)
-    if not hasattr(model, method):
-        raise UserError(f"a {type(model).__name__} has no {method}.")
     name = type(model).__name__
+    if not hasattr(model, method):
+        command = {"predict_proba": "predict --proba", "score_samples": "score"}.get(method, method)
+        instead = _INSTEAD.get((name, method), "see `elbokit --help` for what it offers")
+        article = "an" if name[0] in "AEIOLMNRSFHX" else "a"
+        raise UserError(f"{article} {name} has no `{command}`: {instead}.")
     if name == "LDA":
         inputs = _read_documents(data)
+    elif name in ("Mixture", "PPCA", "FactorAnalysis"):
+        inputs = _check_data_path(data)  # read by the model: missing cells, typed tables, streams
     else:
-        data = _check_data_path(data)
-        streams = name == "GaussianMixture" and not _is_idx(Path(data))
-        inputs = data if streams else _in_memory(data)
-    values = np.asarray(getattr(model, method)(inputs))
+        source = _model_data(model_dir, data)
+        inputs = source.model_input() if name == "GaussianMixture" else \
+            source.array().astype(np.float32)
+    if name == "VAE" and method == "score_samples":
+        model.set_params(verbose=1)  # a progress bar over the rows
+    values = np.asarray(getattr(model, method)(inputs, **kwargs))
     columns = [column] if values.ndim == 1 else [f"{column}_{j}" for j in range(values.shape[1])]
-    write_array(Path(out), values, columns, force)
+    write_array(claim, values, columns)
     click.echo(f"wrote {values.shape} to {out}")
 
 
@@ -412,9 +752,17 @@ def transform(model_dir, data, out, force):
 @click.argument("data")
 @_OUT
 @_FORCE
-def score(model_dir, data, out, force):
+@click.option("--n-samples", type=click.IntRange(min=1), default=None,
+              help="VAE: importance samples per row (default 100; more: a tighter estimate).")
+def score(model_dir, data, out, force, n_samples):
     """log p(x) per row of DATA (lower: more anomalous)."""
-    _apply(model_dir, data, out, force, "score_samples", "log_px")
+    kwargs = {}
+    if n_samples is not None:
+        if type(_model(model_dir)).__name__ != "VAE":
+            raise UserError("--n-samples is for a VAE (its log p(x) is importance-sampled); this "
+                            "model's log p(x) is exact or a bound.")
+        kwargs["n_samples"] = n_samples
+    _apply(model_dir, data, out, force, "score_samples", "log_px", **kwargs)
 
 
 @cli.command()
@@ -425,6 +773,7 @@ def score(model_dir, data, out, force):
 @click.option("--seed", type=int, default=None, help="Random seed (default: the model's).")
 def sample(model_dir, out, force, n_samples, seed):
     """Generate samples from the model (mixtures: with their component in the last column)."""
+    claim = _claim_output(out, force, protect=_model_files(model_dir))
     model = _model(model_dir)
     if not hasattr(model, "sample"):
         raise UserError(f"a {type(model).__name__} does not generate samples here: "
@@ -439,23 +788,48 @@ def sample(model_dir, out, force, n_samples, seed):
     if isinstance(drawn, tuple):
         values = np.concatenate([X, np.asarray(drawn[1])[:, None]], 1)
         columns.append("component" if "component" not in columns else "component_")
-    write_array(Path(out), values, columns, force)
+    write_array(claim, values, columns)
     click.echo(f"wrote {values.shape[0]} samples to {out}")
 
 
 @cli.command()
 @click.argument("model_dir")
-def topics(model_dir):
+@click.option("-n", "--n-words", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Words per topic.")
+@click.option("--out", type=click.Path(), default=None,
+              help="Also write them to this .csv: topic, rank, word, p(word | topic).")
+@_FORCE
+def topics(model_dir, n_words, out, force):
     """Top words per topic (topic models)."""
+    claim = None
+    if out is not None:
+        if Path(out).suffix.lower() != ".csv":
+            raise UserError(f"--out {out}: give a .csv file name.")
+        claim = _claim(Path(out), force, "output", protect=_model_files(model_dir))
     model = _model(model_dir)
     if not hasattr(model, "top_words"):
         raise UserError(f"{model_dir} holds a {type(model).__name__}, not a topic model.")
-    for k, words in enumerate(model.top_words(10)):
-        click.echo(f"topic {k:3d}: {' '.join(words)}")
+    words = model.top_words(n_words)
+    for k, row in enumerate(words):
+        click.echo(f"topic {k:3d}: {' '.join(map(str, row))}")
+    if claim is not None:
+        import csv
+        import io
+
+        phi = np.asarray(model.topic_word_, dtype=np.float64)
+        top = np.argsort(-np.asarray(model.components_, dtype=np.float64), 1, kind="stable")
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["topic", "rank", "word", "p(word|topic)"])
+        for k, row in enumerate(words):
+            for rank, (word, j) in enumerate(zip(row, top[k]), 1):
+                writer.writerow([k, rank, word, repr(float(phi[k, j]))])
+        claim.commit(lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8"))
+        click.echo(f"wrote {len(words)} topics x {n_words} words to {out}")
 
 
 # ------------------------------------------------------------------ model selection
-def _parse_range(text: str) -> list[int]:
+def _parse_range(text: str, option: str = "--k") -> list[int]:
     try:
         if ".." in text:
             lo, hi = (int(v) for v in text.split(".."))
@@ -465,47 +839,200 @@ def _parse_range(text: str) -> list[int]:
     except ValueError:
         values = []
     if not values or min(values) < 1:
-        raise UserError(f"--k {text!r}: give a range like 2..20 or a list like 2,4,8 (K >= 1).")
+        raise UserError(f"{option} {text!r}: give a range like 2..20 or a list like 2,4,8 "
+                        "(each >= 1).")
     return values
+
+
+def _covariance_types(text: str) -> list[str]:
+    from elbokit._sweep import COVARIANCE_TYPES
+
+    types = list(COVARIANCE_TYPES) if text == "all" else [t.strip() for t in text.split(",")]
+    bad = [t for t in types if t not in COVARIANCE_TYPES]
+    if bad or not types:
+        raise UserError(f"--covariance-type {text!r}: give 'all' or some of "
+                        f"{', '.join(COVARIANCE_TYPES)}, comma-separated.")
+    return types
+
+
+def _selection_options(f):
+    for option in reversed([
+        click.option("--holdout", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
+                     help="Fraction of the rows (documents) held out for scoring."),
+        click.option("--out", type=click.Path(), default=None,
+                     help="Save the chosen model (as fitted on the training rows) here."),
+        click.option("--force", is_flag=True, help="Replace an existing --out directory."),
+    ]):
+        f = option(f)
+    return f
+
+
+class _SweepProgress:
+    """A progress bar over a sweep's candidates (stderr)."""
+
+    def __init__(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr, disable=None)
+
+    def __call__(self, setting: str) -> None:
+        self.bar.set_postfix_str(setting)
+        self.bar.update(1)
+
+    def close(self):
+        self.bar.close()
+
+
+def _run_sweep(run, total: int, desc: str):
+    progress = _SweepProgress(total, desc)
+    try:
+        return run(progress)
+    finally:
+        progress.close()
+
+
+def _show_sweep(result, n_train: int, n_test: int, what: str = "rows") -> None:
+    def cell(v):
+        if isinstance(v, float):
+            return "-" if not np.isfinite(v) else f"{v:.1f}" if abs(v) >= 100 else f"{v:.4f}"
+        return str(v)
+
+    keep = [j for j, h in enumerate(result.header) if h not in ("seconds", "note")]
+    notes = any(r[-1] for r in result.rows)
+    header = [result.header[j] for j in keep] + [""] + (["note"] if notes else [])
+    rows = [[cell(r[j]) for j in keep] + ["<- chosen" if i == result.best else ""]
+            + ([r[-1]] if notes else []) for i, r in enumerate(result.rows)]
+    _echo_table(header, rows)
+    chosen = ", ".join(f"{k} = {v}" for k, v in result.best_settings.items())
+    direction = "lowest" if result.criterion.lower_is_better else "highest"
+    click.echo(f"chosen {chosen}: the {direction} {result.criterion.column} ({n_train} training, "
+               f"{n_test} held-out {what})")
+
+
+def _save_selected(result, out, claim, metrics: dict, extra: dict | None = None) -> None:
+    """The chosen model, with the sweep in metrics.json (the report shows it), into the
+    model directory claimed before the sweep."""
+    if claim is None:
+        return
+    rows = [[None if isinstance(v, float) and not np.isfinite(v) else v for v in r]
+            for r in result.rows]
+    metrics["selection"] = {"header": result.header, "rows": rows,
+                            "criterion": result.criterion.column, "chosen": result.best_settings,
+                            "n_train": metrics.get("n_samples", metrics.get("n_documents"))}
+    files = dict(extra or {})
+    files["metrics.json"] = json.dumps(metrics, indent=2)
+    result.best_model.save(claim, extra_files=files)
+    click.echo(f"saved the chosen model to {out}")
 
 
 @cli.group()
 def select():
-    """Choose the number of components by BIC, AIC and held-out log-likelihood."""
+    """Choose a model's size by fitting several and scoring each: K and the covariance type
+    for mixtures, K for topic models, the latent size for a VAE."""
 
 
 @select.command("gmm")
 @click.argument("data")
 @click.option("--k", "k_range", default="1..10", show_default=True, help="Range a..b or list.")
-@click.option("--covariance-type", type=click.Choice(["full", "tied", "diag", "spherical"]),
-              default="full", show_default=True)
+@click.option("--covariance-type", "covariance_type", default="full", show_default=True,
+              help="One type, several (full,diag) or 'all'.")
 @click.option("--criterion", type=click.Choice(["bic", "aic", "heldout"]), default="bic",
               show_default=True)
-@click.option("--holdout", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True)
 @click.option("--n-init", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--reg-covar", type=click.FloatRange(min=0), default=1e-6, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
+              show_default=True)
+@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True)
+@click.option("--device", default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
-def select_gmm(data, k_range, covariance_type, criterion, holdout, n_init, seed):
-    """Fit K components for each K; print BIC, AIC and held-out log p(x); pick K."""
-    from elbokit import GaussianMixture
-    from elbokit.report import load_rows
+@_data_options
+@_selection_options
+def select_gmm(data, k_range, covariance_type, criterion, n_init, reg_covar, dtype, max_iter, tol,
+               device, seed, columns, drop, standardize, holdout, out, force):
+    """Fit each K (and covariance type); print BIC, AIC and held-out log p(x); pick one."""
+    from elbokit._sweep import gmm_sweep, holdout_split
 
     ks = _parse_range(k_range)
-    X = load_rows(_check_data_path(data))
-    order = np.random.default_rng(seed).permutation(len(X))
-    n_test = max(1, int(round(holdout * len(X))))
-    test, train = X[order[:n_test]], X[order[n_test:]]
-    rows, scores = [], {}
-    for k in ks:
-        if k > len(train):
-            raise UserError(f"K={k} exceeds the {len(train)} training rows: lower --k.")
-        gm = GaussianMixture(k, covariance_type=covariance_type, n_init=n_init,
-                             random_state=seed).fit(train)
-        bic, aic, held = gm.bic(train), gm.aic(train), gm.score(test)
-        scores[k] = {"bic": bic, "aic": aic, "heldout": -held}
-        rows.append([k, f"{bic:.1f}", f"{aic:.1f}", f"{held:.4f}"])
-    best = min(ks, key=lambda k: scores[k][criterion])
-    _echo_table(["K", "BIC", "AIC", "held-out log p(x)"], rows)
-    click.echo(f"chosen K = {best} (by {criterion}; {len(train)} training, {len(test)} held-out rows)")
+    types = _covariance_types(covariance_type)
+    data = _check_data_path(data)
+    claim = None if out is None else _claim_model(out, force, [data], False)
+    prep = _preprocessing(data, columns, drop, standardize)
+    X = _in_memory(data, prep).astype(np.float64)
+    train, test = holdout_split(len(X), holdout, seed)
+    result = _run_sweep(lambda progress: gmm_sweep(
+        X[train], X[test], ks, types, criterion=criterion, progress=progress, n_init=n_init,
+        reg_covar=reg_covar, dtype=dtype, max_iter=max_iter, tol=tol, device=device,
+        random_state=seed), len(ks) * len(types), "select gmm")
+    _show_sweep(result, len(train), len(test))
+    metrics = {"model": "gmm", "data": str(Path(data).resolve()), "n_samples": len(train),
+               "n_features": int(X.shape[1]), "train_rows": "all but the held-out rows"}
+    if out is not None:
+        files = _saved_data(data, prep, metrics)
+        _save_selected(result, out, claim, json.loads(files.pop("metrics.json")), files)
+
+
+@select.command("lda")
+@click.argument("data")
+@click.option("--k", "k_range", default="5,10,20", show_default=True, help="Range a..b or list.")
+@click.option("--criterion", type=click.Choice(["perplexity", "coherence"]), default="perplexity",
+              show_default=True, help="Held-out perplexity (lower) or NPMI coherence (higher).")
+@_lda_options
+@_selection_options
+def select_lda(data, k_range, criterion, method, max_iter, min_df, max_df, max_features,
+               stop_words, device, seed, holdout, out, force):
+    """Fit LDA for each K on most documents; score the held-out ones (perplexity by document
+    completion, NPMI coherence of each topic's top words); pick K."""
+    from elbokit import Corpus
+    from elbokit._sweep import holdout_split, lda_sweep
+
+    ks = _parse_range(k_range)
+    claim = None if out is None else _claim_model(out, force, [data], False)
+    documents = _read_documents(data)
+    train, test = holdout_split(len(documents), holdout, seed)
+    corpus = Corpus([documents[i] for i in train],
+                    **_vectorizer_options(min_df, max_df, max_features, stop_words))
+    heldout = [documents[i] for i in test]
+    result = _run_sweep(lambda progress: lda_sweep(
+        corpus, heldout, ks, criterion=criterion, progress=progress, method=method,
+        max_iter=max_iter, device=device, random_state=seed), len(ks), "select lda")
+    _show_sweep(result, len(train), len(test), "documents")
+    metrics = {"model": "lda", "data": str(Path(data).resolve()), "n_documents": len(train),
+               "vocabulary_size": len(corpus.vocabulary)}
+    _save_selected(result, out, claim, metrics)
+
+
+@select.command("vae")
+@click.argument("data")
+@click.option("--latent-dim", "latent_dims", default="2,8,16", show_default=True,
+              help="Latent sizes: range a..b or list.")
+@click.option("--criterion", type=click.Choice(["heldout", "elbo"]), default="heldout",
+              show_default=True, help="Held-out importance-sampled log p(x), or held-out ELBO.")
+@click.option("--n-samples", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Importance samples per held-out row.")
+@_vae_options
+@_selection_options
+def select_vae(data, latent_dims, criterion, n_samples, max_rows, columns, drop, standardize,
+               holdout, out, force, **options):
+    """Train a VAE for each latent size; score the held-out rows; pick one."""
+    from elbokit._sweep import holdout_split, vae_sweep
+
+    dims = _parse_range(latent_dims, "--latent-dim")
+    data = _check_data_path(data)
+    claim = None if out is None else _claim_model(out, force, [data], False)
+    prep = _preprocessing(data, columns, drop, standardize)
+    X = _in_memory(data, prep)[:max_rows]
+    train, test = holdout_split(len(X), holdout, options["seed"])
+    params = _vae_params(data, X.shape[1], **options)
+    result = _run_sweep(lambda progress: vae_sweep(
+        X[train], X[test], dims, n_samples=n_samples, criterion=criterion, progress=progress,
+        **params), len(dims), "select vae")
+    _show_sweep(result, len(train), len(test))
+    metrics = {"model": "vae", "data": str(Path(data).resolve()), "n_samples": len(train),
+               "n_features": int(X.shape[1])}
+    if out is not None:
+        files = _saved_data(data, prep, metrics)
+        _save_selected(result, out, claim, json.loads(files.pop("metrics.json")), files)
 
 
 # ------------------------------------------------------------------ report
@@ -513,20 +1040,25 @@ def select_gmm(data, k_range, covariance_type, criterion, holdout, n_init, seed)
 @click.argument("model_dir")
 @click.option("--data", default=None, help="Data to show (default: the data it was fitted on).")
 @click.option("--out", type=click.Path(), default=None, help="HTML file (default MODEL_DIR/report.html).")
-@click.option("--labels", default=None, help="Labels (.npy or IDX) to colour latent codes by.")
+@click.option("--labels", default=None, metavar="FILE[:COLUMN]",
+              help="One label per row of the data shown (per document for LDA): .npy, IDX, or "
+                   "text/CSV (one label per line, optional header; FILE:COLUMN names a column). "
+                   "Clusters and topics are compared with them, latent codes coloured by them.")
+@click.option("--heldout", default=None, help="LDA: held-out documents for the perplexity.")
 @click.option("--force", is_flag=True, help="Replace an existing report.")
-def report(model_dir, data, out, labels, force):
-    """Write a self-contained HTML report of a fitted model."""
-    from elbokit.report import write_report
+def report(model_dir, data, out, labels, heldout, force):
+    """Write a self-contained HTML report of a fitted model (and its tables as CSV files)."""
+    from elbokit.report import build_report
+
+    from elbokit import files
 
     target = Path(out) if out else Path(model_dir) / "report.html"
-    _check_new(target, force, "report file")
-    if labels is not None:
-        from elbokit.data.idx import load_idx_labels
-
-        labels = load_idx_labels(labels) if _is_idx(Path(labels)) else np.load(labels)
-    path = write_report(model_dir, data=data, out=target, labels=labels)
-    click.echo(f"wrote {path}")
+    claim = _claim(target, force, "report file", protect=[data, *_model_files(model_dir)])
+    start = time.perf_counter()
+    info = build_report(model_dir, data=data, out=claim, labels=labels, heldout=heldout,
+                        progress=True)
+    click.echo(f"wrote {info.path} (tables in {info.path.parent / (info.path.stem + '-data')}) "
+               f"in {time.perf_counter() - start:.1f} s")
 
 
 # ------------------------------------------------------------------ tour
@@ -539,32 +1071,37 @@ def report(model_dir, data, out, labels, force):
               default="diag", show_default=True)
 @click.option("--n-init", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lda-sweeps", type=click.IntRange(min=2), default=200, show_default=True,
+              help="Gibbs sweeps of the topic model.")
 @click.option("--vae-epochs", type=click.IntRange(min=1), default=40, show_default=True)
 @click.option("--out", type=click.Path(), default=None,
               help="Also save the models, their HTML reports and an index page in this directory.")
 @click.option("--force", is_flag=True, help="Replace an existing --out directory.")
-def tour(dataset, components, covariance_type, n_init, seed, vae_epochs, out, force):
+def tour(dataset, components, covariance_type, n_init, seed, lda_sweeps, vae_epochs, out, force):
     """The main job: a Gaussian mixture by EM (clusters against the known labels), LDA by
     Gibbs sampling on the KJV gospels, and a small VAE by amortised VI on the digits,
     all on data shipped with elbokit or scikit-learn; models and reports with --out."""
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
     from elbokit import GaussianMixture
+    from elbokit.report.common import agreement_scores
 
+    began = time.perf_counter()
     X, y, description = _load_bundled(dataset)
     k = components or int(np.unique(y).size)
-    if out is not None:
-        _check_new(Path(out), force, "tour directory")
-    click.echo(f"Gaussian mixture, K={k}, covariance_type={covariance_type!r}, on {description}")
-    click.echo("EM: the bound is the mean log p(x) per sample (E-step: q = posterior, KL = 0)")
+    claim = None if out is None else _claim(Path(out), force, "tour directory", kind="dir",
+                                            replaceable=_replaceable_tour)
+    click.echo(f"Gaussian mixture, K={k}, covariance_type={covariance_type!r}, on {description}, "
+               f"best of {n_init} EM restarts")
     start = time.perf_counter()
-    gm = GaussianMixture(k, covariance_type=covariance_type, n_init=n_init, random_state=seed,
-                         verbose=2).fit(X)
+    gm = GaussianMixture(k, covariance_type=covariance_type, n_init=n_init,
+                         random_state=seed).fit(X)
     seconds = time.perf_counter() - start
     labels = gm.predict(X)
-    click.echo(f"\nKept the best of {n_init} restarts: {gm.n_iter_} iterations, "
-               f"{'converged' if gm.converged_ else 'NOT converged'}, fitted in {seconds:.2f} s")
-    click.echo(f"mean log p(x) = {gm.score(X):.4f} nats,  BIC = {gm.bic(X):.1f}")
+    click.echo("EM's bound is the mean log p(x) per sample (E-step: q = the posterior, KL = 0); "
+               "the kept restart's:")
+    _echo_bounds(gm.lower_bounds_, gm.n_iter_)
+    click.echo(f"{gm.n_iter_} iterations, {'converged' if gm.converged_ else 'NOT converged'}, "
+               f"fitted in {seconds:.2f} s: mean log p(x) = {gm.score(X):.4f} nats, "
+               f"BIC = {gm.bic(X):.1f}")
     click.echo("\nClusters found, against the known classes:")
     rows = []
     for c in range(k):
@@ -574,38 +1111,61 @@ def tour(dataset, components, covariance_type, n_init, seed, vae_epochs, out, fo
                      int(counts.argmax()) if members.size else "-",
                      f"{counts.max() / members.size:.2f}" if members.size else "-"])
     _echo_table(["cluster", "size", "weight", "majority class", "purity"], rows)
-    click.echo(f"\nAgreement with the known labels: adjusted Rand index "
-               f"{adjusted_rand_score(y, labels):.3f}, normalised mutual information "
-               f"{normalized_mutual_info_score(y, labels):.3f}")
-    lda, verses = _tour_lda(seed)
+    scores = agreement_scores(labels, y)
+    click.echo(f"Agreement with the known labels: adjusted Rand index "
+               f"{scores['adjusted Rand index']:.3f}, normalised mutual information "
+               f"{scores['normalised mutual information']:.3f}")
+    lda, verses = _tour_lda(seed, lda_sweeps)
     vae, digits, digit_labels = _tour_vae(seed, epochs=vae_epochs)
-    if out is not None:
-        _write_tour(Path(out), {"gmm": (gm, X, None), "lda": (lda, verses, None),
-                                "vae": (vae, digits, digit_labels)}, dataset)
+    if claim is not None:
+        from sklearn import datasets
+
+        _write_tour(claim, {"gmm": (gm, X, y), "lda": (lda, verses, None),
+                            "vae": (vae, digits, digit_labels)}, dataset,
+                    getattr(datasets, f"load_{dataset}")().feature_names)
+    click.echo(f"\nThe tour took {time.perf_counter() - began:.0f} s.")
 
 
-def _tour_lda(seed: int):
+def _echo_bounds(bounds, n_iter: int, head: int = 4, tail: int = 3) -> None:
+    """The bound per iteration (the first few and the last few), then the final one."""
+    shown = list(range(1, n_iter + 1))
+    if n_iter > head + tail + 1:
+        shown = shown[:head] + [None] + shown[-tail:]
+    for i in shown:
+        if i is None:
+            click.echo("  ...")
+        else:
+            change = "" if i == 1 else f"  change {bounds[i - 1] - bounds[i - 2]: .2e}"
+            click.echo(f"  iteration {i:3d}  bound {bounds[i - 1]: .6f}{change}")
+    if len(bounds) == n_iter + 1:
+        click.echo(f"  final          bound {bounds[-1]: .6f}  (the returned parameters)")
+
+
+def _tour_lda(seed: int, sweeps: int):
     """LDA by a collapsed Gibbs sampler on the KJV gospels shipped with elbokit."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
     from elbokit import LDA, Corpus
     from elbokit.datasets import ARCHAIC_STOP_WORDS, kjv_gospels
+    from elbokit.report.lda import lda_summary
 
     verses = kjv_gospels()
     train, held_out = verses[:3400], verses[3400:]
     corpus = Corpus(train, stop_words=sorted(ENGLISH_STOP_WORDS | set(ARCHAIC_STOP_WORDS)),
                     min_df=4, max_df=0.05)
     click.echo(f"\nLDA (Monte Carlo: Gibbs sampling) on the KJV gospels: {len(train)} verses, "
-               f"{len(corpus.vocabulary)} words, 8 topics")
+               f"{len(corpus.vocabulary)} words, 8 topics, {sweeps} sweeps")
     start = time.perf_counter()
-    lda = LDA(8, method="gibbs", max_iter=200, random_state=seed).fit(corpus)
+    lda = LDA(8, method="gibbs", max_iter=sweeps, random_state=seed,
+              verbose=int(sys.stderr.isatty())).fit(corpus)  # a progress bar on a terminal
     seconds = time.perf_counter() - start
     for k, words in enumerate(lda.top_words(8)):
         click.echo(f"  topic {k}: {' '.join(words)}")
-    click.echo(f"fitted in {seconds:.1f} s; held-out perplexity {lda.perplexity(held_out):.1f} "
-               f"(document completion on {len(held_out)} verses), NPMI "
-               f"{float(np.mean(lda.coherence(corpus))):.3f}")
-    return lda, verses
+    summary = lda_summary(lda, train, held_out)
+    click.echo(f"sampled in {seconds:.1f} s; held-out perplexity {summary['perplexity']:.1f} "
+               f"(document completion on {len(held_out)} verses), mean NPMI "
+               f"{summary['npmi_mean']:.3f}")
+    return lda, (train, held_out)
 
 
 def _tour_vae(seed: int, epochs: int):
@@ -613,6 +1173,7 @@ def _tour_vae(seed: int, epochs: int):
     from sklearn.datasets import load_digits
 
     from elbokit import VAE
+    from elbokit.report.vae import IS_SAMPLES, vae_summary
 
     data = load_digits()
     X = (data.data / 16.0).astype(np.float32)
@@ -620,81 +1181,196 @@ def _tour_vae(seed: int, epochs: int):
                f"grey levels), latent 2, continuous Bernoulli likelihood, {epochs} epochs")
     start = time.perf_counter()
     vae = VAE(2, hidden_sizes=(128, 64), likelihood="continuous_bernoulli", epochs=epochs,
-              batch_size=64, random_state=seed).fit(X)
+              batch_size=64, random_state=seed, verbose=int(sys.stderr.isatty())).fit(X)
     seconds = time.perf_counter() - start
-    elbo, log_px = float(np.mean(vae.elbo(X))), vae.score(X, n_samples=100)
-    click.echo(f"trained in {seconds:.1f} s: ELBO {elbo:.3f}, importance-sampled log p(x) "
-               f"{log_px:.3f} nats per image, KL gap {log_px - elbo:.3f}")
+    s = vae_summary(vae, X)
+    click.echo(f"trained in {seconds:.1f} s: ELBO {s['elbo']:.3f}, importance-sampled log p(x) "
+               f"{s['log_px']:.3f} (k={IS_SAMPLES}) nats per image, KL gap {s['kl_gap']:.3f}")
     return vae, X, data.target
 
 
-def _write_tour(out_dir: Path, models: dict, dataset: str) -> None:
-    """Each model with its data and report, and an index page linking them."""
-    import html
-    import shutil
+def _write_tour(claim, models: dict, dataset: str, feature_names=None) -> None:
+    """Each model with its data and report, and an index page with their headline figures,
+    in one atomic step."""
+    final = claim.path.resolve()
+    click.echo("\nWriting the models and their reports ...")
+    claim.commit(lambda tmp: _fill_tour(tmp, final, models, dataset, feature_names),
+                 manifest="tour")
+    click.echo(f"Open {claim.path / 'index.html'}")
 
-    from elbokit.report import write_report
 
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    links = []
+def _fill_tour(out_dir: Path, final: Path, models: dict, dataset: str, feature_names) -> None:
+    """Write the tour into ``out_dir``, which becomes ``final`` (the paths recorded point
+    there; the reports read the files written here)."""
+    from elbokit.report import build_report, write_index
+
+    described = {"gmm": f"scikit-learn's {dataset} data", "lda": "the KJV gospels (verses)",
+                 "vae": "scikit-learn's 8x8 digits"}
+    entries = []
     for name, (model, X, labels) in models.items():
-        if isinstance(X, list):  # documents
-            data_path = out_dir / f"{name}-documents.txt"
-            data_path.write_text("\n".join(X) + "\n")
+        metrics, here = {"model": name}, {}
+        if name == "lda":  # the verses it was fitted on, and the held-out ones
+            train, held_out = X
+            for part, docs in (("data", train), ("heldout", held_out)):
+                file_name = f"lda-{'documents' if part == 'data' else 'heldout'}.txt"
+                (out_dir / file_name).write_text("\n".join(docs) + "\n")
+                metrics[part], here[part] = str(final / file_name), str(out_dir / file_name)
+            metrics["n_documents"] = len(train)
         else:
-            data_path = out_dir / f"{name}-data.npy"
-            np.save(data_path, X)
-        metrics = {"model": name, "data": str(data_path.resolve()), "n_samples": len(X),
-                   "n_documents": len(X)}
+            np.save(out_dir / f"{name}-data.npy", X)
+            metrics.update(data=str(final / f"{name}-data.npy"), n_samples=len(X))
+            here["data"] = str(out_dir / f"{name}-data.npy")
         if labels is not None:
             np.save(out_dir / f"{name}-labels.npy", labels)
-            metrics["labels"] = str((out_dir / f"{name}-labels.npy").resolve())
+            metrics["labels"] = str(final / f"{name}-labels.npy")
+            here["labels"] = str(out_dir / f"{name}-labels.npy")
+        if name == "gmm" and feature_names is not None:
+            metrics["feature_names"] = list(feature_names)
         model.save(out_dir / name, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
-        write_report(out_dir / name)
-        links.append(f'<li><a href="{name}/report.html">{html.escape(type(model).__name__)}</a> '
-                     f"on {html.escape({'gmm': dataset, 'lda': 'the KJV gospels'}.get(name, 'digits'))}"
-                     "</li>")
-    (out_dir / "index.html").write_text(
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>elbokit tour</title>"
-        "</head><body style='font-family:system-ui;max-width:40rem;margin:2rem auto'>"
-        "<h1>elbokit tour</h1><p>Each model is a joint p(x, z) fitted by maximising "
-        "log p(x) = ELBO(q) + KL(q || p(z|x)).</p><ul>" + "".join(links) + "</ul></body></html>")
-    click.echo(f"\nModels and reports written: {out_dir / 'index.html'}")
+        start = time.perf_counter()
+        info = build_report(out_dir / name, progress=True, **here)
+        click.echo(f"  {name}: {final / name / info.path.name} ({time.perf_counter() - start:.1f} s)")
+        entries.append((name, info, described[name]))
+    write_index(out_dir / "index.html", entries, title="elbokit tour",
+                intro="Each model is a joint p(x, z) fitted by maximising log p(x) = "
+                      "ELBO(q) + KL(q || p(z|x)).")
+
+
+_TOUR_FILES_0_1 = {"index.html", "gmm-data.npy", "lda-documents.txt", "vae-data.npy", "vae-labels.npy"}
+
+
+def _replaceable_tour(path: Path):
+    """None if ``path`` is tour output that ``tour --force`` may replace, else why not."""
+    from elbokit import files, io
+
+    return files.replaceable_output("tour", legacy=_tour_0_1, check_dir=io.replaceable_model)(path)
+
+
+def _tour_0_1(path: Path):
+    """Tour output of elbokit 0.1 (no manifest): its index page, data files and model directories."""
+    from elbokit import files, io
+
+    try:
+        index = files.read_regular(path / "index.html", max_bytes=1 << 20)
+    except ValueError:
+        index = b""
+    if b"<title>elbokit tour</title>" not in index:
+        return "is not an elbokit tour directory"
+    foreign = files.foreign_entries(path, lambda n: n in _TOUR_FILES_0_1, lambda p: None if (
+        p.name in ("gmm", "lda", "vae") and io.replaceable_model(p) is None) else "foreign")
+    return f"holds files elbokit did not write ({', '.join(foreign[:5])})" if foreign else None
 
 
 # ------------------------------------------------------------------ entry point
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TypeError, KeyError)
+_PYTHON_TO_CLI = {"overwrite=True": "--force",
+                  "every column must be numeric.": "every column must be numeric: leave text "
+                                                   "columns out with --drop NAME."}
+_BARE = {"tol"}  # parameter names without "_" that are no English word
+_KEYWORD = re.compile(r"""
+    (?<![\w.-])([a-z][a-z0-9]*(?:_[a-z0-9]+)*)      # a Python name ...
+    (?:=('[^']*'|"[^"]*"|\.\.\.|[^\s,;:)]*[^\s,;:).]))?  # ... maybe with =value
+    (?=[\s,;:.)]|$)""", re.VERBOSE)
+
+
+def _cli_options() -> set:
+    """Every long option of every command."""
+    found = set()
+
+    def walk(command):
+        for param in command.params:
+            found.update(o for o in param.opts if o.startswith("--"))
+        for sub in getattr(command, "commands", {}).values():
+            walk(sub)
+
+    walk(cli)
+    return found
+
+
+def in_cli_words(message: str) -> str:
+    """A library message as a command line user reads it: Python keyword advice
+    (``pass stop_words=None``, ``increase reg_covar``) becomes the option
+    (``pass --stop-words none``, ``increase --reg-covar``)."""
+    options = _cli_options()
+    for python, option in _PYTHON_TO_CLI.items():
+        message = message.replace(python, option)
+
+    def keyword(match):
+        name, value = match.group(1), match.group(2)
+        option = "--" + name.replace("_", "-")
+        if option not in options:
+            return match.group(0)
+        if value is None:
+            return option
+        value = value.strip("'\"")
+        value = {"None": "none", "True": "", "False": "", "...": "NAME"}.get(value, value)
+        return f"{option} {value}".rstrip()
+
+    def replace(match):
+        if "_" not in match.group(1) and match.group(2) is None and match.group(1) not in _BARE:
+            return match.group(0)  # a plain word
+        return keyword(match)
+
+    return _KEYWORD.sub(replace, message)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one line in the command line's words (no Python source line)."""
+    text = in_cli_words(str(message))
+    click.echo(f"Warning: {text}", err=True)
+
+
+def _error_line(err: BaseException, debug: bool, internal: bool) -> None:
+    """The one-line message (after the traceback with --debug; the exit code is the same)."""
+    from elbokit import files
+
+    if debug:
+        import traceback
+
+        traceback.print_exception(err)
+    if isinstance(err, files.OutputExistsError):
+        text = err.for_cli()
+    elif internal and not isinstance(err, files.OutputError):
+        text = f"{type(err).__name__}: {err}"
+    else:
+        text = str(err)
+    click.echo(f"Error: {in_cli_words(text)}", err=True)
 
 
 def main(argv=None) -> int:
-    """Run the command; map errors to one line and an exit code (1 or 2)."""
+    """Run the command; map errors to one line ("Error: ...") and an exit code (1 or 2), with or
+    without --debug."""
+    import warnings
+
+    from elbokit import files
+
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     ok = False
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         cli.main(args=argv, prog_name="elbokit", standalone_mode=False)
         ok = True
         return 0
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        click.echo("Error: aborted", err=True)
         return 1
     except click.ClickException as err:
         err.show()
         return err.exit_code
     except click.exceptions.Exit as err:
         return err.exit_code
-    except _USER_ERRORS as err:
-        if debug:
-            raise
-        click.echo(f"error: {err}", err=True)
+    except files.OutputWriteError as err:  # the place was fine, writing failed (a full disk)
+        _error_line(err, debug, internal=True)
+        return 1
+    except (*_USER_ERRORS, files.OutputError) as err:
+        _error_line(err, debug, internal=False)
         return 2
     except Exception as err:  # a failure while running, not the user's input
-        if debug:
-            raise
-        click.echo(f"error: {type(err).__name__}: {err}", err=True)
+        _error_line(err, debug, internal=True)
         return 1
     finally:
+        warnings.showwarning = previous
         _close_distributed(ok)
 
 

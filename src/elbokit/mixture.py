@@ -54,6 +54,7 @@ ALGORITHMS = ("em", "stepwise")
 # _INIT_ROWS, or _INIT_ROWS_PER_COMPONENT per component when more
 _INIT_ROWS = 2048
 _INIT_ROWS_PER_COMPONENT = 64
+_INIT_SAMPLE = 100_000  # the general Mixture's initialisation sample (elbokit.em_estimator)
 _LLOYD_STEPS = 30  # Lloyd iterations at most: k-means only seeds EM
 _KMEANS_RUNS = 3  # k-means runs on the sample, the lowest inertia kept (cheap: it is small)
 # elements of one chunk's work tensor, (chunk, K + D) or for full covariances
@@ -61,6 +62,13 @@ _KMEANS_RUNS = 3  # k-means runs on the sample, the lowest inertia kept (cheap: 
 # full type's fewer, larger GEMMs pay off up to twice that); on a GPU large
 # enough that kernel launches do not dominate
 _CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
+
+
+def _positive_diagonal(gm, value) -> str | None:
+    """Load check: covariances, precisions and their factors have a positive diagonal."""
+    t = torch.as_tensor(value)
+    d = torch.diagonal(t, dim1=-2, dim2=-1) if gm.covariance_type in ("full", "tied") else t
+    return None if bool((d > 0).all()) else "must have a positive diagonal"
 
 
 @io.register
@@ -168,6 +176,17 @@ class GaussianMixture(ElbokitEstimator):
         "lower_bounds_", "lower_bound_", "converged_", "n_iter_", "n_features_in_",
         "n_steps_", "n_reseeded_",
     )
+    _fitted_schema = {
+        "weights_": io.array("n_components", low=0, check=io.sums_to_one),
+        "means_": io.array("n_components", "n_features_in_"),
+        "covariances_": io.array(lambda m: m._cov_shape(m.n_features_in_), check=_positive_diagonal),
+        "precisions_": io.array(lambda m: m._cov_shape(m.n_features_in_), check=_positive_diagonal),
+        "precisions_cholesky_": io.array(lambda m: m._cov_shape(m.n_features_in_),
+                                         check=_positive_diagonal),
+        "lower_bounds_": io.array(None), "lower_bound_": io.real(), "converged_": io.flag(),
+        "n_iter_": io.integer(low=0), "n_features_in_": io.integer(low=1),
+        "n_steps_": io.integer(low=0, optional=True), "n_reseeded_": io.integer(low=0, optional=True),
+    }
 
     def __init__(
         self,
@@ -305,7 +324,9 @@ class GaussianMixture(ElbokitEstimator):
             source = as_source(X, batch_size=self._rows(n_features, device, stepwise),
                                dtype=resolve_dtype(self.dtype), device=device)
             if not reset:
-                check_feature_names(self, None, reset=False, names=getattr(probe, "feature_names", None))
+                names = getattr(probe, "feature_names", None)
+                if names is not None:  # a file with a header (other streams carry no names)
+                    check_feature_names(self, None, reset=False, names=names)
                 self._check_features(n_features, "X")
             return source, InputKind(False, torch.device("cpu")), n_features
         X, kind = self._validate(X, reset=reset, allow_empty=allow_empty)
@@ -315,6 +336,12 @@ class GaussianMixture(ElbokitEstimator):
         return InMemorySource(X, weight, batch_size=rows), kind, X.shape[1]
 
     # ------------------------------------------------------------ initialisation
+    def _cov_shape(self, D):
+        K = self.n_components
+        return {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[
+            self.covariance_type
+        ]
+
     def _initial_centres(self, X, weight, gen):
         """Centres for the centre-based initialisations, from the sample X, shape (K, D), float64."""
         K = self.n_components

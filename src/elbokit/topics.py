@@ -176,6 +176,15 @@ class LDA(ElbokitEstimator):
         "components_", "alpha_", "eta_", "lower_bounds_", "lower_bound_", "converged_",
         "n_iter_", "n_batch_iter_", "n_features_in_", "vocabulary_", "vectorizer_params_",
     )
+    _fitted_schema = {
+        "components_": io.array("n_topics", "n_features_in_", low=0),
+        "alpha_": io.array("n_topics", positive=True), "eta_": io.array("n_features_in_", positive=True),
+        "lower_bounds_": io.array(None), "lower_bound_": io.real(), "converged_": io.flag(),
+        "n_iter_": io.integer(low=0), "n_batch_iter_": io.integer(low=0),
+        "n_features_in_": io.integer(low=1),
+        "vocabulary_": io.strings(length="n_features_in_", nullable=True),
+        "vectorizer_params_": io.json_value(nullable=True),
+    }
 
     def __init__(
         self,

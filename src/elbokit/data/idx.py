@@ -8,11 +8,30 @@ be gzip-compressed (``.gz``).
 from __future__ import annotations
 
 import gzip
+import math
+import re
 from pathlib import Path
 
 import numpy as np
 
+from elbokit import files
+
 _TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+MAX_IDX_BYTES = 16 << 30  # the largest array an IDX header may promise
+_TABLE_SUFFIXES = {".csv", ".tsv", ".npy", ".parquet", ".pq", ".txt", ".json", ".jsonl"}
+
+
+def is_idx_path(path) -> bool:
+    """True for names of IDX files (``train-images-idx3-ubyte``, ``t10k-labels.idx1-ubyte.gz``).
+
+    The name decides, not the substring "idx" anywhere: ``idx.csv`` or
+    ``my_idx_data.npy`` are tables, read by their suffix.
+    """
+    name = Path(path).name.lower()
+    name = name[:-3] if name.endswith(".gz") else name
+    if Path(name).suffix in _TABLE_SUFFIXES:
+        return False
+    return "ubyte" in name or re.search(r"idx[1-9]", name) is not None or name.endswith(".idx")
 
 
 def read_idx(path) -> np.ndarray:
@@ -21,22 +40,36 @@ def read_idx(path) -> np.ndarray:
     Raises
     ------
     ValueError
-        If the file is not IDX or is truncated.
+        If the file is not IDX, not a regular file, truncated, longer than
+        its header says, or its header promises an implausibly large array.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _TYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number).")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int(v) for v in np.frombuffer(raw[4:header], dtype=">u4"))
-    dtype = np.dtype(_TYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header < expected:
+    raw = files.open_regular(path, what="IDX file")
+    with (gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw) as f, raw:
+        try:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _TYPES:
+                raise ValueError(f"{path} is not an IDX file (bad magic number).")
+            header = f.read(4 * magic[3])
+            if len(header) < 4 * magic[3]:
+                raise ValueError(f"{path} is truncated: its header ends early.")
+            shape = tuple(int(v) for v in np.frombuffer(header, dtype=">u4"))
+            dtype = np.dtype(_TYPES[magic[2]])
+            expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+            if expected > MAX_IDX_BYTES:
+                raise ValueError(f"{path}: its header promises shape {shape}, {expected} bytes, "
+                                 f"more than the {MAX_IDX_BYTES} elbokit reads: the header is "
+                                 "corrupted or this is not an IDX file.")
+            data = f.read(expected)
+            trailing = f.read(1)
+        except (OSError, EOFError) as err:  # a damaged gzip stream
+            raise ValueError(f"{path} cannot be read as IDX: {err}.") from err
+    if len(data) < expected:
         raise ValueError(f"{path} is truncated: its header promises {shape}.")
-    return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)), offset=header).reshape(shape)
+    if trailing:
+        raise ValueError(f"{path} holds more data than its header's shape {shape}: the header "
+                         "is corrupted or this is not an IDX file.")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def load_idx_images(path, *, flatten: bool = True, binarize: str | None = None,

@@ -72,7 +72,8 @@ class InMemorySource:
             yield self.X[start:stop], w
 
 
-def _check_batch(X: torch.Tensor, where: str, n_features: int | None) -> None:
+def _check_batch(X: torch.Tensor, where: str, n_features: int | None,
+                 allow_missing: bool = False) -> None:
     if X.ndim != 2:
         raise ValueError(f"{where} must be 2-D (rows, features); got shape {tuple(X.shape)}.")
     if n_features is not None and X.shape[1] != n_features:
@@ -80,7 +81,10 @@ def _check_batch(X: torch.Tensor, where: str, n_features: int | None) -> None:
             f"{where} has {X.shape[1]} features where earlier batches had {n_features}: "
             "every batch needs the same columns."
         )
-    if not all_finite(X):
+    if allow_missing:  # NaN marks a missing entry for the models that marginalise it
+        if bool(torch.isinf(X).any()):
+            raise ValueError(f"{where} contains inf: remove those rows or clip the values.")
+    elif not all_finite(X):
         raise ValueError(
             f"{where} contains NaN or inf: remove or impute those values first."
         )
@@ -95,6 +99,7 @@ class _ConvertingSource:
         self.description = description
         self.n_features: int | None = None
         self.n_samples: int | None = None
+        self.allow_missing = False  # set by as_source(allow_missing=True)
 
     def _raw_batches(self) -> Iterator:
         raise NotImplementedError
@@ -105,7 +110,7 @@ class _ConvertingSource:
         X = X.detach() if isinstance(X, torch.Tensor) else torch.from_numpy(
             np.array(X, dtype=np.float64 if np.asarray(X).dtype.kind != "f" else None, copy=True))
         X = X.to(device=self.device, dtype=storage_dtype(X.dtype, self.dtype))
-        _check_batch(X, where, self.n_features)
+        _check_batch(X, where, self.n_features, self.allow_missing)
         if w is not None:
             w = torch.as_tensor(np.asarray(w) if not isinstance(w, torch.Tensor) else w)
             w = w.to(device=self.device, dtype=X.dtype)
@@ -203,6 +208,49 @@ class MemmapSource(_ConvertingSource):
             yield self.array[start:start + self.batch_size]
 
 
+def _csv_delimiter(path) -> str:
+    return "\t" if table_suffix(path) == ".tsv" else ","
+
+
+def _first_row(path) -> list[str]:
+    """The cells of the first row of a CSV/TSV file (from its first 1 MiB)."""
+    import csv
+
+    import pyarrow as pa
+
+    with pa.input_stream(str(path), compression="detect") as f:
+        head = f.read(1 << 20).decode("utf-8", errors="replace")
+    return next(csv.reader(head.splitlines()[:1], delimiter=_csv_delimiter(path)), [])
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def detect_header(path) -> bool:
+    """Whether the first row of a CSV/TSV file holds column names.
+
+    It does when any of its non-empty cells is not a number (a row of
+    numbers is data: taking it as names would lose it silently).
+    """
+    return any(c.strip() and not _is_number(c.strip()) for c in _first_row(path))
+
+
+def describe_header(path, header: bool | None = None) -> str:
+    """What is assumed about the first row of a CSV/TSV file, in words (the CLI prints it)."""
+    row = _first_row(path)
+    has = detect_header(path) if header is None else header
+    shown = ", ".join(row[:4]) + (", ..." if len(row) > 4 else "")
+    how = "detected" if header is None else "as told"
+    if has:
+        return f"{path}: the first row ({shown}) is read as column names ({how})."
+    return f"{path}: no header row ({how}): the first row ({shown}) is data."
+
+
 class TableSource(_ConvertingSource):
     """A Parquet or CSV file read in record batches with pyarrow.
 
@@ -212,38 +260,55 @@ class TableSource(_ConvertingSource):
     Parameters
     ----------
     path : str or Path
-        ``.parquet``/``.pq`` or ``.csv``/``.tsv`` (with a header row).
+        ``.parquet``/``.pq`` or ``.csv``/``.tsv`` (also gzip-compressed,
+        ``.csv.gz``/``.tsv.gz``).
     batch_size : int
         Rows per batch (Parquet; CSV batches follow pyarrow's block size).
+    header : bool, optional
+        CSV/TSV: whether the first row holds column names; None detects it
+        (:func:`detect_header`). ``self.header`` holds what was assumed.
+    columns : list of str, optional
+        Read only these columns, in this order (the others are never parsed);
+        without a header, pyarrow's names f0, f1, ...
     """
 
-    def __init__(self, path, batch_size: int, dtype, device):
+    def __init__(self, path, batch_size: int, dtype, device, header: bool | None = None,
+                 columns=None):
         super().__init__(dtype, device, str(path))
         self.path = Path(path)
         self.batch_size = batch_size
-        self.suffix = self.path.suffix.lower()
+        self.suffix = table_suffix(self.path)
+        self.columns = None if columns is None else list(columns)
+        self.header = True
+        if self.suffix in (".csv", ".tsv"):
+            self.header = detect_header(self.path) if header is None else bool(header)
 
     def _csv_reader(self):
         import pyarrow.csv as pcsv
 
-        delimiter = "\t" if self.suffix == ".tsv" else ","
-        return pcsv.open_csv(
+        return pcsv.open_csv(  # decompresses .gz by the file name
             self.path,
-            read_options=pcsv.ReadOptions(block_size=1 << 22),
-            parse_options=pcsv.ParseOptions(delimiter=delimiter),
+            read_options=pcsv.ReadOptions(block_size=1 << 22,
+                                          autogenerate_column_names=not self.header),
+            parse_options=pcsv.ParseOptions(delimiter=_csv_delimiter(self.path)),
+            convert_options=pcsv.ConvertOptions(include_columns=self.columns),
         )
 
     def _record_batches(self):
         if self.suffix in (".parquet", ".pq"):
             import pyarrow.parquet as pq
 
-            yield from pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_size)
+            yield from pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_size,
+                                                              columns=self.columns)
             return
         yield from self._csv_reader()
 
     @property
-    def feature_names(self) -> list[str]:
-        """The file's column names: its header row (CSV) or schema (Parquet)."""
+    def feature_names(self) -> list[str] | None:
+        """The names of the columns read: the header row (CSV/TSV) or schema (Parquet);
+        None for a CSV/TSV without a header (pyarrow's f0, f1, ... are no names)."""
+        if not self.header:
+            return None
         if not hasattr(self, "_feature_names"):
             import pyarrow as pa
 
@@ -251,7 +316,7 @@ class TableSource(_ConvertingSource):
                 if self.suffix in (".parquet", ".pq"):
                     import pyarrow.parquet as pq
 
-                    names = pq.ParquetFile(self.path).schema_arrow.names
+                    names = self.columns or pq.ParquetFile(self.path).schema_arrow.names
                 else:
                     with self._csv_reader() as reader:
                         names = reader.schema.names
@@ -292,9 +357,12 @@ class TableSource(_ConvertingSource):
 
         if self.suffix not in (".csv", ".tsv"):
             return None
-        with open(self.path, newline="") as f:
-            reader = csv.reader(f, delimiter="\t" if self.suffix == ".tsv" else ",")
-            header = next(reader, [])
+        import gzip
+
+        opener = gzip.open if self.path.suffix.lower() == ".gz" else open
+        with opener(self.path, "rt", newline="") as f:
+            reader = csv.reader(f, delimiter=_csv_delimiter(self.path))
+            header = next(reader, []) if self.header else []
             for r, cells in enumerate(reader, start=1):
                 for c, value in enumerate(cells):
                     try:
@@ -345,19 +413,41 @@ def is_source_like(X) -> bool:
     return callable(X) or isinstance(X, Iterable)
 
 
-def as_source(X, *, batch_size: int, dtype, device):
-    """A batch source for a path (.npy, .parquet, .csv), a memmap or an iterable of batches."""
+TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv")
+
+
+def table_suffix(path) -> str:
+    """The format suffix of a data file: ``.csv`` for ``x.csv`` and ``x.csv.gz`` alike."""
+    path = Path(path)
+    suffixes = [s.lower() for s in path.suffixes]
+    if len(suffixes) >= 2 and suffixes[-1] == ".gz" and suffixes[-2] in (".csv", ".tsv"):
+        return suffixes[-2]
+    return path.suffix.lower()
+
+
+def as_source(X, *, batch_size: int, dtype, device, allow_missing: bool = False):
+    """A batch source for a path (.npy, .parquet, .csv), a memmap or an iterable of batches.
+
+    ``allow_missing``: NaN (a null in a table) passes as a missing entry.
+    """
+    source = _as_source(X, batch_size=batch_size, dtype=dtype, device=device)
+    source.allow_missing = allow_missing
+    return source
+
+
+def _as_source(X, *, batch_size: int, dtype, device):
     if isinstance(X, (str, os.PathLike)):
-        path = Path(X)
-        if not path.is_file():
-            raise FileNotFoundError(f"no data file at {path}.")
-        suffix = path.suffix.lower()
+        from elbokit import files
+
+        path = files.check_input(X, what="data file")  # a FIFO or device would block or never end
+        suffix = table_suffix(path)
         if suffix == ".npy":
             return NpySource(path, batch_size, dtype, device)
-        if suffix in (".parquet", ".pq", ".csv", ".tsv"):
+        if suffix in TABLE_SUFFIXES:
             return TableSource(path, batch_size, dtype, device)
         raise ValueError(
-            f"{path}: unknown data format {suffix!r}; use .npy, .parquet, .csv or .tsv."
+            f"{path}: unknown data format {suffix!r}; use .npy, .parquet, .csv, .tsv "
+            "(or .csv.gz, .tsv.gz)."
         )
     if isinstance(X, np.memmap):
         return MemmapSource(X, batch_size, dtype, device)

@@ -388,8 +388,9 @@ def train(
     n = train_index.n_global
     latent, n_features, k = module.latent_dim, X_train.shape[1], int(objective.k)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
-    bar = tqdm(total=epochs, initial=state.epoch, desc="VAE", leave=False, file=sys.stderr,
-               disable=verbose != 1)
+    # the bar moves every mini-batch (an epoch of a large data set takes minutes)
+    bar = tqdm(total=epochs * steps_per_epoch, initial=state.epoch * steps_per_epoch, desc="VAE",
+               leave=False, file=sys.stderr, disable=verbose != 1, unit="batch")
     loss = bound = None
     while state.epoch < epochs:
         module.train()
@@ -413,6 +414,7 @@ def train(
             loss.backward()
             optimizer.step()
             total += bound.sum(dtype=torch.float64)
+            bar.update(1)
         if reducer is not None:
             total = reducer({"total": total})["total"]
         mean = float(total) / max(n, 1)
@@ -431,8 +433,7 @@ def train(
                 state.best, state.best_epoch, state.stale = val, state.epoch, 0
             else:
                 state.stale += 1
-        bar.update(1)
-        bar.set_postfix(elbo=f"{state.history['train'][-1]:.3f}")
+        bar.set_postfix(epoch=state.epoch, elbo=f"{state.history['train'][-1]:.3f}")
         if verbose >= 2:
             val_text = (f"  validation ELBO {state.history['validation'][-1]:.4f}"
                         if state.history["validation"] else "")

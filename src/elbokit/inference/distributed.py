@@ -31,9 +31,17 @@ def active() -> bool:
 
 
 def resolve(setting) -> "Reducer | None":
-    """The reducer for an estimator's ``distributed`` setting (None: auto-detect)."""
+    """The reducer for an estimator's ``distributed`` setting (None: auto-detect).
+
+    Auto-detection refuses to fit alone in a process that a launcher (torchrun)
+    started as one of several ranks when no process group is initialised:
+    each rank would fit its own shard, silently.
+    """
     if setting is None or setting == "auto":
-        return Reducer() if active() else None
+        if active():
+            return Reducer()
+        _check_not_a_lone_rank()
+        return None
     if setting is True:
         if not active():
             raise ValueError(
@@ -44,6 +52,22 @@ def resolve(setting) -> "Reducer | None":
     if setting is False:
         return None
     raise ValueError(f"distributed={setting!r}: use None/'auto', True or False.")
+
+
+def _check_not_a_lone_rank() -> None:
+    import os
+
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return
+    if world > 1 and not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            f"this process is one of WORLD_SIZE={world} ranks (torchrun's environment), but no "
+            "torch.distributed process group is initialised, so each rank would fit only its own "
+            "data: call torch.distributed.init_process_group() before fit (the elbokit command "
+            "does), or pass distributed=False to fit each rank on its own on purpose."
+        )
 
 
 def checker(reduce) -> "Reducer | None":
