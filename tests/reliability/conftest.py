@@ -44,21 +44,36 @@ def leftovers(directory) -> list[str]:
     return sorted(n for n in os.listdir(directory) if ".elbokit-" in n or n.endswith(".partial"))
 
 
-def run_in_child(fn, timeout: float = 60.0) -> int:
-    """Run ``fn`` in a forked child; its wait status (a kill inside ``fn`` is a real SIGKILL)."""
+def fork_child(fn) -> int:
+    """Fork a child that runs ``fn`` and exits (0, or 1 on an exception); its pid.
+
+    The child first drops to one compute thread: a process forked after
+    PyTorch's OpenMP pool has started hangs forever in its next parallel
+    region (GNU libgomp is not fork-safe), which is what happened to the
+    whole suite under CI's two threads while these tests passed alone.
+    """
     pid = os.fork()
     if pid == 0:  # the child: never return into pytest
         code = 0
         try:
+            import torch
+
+            torch.set_num_threads(1)
             fn()
         except BaseException:  # noqa: BLE001
             traceback.print_exc()
             code = 1
         os._exit(code)
-    return wait_child(pid, timeout)
+    return pid
+
+
+def run_in_child(fn, timeout: float = 60.0) -> int:
+    """Run ``fn`` in a forked child; its wait status (a kill inside ``fn`` is a real SIGKILL)."""
+    return wait_child(fork_child(fn), timeout)
 
 
 def wait_child(pid: int, timeout: float) -> int:
+    """The child's wait status; kills it and fails if it takes longer than ``timeout`` s."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -71,6 +86,17 @@ def wait_child(pid: int, timeout: float) -> int:
             os.waitpid(pid, 0)
             raise AssertionError(f"the child process hung for {timeout} s")
         time.sleep(0.01)
+
+
+def read_signal(fd: int, pid: int, timeout: float = 60.0) -> None:
+    """Wait for one byte on ``fd`` from child ``pid``; kill it and fail after ``timeout`` s."""
+    import select
+
+    if not select.select([fd], [], [], timeout)[0]:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"the child process sent nothing for {timeout} s")
+    os.read(fd, 1)
 
 
 def killed(status: int) -> bool:

@@ -12,7 +12,7 @@ import elbokit
 from elbokit import files
 from elbokit.cli import _replaceable_tour, _write_tour, main
 
-from .conftest import leftovers
+from .conftest import fork_child, leftovers, read_signal, wait_child
 
 
 def run_cli(args, capsys):
@@ -231,25 +231,24 @@ def test_concurrent_fits_to_one_out_cannot_both_succeed(csv, tmp_path, capsys):
     """A fit holding its --out (paused right after claiming it); a second fit to the same --out."""
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the first run
-        code = 3
-        try:
-            def reached(step):
-                if step == "claimed":
-                    os.write(ready_w, b"1")
-                    os.read(go_r, 1)
 
-            files._reached = reached
-            code = main(["fit", "gmm", str(csv), "--out", str(tmp_path / "m"), "-k", "2"])
-        finally:
-            os._exit(code)
-    os.read(ready_r, 1)
+    def first_run():
+        def reached(step):
+            if step == "claimed":
+                os.write(ready_w, b"1")
+                os.read(go_r, 1)
+
+        files._reached = reached
+        if main(["fit", "gmm", str(csv), "--out", str(tmp_path / "m"), "-k", "2"]) != 0:
+            raise SystemExit(1)
+
+    pid = fork_child(first_run)
+    read_signal(ready_r, pid)
     code, err = run_cli(["fit", "gmm", csv, "--out", tmp_path / "m", "-k", "3", "--force"], capsys)
     assert code == 2 and "being written by another elbokit process" in err and "--force" in err
     assert "overwrite=True" not in err
     os.write(go_w, b"1")
-    _, status = os.waitpid(pid, 0)
+    status = wait_child(pid, 120)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert elbokit.load(tmp_path / "m").n_components == 2  # the first run's model, complete
     code, err = run_cli(["fit", "gmm", csv, "--out", tmp_path / "m", "-k", "3"], capsys)

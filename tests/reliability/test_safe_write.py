@@ -10,7 +10,7 @@ import pytest
 import elbokit
 from elbokit import files, io
 
-from .conftest import kill_at, killed, leftovers, run_in_child
+from .conftest import fork_child, kill_at, killed, leftovers, read_signal, run_in_child, wait_child
 
 
 # ------------------------------------------------------------------ kills at every step
@@ -196,20 +196,13 @@ def test_a_writer_in_another_process_holds_its_claim_until_it_is_done(gmms, tmp_
         files._reached = reached
         gmms[2].save(tmp_path / "m")
 
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            slow_writer()
-        except BaseException:  # noqa: BLE001
-            code = 1
-        os._exit(code)
-    os.read(ready_r, 1)
+    pid = fork_child(slow_writer)
+    read_signal(ready_r, pid)
     busy = r"another elbokit process \(pid \d+, lock .*\.m\.elbokit-lock\)"
     with pytest.raises(files.OutputBusyError, match=busy):
         gmms[3].save(tmp_path / "m", overwrite=True)
     os.write(go_w, b"1")
-    _, status = os.waitpid(pid, 0)
+    status = wait_child(pid, 120)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert elbokit.load(tmp_path / "m").n_components == 2 and leftovers(tmp_path) == []
     for fd in (ready_r, ready_w, go_r, go_w):
