@@ -91,20 +91,29 @@ def test_select_gmm_sweeps_types_and_saves_the_choice(iris_gz, tmp_path):
                       out, re.M)
     assert len(rows) == 4
     train, test = holdout_split(len(X), 0.2, 0)
-    params = dict(reg_covar=1e-4, dtype="float64", n_init=1, random_state=0)
+    # the CLI's sweep is elbokit.select's (shared starts, the best start per cell)
+    sel = elbokit.select(X[train], [2, 3], ["diag", "spherical"], X_validation=X[test],
+                         reg_covar=1e-4, dtype="float64", n_init=1, random_state=0, refit=False)
+    api = {(r[1], r[2]): m for r, m in zip(sel.rows, sel.models)}
     for cov, k, bic, aic, held in rows:
-        gm = elbokit.GaussianMixture(int(k), covariance_type=cov, **params).fit(X[train])
+        gm = api[(cov, int(k))]
         assert float(bic) == pytest.approx(gm.bic(X[train]), abs=0.06)
         assert float(held) == pytest.approx(gm.score(X[test]), abs=6e-5)
     best = min(rows, key=lambda r: float(r[2]))
     chosen = elbokit.load(tmp_path / "best")
     assert (chosen.covariance_type, chosen.n_components) == (best[0], int(best[1]))
-    ref = elbokit.GaussianMixture(int(best[1]), covariance_type=best[0], **params).fit(X[train])
-    np.testing.assert_allclose(chosen.means_, ref.means_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(chosen.means_, sel.best_model.means_, rtol=1e-6, atol=1e-8)
     # the report of the chosen model shows the sweep that chose it
     invoke("report", tmp_path / "best")
     header, table = _csv(tmp_path / "best" / "report-data" / "model-selection.csv")
     assert len(table) == 4 and "BIC" in header
+
+
+def test_select_gmm_with_mclusts_prior_by_icl(iris_gz):
+    path, X, _ = iris_gz
+    out = invoke("select", "gmm", path, "--drop", "species", "--k", "1..3", "--prior", "default",
+                 "--criterion", "icl", "--dtype", "float64", "--n-init", "1")
+    assert "ICL" in out and re.search(r"chosen covariance_type = full, K = \d, prior = default", out)
 
 
 def test_select_lda_by_heldout_perplexity(tmp_path):

@@ -8,16 +8,19 @@ tractable, by variational inference where it is not, or by Monte Carlo.
 __version__ = "0.1.0"
 
 from elbokit.autoencoder import VAE
+from elbokit.bayesian_mixture import BayesianGaussianMixture
 from elbokit.data.text import Corpus
 from elbokit.factor_analysis import PPCA, FactorAnalysis
 from elbokit.general_mixture import Mixture
 from elbokit.inference.em import ConvergenceWarning
 from elbokit.io import ModelFormatError, load
 from elbokit.mixture import GaussianMixture
+from elbokit.selection import Selection, select
 from elbokit.models.gaussian_mixture import DegenerateComponentWarning, DegenerateCovarianceError
 from elbokit.topics import LDA
 
 __all__ = [
+    "BayesianGaussianMixture",
     "ConvergenceWarning",
     "Corpus",
     "DegenerateComponentWarning",
@@ -28,7 +31,9 @@ __all__ = [
     "Mixture",
     "ModelFormatError",
     "PPCA",
+    "Selection",
     "VAE",
     "load",
+    "select",
     "__version__",
 ]

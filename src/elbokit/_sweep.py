@@ -29,7 +29,7 @@ class Criterion:
 
 
 GMM_CRITERIA = {"bic": Criterion("BIC", True), "aic": Criterion("AIC", True),
-                "heldout": Criterion("held-out log p(x)", False)}
+                "icl": Criterion("ICL", True), "heldout": Criterion("held-out log p(x)", False)}
 LDA_CRITERIA = {"perplexity": Criterion("held-out perplexity", True),
                 "coherence": Criterion("NPMI", False)}
 VAE_CRITERIA = {"heldout": Criterion("held-out log p(x)", False),
@@ -132,28 +132,23 @@ def sweep(settings: list[dict], fit: Callable[[dict], object], score: Callable[[
 
 
 def gmm_sweep(X_train, X_test, ks, covariance_types, *, criterion: str = "bic",
-              progress=None, **params) -> Sweep:
-    """GaussianMixture for each (covariance type, K): BIC and AIC on the training rows,
-    mean log p(x) of the held-out rows (``X_test``, optional)."""
-    from elbokit import GaussianMixture
+              progress=None, prior=None, **params) -> Sweep:
+    """:func:`elbokit.select` over (covariance type, K) (starting partitions shared across
+    the types, the best start per cell; ``prior`` for mclust's MAP-EM): BIC, AIC and ICL on
+    the training rows, mean log p(x) of the held-out rows (``X_test``, optional)."""
+    import elbokit
 
-    n_train = len(X_train)
-    settings = [{"covariance_type": t, "K": k} for t in covariance_types for k in ks]
-    for s in settings:
-        if s["K"] > n_train:
-            raise ValueError(f"K={s['K']} exceeds the {n_train} training rows: lower K.")
-
-    def fit(s):
-        return GaussianMixture(s["K"], covariance_type=s["covariance_type"], **params).fit(X_train)
-
-    def score(gm):
-        out = {"BIC": gm.bic(X_train), "AIC": gm.aic(X_train)}
-        if X_test is not None:
-            out["held-out log p(x)"] = gm.score(X_test)
-        out["iterations"] = int(gm.n_iter_)
-        return out
-
-    return sweep(settings, fit, score, GMM_CRITERIA[criterion], progress=progress)
+    n_init, seed = params.pop("n_init", 1), params.pop("random_state", 0)
+    sel = elbokit.select(X_train, ks, covariance_types, criterion=criterion, prior=prior,
+                         n_init=n_init, X_validation=X_test, random_state=seed, refit=False,
+                         progress=progress, **params)
+    columns = (["covariance_type", "K", "BIC", "AIC"]
+               + (["held-out log p(x)"] if X_test is not None else [])
+               + ["ICL", "log-likelihood", "parameters", "iterations", "seconds", "note"])
+    rows = [[r[sel.header.index(c)] for c in columns] for r in sel.rows]
+    extra = {} if prior is None else {"prior": prior}
+    settings = [{"covariance_type": r[0], "K": r[1], **extra} for r in rows]
+    return Sweep(columns, rows, sel.models, sel.best, GMM_CRITERIA[criterion], settings)
 
 
 def lda_sweep(train, heldout, ks, *, criterion: str = "perplexity", progress=None,

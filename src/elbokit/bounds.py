@@ -9,6 +9,9 @@ when q is the posterior.  This module computes each term:
 
 * for a **discrete latent** (mixtures), from the table log p(x, z=k), exactly
   (:func:`elbo_discrete`, :func:`decompose_discrete`);
+* for a model with **global latents** theta as well (the variational mixture),
+  ELBO = E_q[log p(x, z | theta)] + H[q(z)] - KL(q(theta) || p(theta)), in
+  parts (:class:`VariationalBound`, :func:`variational_bound`);
 * for a **continuous latent**, by Monte Carlo with draws from q
   (:func:`elbo_monte_carlo`), and the importance-weighted bound of Burda et
   al. (2016), IWAE_k = E[log (1/k) sum_i p(x, z_i) / q(z_i)], which rises
@@ -103,6 +106,65 @@ def decompose_discrete(log_joint: torch.Tensor, q=None) -> BoundDecomposition:
         elbo=elbo_discrete(log_joint, q_dist),
         kl=kl_divergence(q_dist, posterior),
     )
+
+
+@dataclass(frozen=True)
+class VariationalBound:
+    """The ELBO of a model with local z and global theta, in parts (totals over the data).
+
+    ELBO(q) = E_q[log p(x, z | theta)] + H[q(z)] - sum_j KL(q(theta_j) || p(theta_j)).
+
+    Attributes
+    ----------
+    expected_log_joint : Tensor, scalar
+        sum_n E_q[log p(x_n, z_n | theta)] (the expectation over q(z) and q(theta)).
+    entropy : Tensor, scalar
+        sum_n H[q(z_n)].
+    kl : dict of str to Tensor
+        KL(q(theta_j) || p(theta_j)) of each global factor (empty for a model
+        without global latents).
+    n_samples : Tensor, scalar
+        The (weighted) number of samples the totals run over.
+    """
+
+    expected_log_joint: torch.Tensor
+    entropy: torch.Tensor
+    kl: dict
+    n_samples: torch.Tensor
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        return self.expected_log_joint + self.entropy - sum(self.kl.values())
+
+    @property
+    def per_sample(self) -> torch.Tensor:
+        """The ELBO per sample (the unit of ``lower_bounds_``)."""
+        return self.elbo / self.n_samples
+
+
+def variational_bound(log_joint: torch.Tensor, q=None, kl: dict | None = None,
+                      weight: torch.Tensor | None = None) -> VariationalBound:
+    """:class:`VariationalBound` from the expected log joint of a discrete local latent.
+
+    Parameters
+    ----------
+    log_joint : Tensor, shape (n, K)
+        E_q(theta)[log p(x_n, z_n = k | theta)].
+    q : Tensor of shape (n, K) or Categorical, optional
+        q(z_n = k); defaults to its optimum softmax(log_joint), where
+        ELBO_n = logsumexp_k log_joint[n] (the KL of :func:`decompose_discrete` is 0).
+    kl : dict of str to Tensor, optional
+        The global factors' KL terms.
+    weight : Tensor of shape (n,), optional
+        Sample weights.
+    """
+    log_joint = log_joint.to(torch.float64)
+    probs = torch.softmax(log_joint, -1) if q is None else _as_probs(q, log_joint.shape[-1]).to(log_joint)
+    log_q = torch.where(probs > 0, probs.log(), torch.zeros_like(probs))
+    joint = torch.where(probs > 0, probs * log_joint, torch.zeros_like(probs)).sum(-1)
+    entropy = -(probs * log_q).sum(-1)
+    w = torch.ones_like(joint) if weight is None else weight.to(joint)
+    return VariationalBound(joint @ w, entropy @ w, dict(kl or {}), w.sum())
 
 
 def _log_weights(log_joint_fn: Callable, q: Distribution, n_samples: int,

@@ -936,9 +936,12 @@ def select():
 @click.option("--k", "k_range", default="1..10", show_default=True, help="Range a..b or list.")
 @click.option("--covariance-type", "covariance_type", default="full", show_default=True,
               help="One type, several (full,diag) or 'all'.")
-@click.option("--criterion", type=click.Choice(["bic", "aic", "heldout"]), default="bic",
+@click.option("--criterion", type=click.Choice(["bic", "aic", "icl", "heldout"]), default="bic",
               show_default=True)
-@click.option("--n-init", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--prior", type=click.Choice(["none", "default"]), default="none", show_default=True,
+              help="'default': MAP-EM with mclust's conjugate prior (BIC at the MAP estimate).")
+@click.option("--n-init", type=click.IntRange(min=1), default=2, show_default=True,
+              help="k-means starts per K (besides the Ward tree's), shared by the types.")
 @click.option("--reg-covar", type=click.FloatRange(min=0), default=1e-6, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
               show_default=True)
@@ -948,9 +951,10 @@ def select():
 @click.option("--seed", type=int, default=0, show_default=True)
 @_data_options
 @_selection_options
-def select_gmm(data, k_range, covariance_type, criterion, n_init, reg_covar, dtype, max_iter, tol,
-               device, seed, columns, drop, standardize, holdout, out, force):
-    """Fit each K (and covariance type); print BIC, AIC and held-out log p(x); pick one."""
+def select_gmm(data, k_range, covariance_type, criterion, prior, n_init, reg_covar, dtype, max_iter,
+               tol, device, seed, columns, drop, standardize, holdout, out, force):
+    """Fit each K (and covariance type) from shared starts; print BIC, AIC, held-out log p(x)
+    and ICL; pick one."""
     from elbokit._sweep import gmm_sweep, holdout_split
 
     ks = _parse_range(k_range)
@@ -962,6 +966,7 @@ def select_gmm(data, k_range, covariance_type, criterion, n_init, reg_covar, dty
     train, test = holdout_split(len(X), holdout, seed)
     result = _run_sweep(lambda progress: gmm_sweep(
         X[train], X[test], ks, types, criterion=criterion, progress=progress, n_init=n_init,
+        prior=None if prior == "none" else prior,
         reg_covar=reg_covar, dtype=dtype, max_iter=max_iter, tol=tol, device=device,
         random_state=seed), len(ks) * len(types), "select gmm")
     _show_sweep(result, len(train), len(test))

@@ -29,6 +29,7 @@ from elbokit._validation import (
     to_output,
 )
 from elbokit import io
+from elbokit import priors
 from elbokit.base import ElbokitEstimator
 from elbokit.data.sources import InMemorySource, as_source, is_source_like, sample_rows
 from elbokit.families import Family, family_spec, get_family
@@ -156,6 +157,10 @@ class FamilyEMEstimator(ElbokitEstimator):
 
     def _model(self, family=None, labelled=False, device=None) -> FamilyMixtureModel:
         family = family if family is not None else self._fitted_family()
+        prior = getattr(self, "_fit_prior", None)  # set while fitting with prior= (issue 17)
+        if prior is not None:
+            return priors.MAPFamilyMixtureModel(family, resolve_dtype(self.dtype), self._frozen(device),
+                                                labelled=labelled, prior=prior)
         return FamilyMixtureModel(family, resolve_dtype(self.dtype), self._frozen(device),
                                   labelled=labelled)
 
@@ -364,6 +369,8 @@ class FamilyEMEstimator(ElbokitEstimator):
             family=base_family))
         self.n_features_in_pending_ = n_features
         device = resolve_device(self.device, X if isinstance(X, torch.Tensor) else None)
+        self._fit_prior = distributed.checked(reducer, lambda: priors.resolve_for(
+            self, source, reducer, n_features, device))
         gen = make_generator(self.random_state, device)
         sampler = torch.Generator(device=gen.device)
         sampler.manual_seed(int(torch.randint(2**62, (1,), generator=gen, device=gen.device)))
@@ -402,7 +409,7 @@ class FamilyEMEstimator(ElbokitEstimator):
         run = self._run(runner, initialize, warm, common)
         if previous is not None and run.lower_bounds and abs(run.lower_bounds[0] - previous) < self.tol:
             run.converged = True  # the bound had settled across warm-started calls
-        del self.n_features_in_pending_
+        del self.n_features_in_pending_, self._fit_prior
         self._store(run, family, kind, n_features, names, n_steps=steps["t"] - 1 if stepwise else 0)
         return self
 
@@ -438,6 +445,9 @@ class FamilyEMEstimator(ElbokitEstimator):
     def partial_fit(self, X, y=None, sample_weight=None):
         """One stepwise-EM update from the mini-batch X (the first call initialises)."""
         self._check_hyperparameters()
+        if getattr(self, "prior", None) is not None:
+            raise ValueError("partial_fit is stepwise EM; prior= applies to fit (exact EM): "
+                             "set prior=None for partial_fit.")
         first = not self.__sklearn_is_fitted__()
         base_family = self._make_family() if first else self._fitted_family()
         source, kind, n_features, names, labelled = self._data(

@@ -113,6 +113,9 @@ class Mixture(FamilyEMEstimator):
     random_state, warm_start, verbose, device, dtype, batch_size, algorithm,
     step_offset, step_decay, distributed
         As for :class:`~elbokit.GaussianMixture`.
+    prior : None, "default" or dict, default=None
+        MAP-EM with mclust's conjugate prior, for the Gaussian family (see
+        :mod:`elbokit.priors` and ``GaussianMixture(prior=...)``).
 
     Attributes
     ----------
@@ -135,7 +138,7 @@ class Mixture(FamilyEMEstimator):
                  init_params="kmeans", weights_init=None, params_init=None, frozen=None,
                  random_state=None, warm_start=False, verbose=0, device=None, dtype="float32",
                  batch_size=None, algorithm="em", step_offset=2.0, step_decay=0.7,
-                 distributed=None):
+                 distributed=None, prior=None):
         self.n_components = n_components
         self.family = family
         self.tol = tol
@@ -155,6 +158,7 @@ class Mixture(FamilyEMEstimator):
         self.step_offset = step_offset
         self.step_decay = step_decay
         self.distributed = distributed
+        self.prior = prior
 
     def _n_components(self):
         return self.n_components

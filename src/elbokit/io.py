@@ -205,7 +205,8 @@ def _split_value(name: str, value, tensors: dict, kinds: dict):
         return {"__tensor_dict__": list(value)}
     if isinstance(value, (np.ndarray, torch.Tensor)):
         is_torch = isinstance(value, torch.Tensor)
-        t = value.detach().cpu() if is_torch else torch.from_numpy(np.ascontiguousarray(value))
+        t = value.detach().cpu() if is_torch else torch.from_numpy(
+            np.ascontiguousarray(value).reshape(np.shape(value)))  # 0-d stays 0-d
         tensors[name] = t.contiguous()
         kinds[name] = "torch" if is_torch else "numpy"
         return {"__tensor__": name}

@@ -16,7 +16,7 @@ Closed form
     keyed by the pair of types ``(type(p), type(q))``, resolved once and
     memoised by torch.  This module adds the pairs the library needs that torch
     lacks (the diagonal Gaussian ``Independent(Normal(loc, scale), 1)`` against
-    a full-covariance ``MultivariateNormal``, both directions).  Users add their
+    a full-covariance ``MultivariateNormal``, both directions; two Wisharts).  Users add their
     own pairs with :func:`register_kl` (re-exported from torch)::
 
         @elbokit.kl.register_kl(MyP, MyQ)
@@ -43,11 +43,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, Wishart
 from torch.distributions.kl import kl_divergence as _torch_kl_divergence
 from torch.distributions.kl import register_kl
 
-__all__ = ["KLResult", "has_analytic_kl", "kl", "kl_divergence", "register_kl"]
+__all__ = ["KLResult", "has_analytic_kl", "kl", "kl_divergence", "register_kl", "wishart_kl"]
 
 _METHODS = ("auto", "analytic", "monte_carlo")
 
@@ -357,3 +357,37 @@ def _kl_mvn_diagnormal(p: MultivariateNormal, q: Independent) -> torch.Tensor:
     log_det_q = 2 * scale.log().sum(-1)
     log_det_p = 2 * tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     return 0.5 * (trace + mahalanobis - loc.shape[-1] + log_det_q - log_det_p)
+
+
+# For Wisharts W(V_p, n_p) and W(V_q, n_q) over d x d matrices (V the scale matrix),
+#   KL = (n_p - n_q)/2 psi_d(n_p/2) + log Gamma_d(n_q/2) - log Gamma_d(n_p/2)
+#        + n_q/2 (log det V_q - log det V_p) + n_p/2 (tr(V_q^-1 V_p) - d),
+# psi_d the multivariate digamma (sum_{i<d} psi(a - i/2)).
+
+
+def wishart_kl(df_p: torch.Tensor, log_det_scale_p: torch.Tensor, df_q: torch.Tensor,
+               log_det_scale_q: torch.Tensor, trace_q_inv_p: torch.Tensor, dim: int) -> torch.Tensor:
+    """KL(W(V_p, n_p) || W(V_q, n_q)) from n, log det V and tr(V_q^-1 V_p).
+
+    Works for any structure of the scale matrices (diagonal, scaled identity)
+    once these three numbers are known; the tensors broadcast.
+    """
+    i = torch.arange(dim, dtype=df_p.dtype, device=df_p.device)
+    digamma = torch.special.digamma(0.5 * df_p[..., None] - 0.5 * i).sum(-1)
+    return (0.5 * (df_p - df_q) * digamma
+            + torch.special.multigammaln(0.5 * df_q, dim) - torch.special.multigammaln(0.5 * df_p, dim)
+            + 0.5 * df_q * (log_det_scale_q - log_det_scale_p)
+            + 0.5 * df_p * (trace_q_inv_p - dim))
+
+
+@register_kl(Wishart, Wishart)
+def _kl_wishart_wishart(p: Wishart, q: Wishart) -> torch.Tensor:
+    """KL between Wisharts through their scale factors L (V = L L^T):
+    tr(V_q^-1 V_p) = ||L_q^-1 L_p||_F^2. Shape broadcast of the batch shapes."""
+    if p.event_shape != q.event_shape:
+        raise ValueError("KL between Wisharts of different dimensions is undefined.")
+    lp, lq = p.scale_tril, q.scale_tril
+    trace = torch.linalg.solve_triangular(lq, lp, upper=False).pow(2).sum((-2, -1))
+    log_det_p = 2 * lp.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    log_det_q = 2 * lq.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return wishart_kl(p.df, log_det_p, q.df, log_det_q, trace, p.event_shape[-1])

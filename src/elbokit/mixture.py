@@ -46,6 +46,7 @@ from elbokit.models.gaussian_mixture import (
     precisions_from_cholesky,
     with_user_parameters,
 )
+from elbokit import priors
 from elbokit.models.kmeans import assignment_dtype, kmeans, nearest
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -137,6 +138,14 @@ class GaussianMixture(ElbokitEstimator):
         summed with one all_reduce per iteration, initial centres are
         broadcast, and every rank ends with the same parameters. None
         detects an initialised group of several ranks (e.g. under torchrun).
+    prior : None, "default" or dict, default=None
+        MAP-EM with mclust's conjugate prior (:mod:`elbokit.priors`): a weak
+        normal-inverse-Wishart on means and covariances, a Dirichlet on the
+        weights; "default" takes mclust's ``defaultPrior`` from the data, a
+        dict overrides any of ``shrinkage``, ``mean``, ``dof``, ``scale``,
+        ``weight_concentration``. EM then climbs log p(X | theta) + log p(theta)
+        (``lower_bounds_`` per sample), no covariance degenerates, and
+        ``bic`` uses the log-likelihood at the MAP estimate as mclust does.
 
     ``fit`` takes in-memory data or, to stream data larger than memory, the
     path of a ``.npy``, ``.parquet`` or ``.csv`` file, a list of batches, or a
@@ -211,6 +220,7 @@ class GaussianMixture(ElbokitEstimator):
         step_offset=2.0,
         step_decay=0.7,
         distributed=None,
+        prior=None,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -232,6 +242,7 @@ class GaussianMixture(ElbokitEstimator):
         self.step_offset = step_offset
         self.step_decay = step_decay
         self.distributed = distributed
+        self.prior = prior
 
     # ------------------------------------------------------------ validation
     def _check_hyperparameters(self):
@@ -254,6 +265,7 @@ class GaussianMixture(ElbokitEstimator):
                 "'stepwise' (online, mini-batches)."
             )
         self._schedule()
+        priors.check_prior(self.prior, self.algorithm)
         if self.init_params not in INIT_METHODS:
             raise ValueError(
                 f"init_params={self.init_params!r} is not supported: use one of "
@@ -261,8 +273,14 @@ class GaussianMixture(ElbokitEstimator):
                 "precisions_init."
             )
 
-    def _model(self) -> GaussianMixtureModel:
-        return GaussianMixtureModel(self.covariance_type, float(self.reg_covar), resolve_dtype(self.dtype))
+    def _model(self, dtype: torch.dtype | None = None) -> GaussianMixtureModel:
+        """The model's math, computing in ``dtype`` (default: the estimator's)."""
+        dtype = resolve_dtype(self.dtype) if dtype is None else dtype
+        prior = getattr(self, "_fit_prior", None)  # set while fitting with prior=
+        if prior is not None:
+            return priors.MAPGaussianMixtureModel(self.covariance_type, float(self.reg_covar),
+                                                  dtype, prior)
+        return GaussianMixtureModel(self.covariance_type, float(self.reg_covar), dtype)
 
     def _schedule(self) -> RobbinsMonro:
         return RobbinsMonro(self.step_offset, self.step_decay)
@@ -370,7 +388,7 @@ class GaussianMixture(ElbokitEstimator):
             Components re-seeded by the initial M-step.
         """
         X, weight = sample
-        model = GaussianMixtureModel(self.covariance_type, float(self.reg_covar), torch.float64)
+        model = self._model(torch.float64)  # (the posterior mode with prior=)
         K, D = self.n_components, n_features
         f64 = torch.float64
         given = (self.weights_init, self.means_init, self.precisions_init)
@@ -461,6 +479,14 @@ class GaussianMixture(ElbokitEstimator):
                 "warm_start=False to fit a new one."
             )
         device = resolve_device(self.device, X if isinstance(X, torch.Tensor) else None)
+        self._fit_prior = distributed.checked(reducer, lambda: priors.resolve_for(
+            self, source, reducer, n_features, device))
+        try:
+            return self._fit(X, source, kind, n_features, device, reducer, stepwise, warm)
+        finally:
+            del self._fit_prior
+
+    def _fit(self, X, source, kind, n_features, device, reducer, stepwise, warm):
         gen = make_generator(self.random_state, device)
         # the sample draws from its own stream, so that every kind of source
         # leaves ``gen`` in the same state for the initialisation
@@ -535,6 +561,9 @@ class GaussianMixture(ElbokitEstimator):
         self
         """
         self._check_hyperparameters()
+        if self.prior is not None:
+            raise ValueError("partial_fit is stepwise EM; prior= applies to fit (exact EM): "
+                             "set prior=None for partial_fit.")
         first = not self.__sklearn_is_fitted__()
         Xt, kind = self._validate(X, reset=first)
         weight = as_sample_weight(sample_weight, Xt.shape[0], dtype=Xt.dtype, device=Xt.device)

@@ -136,12 +136,17 @@ def accumulate(model: EMModel, params, source, reduce: Callable | None = None):
     stats : Statistics
         The summed (and reduced) statistics.
     mean_log_likelihood : float
-        Weighted per-sample mean of log p(x | params).
+        Weighted per-sample mean of log p(x | params), plus log p(params) / n
+        for a model with a ``log_prior`` (MAP-EM).
     """
     total = checked(checker(reduce), lambda: _local_sums(model, params, source))
     if reduce is not None:
         total = reduce(total)
-    mean = float(total.pop("_log_likelihood") / total.pop("_weight"))
+    objective = total.pop("_log_likelihood")
+    log_prior = getattr(model, "log_prior", None)
+    if log_prior is not None:  # MAP-EM: the objective is log p(X | theta) + log p(theta)
+        objective = objective + log_prior(params)
+    mean = float(objective / total.pop("_weight"))
     if mean != mean or mean in (float("inf"), float("-inf")):
         raise FloatingPointError(
             f"the log-likelihood became {mean}: the data or the parameters are degenerate. "

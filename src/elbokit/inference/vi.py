@@ -95,8 +95,9 @@ class VIRun:
         The global variational parameters.
     lower_bounds : list of float
         Per-unit ELBO: for batch VI, at each iteration (after the local
-        updates, before the global one) and, last, under the returned
-        parameters; for online VI, the per-pass estimate of
+        updates, before the global one; after the global one for a model
+        with ``bound_after_update(stats, old, new, bound)``) and, last,
+        under the returned parameters; for online VI, the per-pass estimate of
         :func:`online_bound`.
     converged : bool
     n_iter : int
@@ -187,8 +188,11 @@ def run_batch_vi(model: ConjugateVIModel, params, source, *, tol: float, max_ite
     for n_iter in range(1, max_iter + 1):
         stats, bound, run.locals = accumulate(model, run.params, source, run.locals, reduce)
         run.lower_bounds.append(bound)
-        run.params = model.maximize(stats, run.params, 1.0)
+        old, run.params = run.params, model.maximize(stats, run.params, 1.0)
         run.n_updates += 1
+        after = getattr(model, "bound_after_update", None)
+        if after is not None:  # the bound at the updated globals, where the statistics tell it
+            bound = run.lower_bounds[-1] = after(stats, old, run.params, bound)
         if progress.settled(run, n_iter, bound, tol):
             break
     _, final, run.locals = accumulate(model, run.params, source, run.locals, reduce)

@@ -496,15 +496,7 @@ class GaussianMixtureModel:
         K, D = means.shape
         centre = weights @ means
         ct = self.covariance_type
-        if ct == "full":
-            log_det = U.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        elif ct == "tied":
-            log_det = U.diagonal().log().sum().expand(K)
-        elif ct == "diag":
-            log_det = U.log().sum(-1)
-        else:
-            log_det = D * U.log()
-        log_norm = weights.log() + log_det - 0.5 * D * math.log(2 * math.pi)
+        log_norm = self.log_normalisers(params)
         finite = log_norm[torch.isfinite(log_norm)]
         offset = float(finite.max()) if finite.numel() else 0.0
         log_norm = log_norm - offset
@@ -529,6 +521,23 @@ class GaussianMixtureModel:
         prep = _Prepared(centre, offset, groups, K, order, exact)
         self._cache = (params, self.dtype, prep)
         return prep
+
+    def log_normalisers(self, params: GaussianMixtureParams) -> torch.Tensor:
+        """log pi_k + log det U_k - D/2 log 2 pi, shape (K,), float64: log p(x, z=k) at
+        x = mu_k, so that log p(x, z=k) = this - 1/2 (squared Mahalanobis distance)."""
+        f64 = torch.float64
+        U = params.precisions_cholesky.to(f64)
+        K, D = params.means.shape
+        ct = self.covariance_type
+        if ct == "full":
+            log_det = U.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        elif ct == "tied":
+            log_det = U.diagonal().log().sum().expand(K)
+        elif ct == "diag":
+            log_det = U.log().sum(-1)
+        else:
+            log_det = D * U.log()
+        return params.weights.to(f64).log() + log_det - 0.5 * D * math.log(2 * math.pi)
 
     def _exact(self, index, error, mc, U, log_norm) -> _Exact:
         """The :class:`_Exact` constants of the diag/spherical components ``index``."""
