@@ -12,6 +12,7 @@ from elbokit.bayesian_mixture import BayesianGaussianMixture
 from elbokit.data.text import Corpus
 from elbokit.factor_analysis import PPCA, FactorAnalysis
 from elbokit.general_mixture import Mixture
+from elbokit.hmm import GMMHMM, HMM, CategoricalHMM, GaussianHMM, PoissonHMM
 from elbokit.inference.em import ConvergenceWarning
 from elbokit.io import ModelFormatError, load
 from elbokit.mixture import GaussianMixture
@@ -20,17 +21,22 @@ from elbokit.models.gaussian_mixture import DegenerateComponentWarning, Degenera
 from elbokit.topics import LDA
 
 __all__ = [
+    "CategoricalHMM",
     "BayesianGaussianMixture",
     "ConvergenceWarning",
     "Corpus",
     "DegenerateComponentWarning",
     "DegenerateCovarianceError",
     "FactorAnalysis",
+    "GMMHMM",
+    "GaussianHMM",
     "GaussianMixture",
+    "HMM",
     "LDA",
     "Mixture",
     "ModelFormatError",
     "PPCA",
+    "PoissonHMM",
     "Selection",
     "VAE",
     "load",

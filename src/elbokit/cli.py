@@ -681,6 +681,119 @@ def fit_vae(data, out, latent_dim, checkpoint_dir, resume, distributed, force, m
                f"{vae.history_['train'][-1]:.4f}; saved to {out}")
 
 
+def _read_lengths(lengths: str | None):
+    """Sequence lengths from a .npy file or a text file of integers (None: one sequence)."""
+    if lengths is None:
+        return None
+    path = Path(lengths)
+    if not path.is_file():
+        raise UserError(f"--lengths {lengths}: no such file (a .npy or a text file of integers).")
+    try:
+        values = np.load(path) if path.suffix.lower() == ".npy" else np.loadtxt(path, dtype=np.int64)
+    except ValueError as err:
+        raise UserError(f"--lengths {lengths}: {err}") from None
+    return np.atleast_1d(np.asarray(values)).astype(np.int64)
+
+
+def _read_sequences(data: str, lengths: str | None, text: bool, alphabet: str):
+    """(X: array or streamed path, lengths, metrics entries) for ``fit hmm`` and its report."""
+    from elbokit.data.sequences import LETTERS, read_text
+
+    path = Path(data)
+    if not path.exists():
+        raise UserError(f"no data at {path}.")
+    if text:
+        mode = alphabet
+        X, lens, alphabet, _ = read_text(path, LETTERS if mode == "letters" else None)
+        return X, lens, {"text": True, "alphabet": alphabet, "alphabet_mode": mode}
+    if path.is_dir():
+        return str(path), None, {}
+    return _check_data_path(data), _read_lengths(lengths), {"lengths": lengths and str(
+        Path(lengths).resolve())}
+
+
+def _shard_sequences(X, lengths):
+    """This rank's contiguous block of whole sequences."""
+    import torch.distributed as dist
+
+    if isinstance(X, str):
+        X = np.load(X) if X.lower().endswith(".npy") else _in_memory(X)
+    lengths = np.asarray([len(X)] if lengths is None else lengths)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    cut = np.linspace(0, len(lengths), world + 1).astype(int)
+    rows = np.concatenate([[0], np.cumsum(lengths)])
+    return X[rows[cut[rank]]:rows[cut[rank + 1]]], lengths[cut[rank]:cut[rank + 1]]
+
+
+@fit.command("hmm")
+@click.argument("data")
+@click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
+@click.option("--states", "-k", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--emission", type=click.Choice(["gaussian", "categorical", "poisson", "gmm"]),
+              default="gaussian", show_default=True, help="Emission family (categorical with --text).")
+@click.option("--covariance-type", type=click.Choice(["diag", "full", "tied", "spherical"]),
+              default="diag", show_default=True)
+@click.option("--n-mix", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Gaussian components per state (--emission gmm).")
+@click.option("--lengths", default=None,
+              help="Sequence lengths (.npy or a text file of integers); default: one sequence. "
+                   "A directory DATA holds one .npy file per sequence.")
+@click.option("--text", is_flag=True, help="DATA is text: one sequence of characters per line.")
+@click.option("--alphabet", type=click.Choice(["letters", "all"]), default="letters",
+              show_default=True, help="--text: a-z and space (lower-cased), or every character.")
+@click.option("--n-iter", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-5, show_default=True,
+              help="Stop when log p(x) per step changes by less.")
+@click.option("--n-init", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--algorithm", type=click.Choice(["em", "stepwise"]), default="em", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Rows per batch.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_distributed_option
+@click.option("--force", is_flag=True, help="Replace an existing model directory.")
+def fit_hmm(data, out, states, emission, covariance_type, n_mix, lengths, text, alphabet, n_iter,
+            tol, n_init, algorithm, batch_size, dtype, device, seed, distributed, force):
+    """Fit a hidden Markov model by Baum-Welch to sequences in DATA (.npy, .csv, .parquet rows
+    with --lengths; a directory of .npy files, one sequence each; or --text)."""
+    import elbokit
+
+    out_dir = _claim_model(out, force, [data, lengths], distributed)
+    X, lens, extra = _read_sequences(data, lengths, text, alphabet)
+    common = dict(n_iter=n_iter, tol=tol, n_init=n_init, algorithm=algorithm, batch_size=batch_size,
+                  dtype=dtype, device=device, random_state=seed)
+    if text or emission == "categorical":
+        model = elbokit.CategoricalHMM(states, n_features=len(extra["alphabet"]) if text else None,
+                                       **common)
+    elif emission == "poisson":
+        model = elbokit.PoissonHMM(states, **common)
+    elif emission == "gmm":
+        model = elbokit.GMMHMM(states, n_mix=n_mix, covariance_type=covariance_type, **common)
+    else:
+        model = elbokit.GaussianHMM(states, covariance_type, **common)
+    distributed, rank = _launch(distributed, device)
+    model.set_params(verbose=1 if rank == 0 else 0, distributed=distributed)
+    start = time.perf_counter()
+    model.fit(*(_shard_sequences(X, lens) if distributed else (X, lens)))
+    seconds = time.perf_counter() - start
+    if rank != 0:
+        return
+    n_rows = int(np.sum(lens)) if lens is not None else None
+    metrics = {"model": "hmm", "data": str(Path(data).resolve()), "n_sequences":
+               None if lens is None else int(len(lens)), "n_samples": n_rows,
+               "n_features": model.n_features_in_, "fit_seconds": seconds,
+               "lower_bounds": [float(b) for b in model.lower_bounds_],
+               "log_likelihood_per_step": model.lower_bound_, "converged": model.converged_,
+               "n_iter": model.n_iter_, **extra}
+    if n_rows is not None:
+        metrics["bic"] = model.bic(X, lens)
+    model.save(out_dir, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
+    what = f"{len(lens)} sequences, {n_rows} steps" if lens is not None else str(data)
+    click.echo(f"fitted a {states}-state {type(model).__name__} on {what} in {seconds:.2f} s: "
+               f"log p(x) per step {model.lower_bound_:.4f}, {model.n_iter_} iterations, "
+               f"{'converged' if model.converged_ else 'NOT converged'}; saved to {out}")
+
+
 # ------------------------------------------------------------------ use a model
 # what to use instead, when a model lacks a command's method
 _INSTEAD = {

@@ -159,6 +159,12 @@ def _page(model, data, given: bool, metrics: dict, labels, heldout, progress: bo
                 from elbokit.report.vae import STAGES, vae_page as build
             bar = Progress(progress, STAGES)
             page = build(model, source, metrics, labels=labels, progress=bar)
+        elif name.endswith("HMM"):
+            from elbokit.report.hmm import STAGES, hmm_page, sequences_for_report
+
+            bar = Progress(progress, STAGES)
+            bar("reading the sequences")
+            page = hmm_page(model, *sequences_for_report(data, metrics), progress=bar)
         elif name in ("Mixture", "PPCA", "FactorAnalysis"):
             from elbokit.report.families import STAGES, factor_page, mixture_page, rows_for
 

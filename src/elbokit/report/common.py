@@ -65,6 +65,16 @@ def decreases(bounds, rtol: float = 1e-6) -> int:
     return int((np.diff(b) < -rtol * np.maximum(np.abs(b[:-1]), 1.0)).sum()) if len(b) > 1 else 0
 
 
+def em_training(page: Page, model, *, unit: str, label: str, why: str) -> None:
+    """The "Training" section of an exact-EM model: its bound history, and whether it ever
+    decreased (``why``: the caption's reason that the bound is log p(x) itself)."""
+    down = decreases(model.lower_bounds_)
+    truth = "it never decreased" if down == 0 else f"it decreased at {down} iterations (rounding)"
+    page.add("Training: the bound per iteration", *bound_table_and_plot(
+        page, model.lower_bounds_, int(model.n_iter_), what="iteration", unit=unit, label=label,
+        exact=True, caption=f"{why}; {truth}."))
+
+
 def agreement(page: Page, found, labels, *, found_name: str, name: str) -> tuple[list[str], dict]:
     """Confusion table of ``found`` (cluster or dominant topic per row) against given
     labels, with the adjusted Rand index and normalised mutual information."""

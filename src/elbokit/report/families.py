@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from elbokit.report import plots
-from elbokit.report.common import anomaly_rows, bound_table_and_plot, decreases, log_px_histogram
+from elbokit.report.common import anomaly_rows, em_training, log_px_histogram
 from elbokit.report.html import Page, Table
 
 STAGES = 3
@@ -32,13 +32,9 @@ def rows_for(model, data) -> np.ndarray:
 
 
 def _training(page: Page, model) -> None:
-    down = decreases(model.lower_bounds_)
-    truth = "it never decreased" if down == 0 else f"it decreased at {down} iterations (rounding)"
-    page.add("Training: the bound per iteration", *bound_table_and_plot(
-        page, model.lower_bounds_, int(model.n_iter_), what="iteration", unit="nats per sample",
-        label="mean log p(x)", exact=True,
-        caption="EM sets q(z) to the exact posterior, so the bound is log p(x) itself (missing "
-                f"entries marginalised; the KL gap is 0); {truth}."))
+    em_training(page, model, unit="nats per sample", label="mean log p(x)",
+                why="EM sets q(z) to the exact posterior, so the bound is log p(x) itself (missing "
+                    "entries marginalised; the KL gap is 0)")
 
 
 def _anomalies(page: Page, log_px: np.ndarray, quantile: float = 0.01) -> None:
