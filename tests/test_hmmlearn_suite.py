@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+_NUMPY_ERRORS = np.geterr()  # restored below: hmmlearn/tests/__init__.py sets np.seterr(all="warn")
+
 pytest.importorskip("hmmlearn")
 
 
@@ -95,14 +97,13 @@ def _marked(cls):
     return cls
 
 
-# importing hmmlearn.tests calls np.seterr(all="warn") for the whole process, which
-# turns every later underflow in the suite into an error (pyproject: error::RuntimeWarning);
-# the process's state is put back after the import
-_errors = np.geterr()
 for _name in SUITES:
     _module = _load(_name)
     for _attr, _obj in vars(_module).items():
         if _attr.startswith("Test") and isinstance(_obj, type):
             globals()[f"Test_{_name[5:]}_{_attr[4:]}"] = _marked(
                 type(_attr, (_obj,), {"__module__": __name__}))
-np.seterr(**_errors)
+
+# hmmlearn/tests/__init__.py turned every numpy floating-point event (underflow included) into
+# a warning for the whole session, which pytest then raises in unrelated tests
+np.seterr(**_NUMPY_ERRORS)

@@ -237,7 +237,7 @@ def test_bad_X_is_a_clear_error(bad, match):
     (dict(reg_covar=-1.0), "reg_covar"),
     (dict(tol=float("nan")), "tol"),
     (dict(dtype="float16"), "dtype"),
-    (dict(means_init=np.zeros((2, 3))), r"means_init must have shape \(1, 2\)"),
+    (dict(means_init=np.zeros((2, 3))), r"means_init of shape \(1, 2\)"),
 ])
 def test_bad_hyperparameters_are_clear_errors(kwargs, match):
     X = np.random.default_rng(0).normal(size=(5, 2))

@@ -42,10 +42,11 @@ def test_streamed_fits_equal_the_in_memory_fit(ct, big, tmp_path):
 
 
 def test_streamed_weights_equal_sample_weight(big):
-    w = np.random.default_rng(0).uniform(0, 2, len(big)).astype(np.float32)
-    kw = dict(n_components=3, random_state=0, dtype="float64", means_init=big[:3], max_iter=10)
-    a = GaussianMixture(**kw).fit(big, sample_weight=w)
-    b = GaussianMixture(**kw).fit([(big[i:i + 500], w[i:i + 500]) for i in range(0, len(big), 500)])
+    X = big.astype(np.float64)  # float64 in, float64 fitted arrays, as for streams
+    w = np.random.default_rng(0).uniform(0, 2, len(X))
+    kw = dict(n_components=3, random_state=0, dtype="float64", means_init=X[:3], max_iter=10)
+    a = GaussianMixture(**kw).fit(X, sample_weight=w)
+    b = GaussianMixture(**kw).fit([(X[i:i + 500], w[i:i + 500]) for i in range(0, len(X), 500)])
     np.testing.assert_allclose(a.means_, b.means_, rtol=1e-10)
 
 

@@ -28,11 +28,18 @@ class ElbokitEstimator(BaseEstimator):
         from sklearn.utils.validation import check_is_fitted
 
         check_is_fitted(self)
-        return {a: getattr(self, a) for a in self._fitted_attributes}
+        state = {a: getattr(self, a) for a in self._fitted_attributes}
+        if hasattr(self, "feature_names_in_"):  # set by fit when X had names: a JSON list
+            state["feature_names_in_"] = [str(name) for name in self.feature_names_in_]
+        return state
 
     def _set_fitted_state(self, state: dict) -> None:
         for name, value in state.items():
             setattr(self, name, value)
+        if isinstance(getattr(self, "feature_names_in_", None), list):
+            import numpy as np
+
+            self.feature_names_in_ = np.asarray(self.feature_names_in_, dtype=object)
 
     def save(self, path, *, overwrite: bool = False, extra_files=None):
         """Save the fitted estimator to the directory ``path`` (safetensors + JSON).

@@ -332,7 +332,7 @@ class BayesianGaussianMixture(ElbokitEstimator):
                 return X.to(F64)[idx]
             seeds = kmeans_plusplus(Xc, K, gen, wd)
             if self.init_params == "kmeans":
-                seeds = lloyd(InMemorySource(Xc, wd, batch_size=65536), seeds)
+                seeds = lloyd(Xc, seeds, wd)[0]
             return seeds + centre
 
         if reducer is None:

@@ -901,13 +901,13 @@ def sample(model_dir, out, force, n_samples, seed):
     if seed is not None:
         model.set_params(random_state=seed)
     drawn = model.sample(n_samples)
+    X = np.asarray(drawn[0] if isinstance(drawn, tuple) else drawn)
+    names = getattr(model, "feature_names_in_", None)  # the columns it was fitted on
+    columns = [str(c) for c in names] if names is not None else [f"x{j}" for j in range(X.shape[1])]
+    values = X
     if isinstance(drawn, tuple):
-        X, z = (np.asarray(a) for a in drawn)
-        values = np.concatenate([X, z[:, None]], 1)
-        columns = [f"x{j}" for j in range(X.shape[1])] + ["component"]
-    else:
-        values = np.asarray(drawn)
-        columns = [f"x{j}" for j in range(values.shape[1])]
+        values = np.concatenate([X, np.asarray(drawn[1])[:, None]], 1)
+        columns.append("component" if "component" not in columns else "component_")
     write_array(claim, values, columns)
     click.echo(f"wrote {values.shape[0]} samples to {out}")
 

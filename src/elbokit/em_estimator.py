@@ -286,7 +286,7 @@ class FamilyEMEstimator(ElbokitEstimator):
         w = None if weight is None else weight.to(F64)
         centres = kmeans_plusplus(Fc, K, gen, w)
         if self._init_method() == "kmeans":
-            centres = lloyd(InMemorySource(Fc, w, batch_size=65536), centres)
+            centres = lloyd(Fc, centres, w)[0]
         return centres + centre
 
     def _initialize(self, source, sample, family, gen, device, reducer, labelled):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 
 import numpy as np
@@ -14,9 +15,11 @@ from elbokit._validation import (
     InputKind,
     as_2d_tensor,
     as_sample_weight,
+    check_feature_names,
     check_nonneg_float,
     check_positive_int,
     make_generator,
+    output_dtype,
     resolve_device,
     resolve_dtype,
     to_output,
@@ -27,6 +30,7 @@ from elbokit.inference import distributed
 from elbokit.inference.em import (
     EMRun,
     RobbinsMonro,
+    add_statistics,
     fit_em,
     run_em,
     run_stepwise,
@@ -37,15 +41,23 @@ from elbokit.models.gaussian_mixture import (
     DegenerateComponentWarning,
     GaussianMixtureModel,
     GaussianMixtureParams,
+    duplicate_components,
     n_parameters,
     precisions_from_cholesky,
+    with_user_parameters,
 )
-from elbokit.models.kmeans import kmeans_plusplus, lloyd, squared_distances
 from elbokit import priors
+from elbokit.models.kmeans import assignment_dtype, kmeans, nearest
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 ALGORITHMS = ("em", "stepwise")
-_INIT_SAMPLE = 100_000  # rows k-means initialisation sees at most
+# rows k-means initialisation sees at most (a random sample of the data):
+# _INIT_ROWS, or _INIT_ROWS_PER_COMPONENT per component when more
+_INIT_ROWS = 2048
+_INIT_ROWS_PER_COMPONENT = 64
+_INIT_SAMPLE = 100_000  # the general Mixture's initialisation sample (elbokit.em_estimator)
+_LLOYD_STEPS = 30  # Lloyd iterations at most: k-means only seeds EM
+_KMEANS_RUNS = 3  # k-means runs on the sample, the lowest inertia kept (cheap: it is small)
 # elements of one chunk's work tensor, (chunk, K + D) or for full covariances
 # the (chunk, K, D) residuals: on a CPU small enough to stay in cache (the
 # full type's fewer, larger GEMMs pay off up to twice that); on a GPU large
@@ -261,12 +273,14 @@ class GaussianMixture(ElbokitEstimator):
                 "precisions_init."
             )
 
-    def _model(self) -> GaussianMixtureModel:
+    def _model(self, dtype: torch.dtype | None = None) -> GaussianMixtureModel:
+        """The model's math, computing in ``dtype`` (default: the estimator's)."""
+        dtype = resolve_dtype(self.dtype) if dtype is None else dtype
         prior = getattr(self, "_fit_prior", None)  # set while fitting with prior=
         if prior is not None:
             return priors.MAPGaussianMixtureModel(self.covariance_type, float(self.reg_covar),
-                                           resolve_dtype(self.dtype), prior)
-        return GaussianMixtureModel(self.covariance_type, float(self.reg_covar), resolve_dtype(self.dtype))
+                                                  dtype, prior)
+        return GaussianMixtureModel(self.covariance_type, float(self.reg_covar), dtype)
 
     def _schedule(self) -> RobbinsMonro:
         return RobbinsMonro(self.step_offset, self.step_decay)
@@ -296,6 +310,9 @@ class GaussianMixture(ElbokitEstimator):
             )
 
     def _validate(self, X, name="X", reset=False, allow_empty=False):
+        if not reset:
+            check_is_fitted(self)
+            check_feature_names(self, X, reset=False)
         dtype = resolve_dtype(self.dtype)
         device = resolve_device(self.device, X)
         X, kind = as_2d_tensor(X, name=name, dtype=dtype, device=device, keep_float=True,
@@ -307,9 +324,13 @@ class GaussianMixture(ElbokitEstimator):
     def _data(self, X, sample_weight=None, *, reset=False, stepwise=False, allow_empty=False):
         """Any accepted input as (source, output kind, n_features).
 
-        Streams paths and iterables; checks and chunks in-memory data.
+        Streams paths and iterables; checks and chunks in-memory data.  Unless
+        ``reset`` (fit sets them when it succeeds), checks the feature names
+        against a DataFrame's columns or a CSV/Parquet header.
         """
         if is_source_like(X):
+            if not reset:
+                check_is_fitted(self)
             if sample_weight is not None:
                 raise ValueError(
                     "sample_weight goes with in-memory X; with streamed data give "
@@ -321,6 +342,9 @@ class GaussianMixture(ElbokitEstimator):
             source = as_source(X, batch_size=self._rows(n_features, device, stepwise),
                                dtype=resolve_dtype(self.dtype), device=device)
             if not reset:
+                names = getattr(probe, "feature_names", None)
+                if names is not None:  # a file with a header (other streams carry no names)
+                    check_feature_names(self, None, reset=False, names=names)
                 self._check_features(n_features, "X")
             return source, InputKind(False, torch.device("cpu")), n_features
         X, kind = self._validate(X, reset=reset, allow_empty=allow_empty)
@@ -330,15 +354,6 @@ class GaussianMixture(ElbokitEstimator):
         return InMemorySource(X, weight, batch_size=rows), kind, X.shape[1]
 
     # ------------------------------------------------------------ initialisation
-    def _user_array(self, value, name, shape, device):
-        t = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
-        t = t.to(device=device, dtype=torch.float64)
-        if tuple(t.shape) != tuple(shape):
-            raise ValueError(f"{name} must have shape {tuple(shape)}; got {tuple(t.shape)}.")
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or inf.")
-        return t
-
     def _cov_shape(self, D):
         K = self.n_components
         return {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[
@@ -346,33 +361,40 @@ class GaussianMixture(ElbokitEstimator):
         ]
 
     def _initial_centres(self, X, weight, gen):
-        """Centres for the centre-based initialisations, from the sample X, shape (K, D)."""
+        """Centres for the centre-based initialisations, from the sample X, shape (K, D), float64."""
         K = self.n_components
         if self.init_params == "random_from_data":
             p = torch.ones(X.shape[0], device=X.device) if weight is None else (weight > 0).float()
             idx = torch.multinomial(p, K, replacement=False, generator=gen)
-            return X[idx]
-        centres = kmeans_plusplus(X, K, gen, weight)
-        if self.init_params == "kmeans":
-            centres = lloyd(self._source(X, weight), centres)
-        return centres
+            return X[idx].to(torch.float64)
+        if self.init_params == "k-means++":  # the seeding alone, one draw
+            return kmeans(X, K, gen, weight, lloyd_steps=0)
+        return kmeans(X, K, gen, weight, lloyd_steps=_LLOYD_STEPS, n_init=_KMEANS_RUNS)
 
     def _initialize(self, source, sample, gen, n_features, device, reducer=None):
         """Initial parameters: an M-step from initial responsibilities, then user overrides.
 
-        Centres come from ``sample`` (a random subset of at most _INIT_SAMPLE
-        rows, the whole data when smaller); the M-step from one pass over
-        ``source``.  With several processes, the centres come from the rank
-        with the largest sample and are broadcast; the statistics are reduced.
+        Centres come from ``sample`` (a random subset of the data, the whole
+        data when small); the M-step from one pass over ``source`` with each
+        row assigned to its nearest centre.  Statistics and maximiser run in
+        float64 (hard assignments make it cheap: n D^2 for full covariances).
+        With several processes, the centres come from the rank with the
+        largest sample and are broadcast; the statistics are reduced.
+
+        Returns
+        -------
+        params : GaussianMixtureParams
+        n_reseeded : int
+            Components re-seeded by the initial M-step.
         """
         X, weight = sample
-        model = self._model()
+        model = self._model(torch.float64)  # (the posterior mode with prior=)
         K, D = self.n_components, n_features
         f64 = torch.float64
         given = (self.weights_init, self.means_init, self.precisions_init)
         if all(v is not None for v in given):  # nothing left for init_params to choose
             zeros = torch.zeros(K, D, dtype=f64, device=device)
-            return self._apply_user_init(model.anchor(zeros), D, device)
+            return self._apply_user_init(model.anchor(zeros)), 0
         if self.init_params == "random":
             sums = torch.zeros(D + 1, dtype=f64, device=device)
             if X is not None:
@@ -380,58 +402,45 @@ class GaussianMixture(ElbokitEstimator):
                 sums = torch.cat([w @ X.double(), w.sum().reshape(1)]).to(device)
             if reducer is not None:
                 sums = reducer({"s": sums})["s"]
-            anchor_means = (sums[:D] / sums[D]).expand(K, D)
+            anchor = model.anchor((sums[:D] / sums[D]).expand(K, D))
 
-            def responsibilities(Xb):
-                r = torch.rand(Xb.shape[0], K, generator=gen, device=gen.device)
-                return (r / r.sum(1, keepdim=True)).to(Xb.device)
+            def statistics(Xb, wb):
+                r = torch.rand(Xb.shape[0], K, generator=gen, device=gen.device, dtype=f64)
+                resp = (r / r.sum(1, keepdim=True)).to(Xb.device)
+                return model.statistics_from_responsibilities(anchor, Xb, resp, wb)
         else:
             if reducer is None:
-                anchor_means = self._initial_centres(X, weight, gen).to(f64)
+                centres = self._initial_centres(X, weight, gen)
             else:
                 src = reducer.largest(0 if X is None else X.shape[0])
-                anchor_means = torch.zeros(K, D, dtype=f64, device=device)
+                centres = torch.zeros(K, D, dtype=f64, device=device)
                 if reducer.rank == src:
-                    anchor_means = self._initial_centres(X, weight, gen).to(f64)
-                anchor_means = reducer.broadcast(anchor_means, src)
+                    centres = self._initial_centres(X, weight, gen)
+                centres = reducer.broadcast(centres, src)
+            anchor = None
+            # float32 distances where they keep the centres apart, float64 otherwise
+            # (whatever the compute dtype: both dtypes start from the same labels)
+            precise = X is None or assignment_dtype(centres, X) == f64
+            if reducer is not None:  # the same on every rank
+                precise = bool(reducer.sum(float(precise)))
+            dtype = f64 if precise else torch.float32
 
-            def responsibilities(Xb):
-                labels = squared_distances(Xb, anchor_means.to(Xb.dtype)).argmin(1)
-                return torch.nn.functional.one_hot(labels, K).to(Xb.dtype)
+            def statistics(Xb, wb):
+                return model.statistics_from_labels(centres, Xb, nearest(Xb, centres, dtype), wb)
 
-        anchor = model.anchor(anchor_means)
         total = None
         for Xb, wb in source:
-            stats = model.statistics_from_responsibilities(anchor, Xb, responsibilities(Xb), wb)
-            total = stats if total is None else {k: total[k] + stats[k] for k in total}
+            total = add_statistics(total, statistics(Xb, wb))
         if reducer is not None:
             total = reducer(total)
-        params = model.maximize(total, anchor)
-        return self._apply_user_init(params, D, device)
+        moments = (model.moments(total, anchor) if anchor is not None
+                   else model.moments_from_labels(total, centres))
+        params = model.from_moments(moments)
+        return self._apply_user_init(params), model.n_reseeded
 
-    def _apply_user_init(self, params: GaussianMixtureParams, D, device) -> GaussianMixtureParams:
-        K = self.n_components
-        weights, means = params.weights, params.means
-        cov, prec_chol = params.covariances, params.precisions_cholesky
-        if self.weights_init is not None:
-            weights = self._user_array(self.weights_init, "weights_init", (K,), device)
-            if bool((weights < 0).any()) or abs(float(weights.sum()) - 1) > 1e-6:
-                raise ValueError("weights_init must be non-negative and sum to 1.")
-        if self.means_init is not None:
-            means = self._user_array(self.means_init, "means_init", (K, D), device)
-        if self.precisions_init is not None:
-            ct = self.covariance_type
-            prec = self._user_array(self.precisions_init, "precisions_init", self._cov_shape(D), device)
-            if ct in ("full", "tied"):
-                chol, info = torch.linalg.cholesky_ex(prec)
-                if bool((info != 0).any()):
-                    raise ValueError("precisions_init must be symmetric positive definite.")
-                prec_chol, cov = chol, torch.cholesky_inverse(chol)  # L L^T = precision
-            else:
-                if bool((prec <= 0).any()):
-                    raise ValueError("precisions_init must be positive.")
-                prec_chol, cov = prec.sqrt(), prec.reciprocal()
-        return GaussianMixtureParams(weights, means, cov, prec_chol)
+    def _apply_user_init(self, params: GaussianMixtureParams) -> GaussianMixtureParams:
+        return with_user_parameters(params, self.covariance_type, self.weights_init,
+                                    self.means_init, self.precisions_init)
 
     # ------------------------------------------------------------ fitting
     def fit(self, X, y=None, sample_weight=None):
@@ -461,48 +470,71 @@ class GaussianMixture(ElbokitEstimator):
             )
         source, kind, n_features = distributed.checked(reducer, lambda: self._data(
             X, sample_weight, reset=True, stepwise=stepwise, allow_empty=reducer is not None))
+        warm = self.warm_start and self.__sklearn_is_fitted__()
+        if warm and n_features != self.n_features_in_:
+            raise ValueError(
+                f"X has {n_features} features, but GaussianMixture is expecting "
+                f"{self.n_features_in_} features as input: warm_start=True continues the fitted "
+                f"model, which needs data with {self.n_features_in_} columns; set "
+                "warm_start=False to fit a new one."
+            )
         device = resolve_device(self.device, X if isinstance(X, torch.Tensor) else None)
         self._fit_prior = distributed.checked(reducer, lambda: priors.resolve_for(
             self, source, reducer, n_features, device))
         try:
-            return self._fit(X, source, kind, n_features, device, reducer, stepwise)
+            return self._fit(X, source, kind, n_features, device, reducer, stepwise, warm)
         finally:
             del self._fit_prior
 
-    def _fit(self, X, source, kind, n_features, device, reducer, stepwise):
+    def _fit(self, X, source, kind, n_features, device, reducer, stepwise, warm):
         gen = make_generator(self.random_state, device)
         # the sample draws from its own stream, so that every kind of source
         # leaves ``gen`` in the same state for the initialisation
         sampler = torch.Generator(device=gen.device)
         sampler.manual_seed(int(torch.randint(2**62, (1,), generator=gen, device=gen.device)))
-        sample = sample_rows(source, max(_INIT_SAMPLE, self.n_components), sampler)
+        rows = max(_INIT_ROWS, _INIT_ROWS_PER_COMPONENT * self.n_components)
+        sample = sample_rows(source, rows, sampler)
         self._check_sample_count(sample, reducer)
-        model = self._model()
-        warm = self.warm_start and self.__sklearn_is_fitted__()
+        reseeded = [0]
         if warm:
-            self._check_features(n_features, "X")  # a warm start continues from the same columns
-            first = self._params(device)
+            first, previous = self._params(device), self._carried_bound()
 
             def initialize(i):
                 return first
         else:
+            previous = -math.inf
+
             def initialize(i):
-                return self._initialize(source, sample, gen, n_features, device, reducer)
+                params, n = self._initialize(source, sample, gen, n_features, device, reducer)
+                reseeded[0] += n
+                return params
 
         common = dict(tol=float(self.tol), max_iter=int(self.max_iter), verbose=int(self.verbose))
         steps = {"t": 1}
-        if stepwise:
-            def runner(params):
-                run, steps["t"] = run_stepwise(model, params, source, self._schedule(), **common)
-                return run
-        else:
-            def runner(params):
-                return run_em(model, params, source, reduce=reducer, **common)
+
+        def runner(params):  # a fresh model per run: each starts in the compute dtype
+            model = self._model()
+            try:
+                if stepwise:
+                    run, steps["t"] = run_stepwise(model, params, source, self._schedule(), **common)
+                    return run
+                return run_em(model, params, source, reduce=reducer, previous=previous, **common)
+            finally:
+                reseeded[0] += model.n_reseeded
 
         run = fit_em(runner, initialize, n_init=1 if warm else self.n_init, **common)
         self._store(run, kind, n_features, n_steps=steps["t"] - 1 if stepwise else 0,
-                    n_reseeded=model.n_reseeded)
+                    n_reseeded=reseeded[0])
+        check_feature_names(self, None if is_source_like(X) else X, reset=True,
+                            names=getattr(source, "feature_names", None))
         return self
+
+    def _carried_bound(self) -> float:
+        """The bound a warm start continues from: the last per-iteration bound of the
+        previous fit (its final entry is that of the parameters the new fit starts
+        from), so that convergence is detected across calls as in scikit-learn."""
+        bounds = np.asarray(self.lower_bounds_)
+        return float(bounds[-2]) if bounds.size >= 2 else -math.inf
 
     def _check_sample_count(self, sample, reducer=None):
         X, weight = sample
@@ -541,20 +573,26 @@ class GaussianMixture(ElbokitEstimator):
             source = InMemorySource(Xt, weight, batch_size=self._rows(Xt.shape[1], Xt.device))
             sample = (Xt, weight)
             self._check_sample_count(sample)
-            params, t, history = self._initialize(source, sample, gen, Xt.shape[1], Xt.device), 1, []
+            params, reseeded = self._initialize(source, sample, gen, Xt.shape[1], Xt.device)
+            t, history = 1, []
         else:
-            params, t = self._params(Xt.device), self.n_steps_ + 1
+            params, t, reseeded = self._params(Xt.device), self.n_steps_ + 1, self.n_reseeded_
             history = list(self.lower_bounds_)
         params, mean = stepwise_update(model, params, Xt, weight, self._schedule()(t))
         run = EMRun(params=params, lower_bounds=history + [mean], converged=False, n_iter=t)
-        self._store(run, kind, Xt.shape[1], n_steps=t,
-                    n_reseeded=model.n_reseeded + (0 if first else self.n_reseeded_))
+        self._store(run, kind, Xt.shape[1], n_steps=t, n_reseeded=model.n_reseeded + reseeded)
+        if first:
+            check_feature_names(self, X, reset=True)
         return self
 
     def _store(self, run, kind, n_features, *, n_steps, n_reseeded):
+        """Set the fitted attributes from ``run`` (arrays in the input's type and
+        float dtype) and warn about degenerate components."""
         p = run.params
         ct = self.covariance_type
-        out = (lambda t: t) if kind.is_torch else (lambda t: t.detach().cpu().numpy())
+        dtype = output_dtype(kind)
+        out = ((lambda t: t.to(dtype)) if kind.is_torch
+               else (lambda t: t.detach().cpu().to(dtype).numpy()))
         self.weights_ = out(p.weights)
         self.means_ = out(p.means)
         self.covariances_ = out(p.covariances)
@@ -571,6 +609,16 @@ class GaussianMixture(ElbokitEstimator):
             warnings.warn(
                 f"{n_reseeded} time(s) a component lost all its samples and was re-seeded by "
                 "splitting the widest component; if this persists, decrease n_components.",
+                DegenerateComponentWarning,
+                stacklevel=3,
+            )
+        duplicates = duplicate_components(p, ct)
+        if duplicates:
+            warnings.warn(
+                f"{len(duplicates)} component(s) duplicate another (the same weight, mean and "
+                f"covariance: {', '.join(f'{i} and {j}' for i, j in duplicates[:5])}): the data "
+                f"hold fewer distinct clusters than n_components={self.n_components}; decrease "
+                "n_components.",
                 DegenerateComponentWarning,
                 stacklevel=3,
             )
@@ -592,7 +640,10 @@ class GaussianMixture(ElbokitEstimator):
 
     # ------------------------------------------------------------ inference
     def _chunked(self, X, fn):
-        """Apply ``fn(log_joint_chunk)`` chunk by chunk over any accepted input.
+        """Apply ``fn(log_joint, offset)`` chunk by chunk over any accepted input.
+
+        ``log_joint + offset`` is log p(x, z=k) (see
+        :meth:`GaussianMixtureModel.log_joint_shifted`).
 
         Returns
         -------
@@ -607,8 +658,13 @@ class GaussianMixture(ElbokitEstimator):
         for Xb, _ in source:
             if params is None:
                 params = self._params(Xb.device)
-            outs.append(fn(model.log_joint(params, Xb)))
+            outs.append(fn(*model.log_joint_shifted(params, Xb)))
         return torch.cat(outs), kind
+
+    @staticmethod
+    def _out(t: torch.Tensor, kind: InputKind):
+        """A floating result in the input's type and float dtype."""
+        return to_output(t.to(output_dtype(kind)), kind)
 
     def log_joint(self, X):
         """log p(x, z=k) = log weights_[k] + log N(x | means_[k], covariances_[k]).
@@ -617,35 +673,40 @@ class GaussianMixture(ElbokitEstimator):
         -------
         array of shape (n_samples, n_components)
         """
-        return to_output(*self._chunked(X, lambda lj: lj))
+        return self._out(*self._chunked(X, lambda lj, c: lj.to(torch.float64) + c))
 
     def score_samples(self, X):
         """Exact log p(x) per sample (log-sum-exp over components), shape (n,)."""
-        return to_output(*self._chunked(X, lambda lj: torch.logsumexp(lj, 1)))
+        return self._out(*self._chunked(X, _log_marginal))
 
     def score(self, X, y=None):
-        """Mean log p(x) per sample (float)."""
-        lp, _ = self._chunked(X, lambda lj: torch.logsumexp(lj, 1).to(torch.float64))
-        return float(lp.mean())
+        """Mean log p(x) per sample (float): the mean of ``score_samples(X)``, taken
+        in its dtype, as scikit-learn takes it."""
+        return float(self._out(*self._chunked(X, _log_marginal)).mean())
 
     def predict_proba(self, X):
         """Posterior p(z=k | x), shape (n, K); rows sum to 1."""
-        return to_output(*self._chunked(X, lambda lj: torch.softmax(lj, 1)))
+        return self._out(*self._chunked(X, lambda lj, c: torch.softmax(lj, 1)))
 
     def predict(self, X):
         """Most probable component per sample, shape (n,), int64."""
-        return to_output(*self._chunked(X, lambda lj: lj.argmax(1)))
+        return to_output(*self._chunked(X, lambda lj, c: lj.argmax(1)))
 
     def sample(self, n_samples=1):
         """Draw samples from the fitted mixture.
 
         Returns
         -------
-        X : array of shape (n_samples, n_features)
+        X : array of shape (n_samples, n_features), float64
         y : array of shape (n_samples,)
             The component each sample came from.
         """
-        check_positive_int(n_samples, "n_samples")
+        check_is_fitted(self)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(
+                f"Invalid value for 'n_samples': {n_samples!r} . The sampling requires at "
+                "least one sample: pass n_samples >= 1."
+            )
         is_torch = isinstance(self.means_, torch.Tensor)
         device = self.means_.device if is_torch else torch.device("cpu")
         params = self._params(device)
@@ -659,7 +720,7 @@ class GaussianMixture(ElbokitEstimator):
         return n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
 
     def _total_log_likelihood(self, X):
-        lp, _ = self._chunked(X, lambda lj: torch.logsumexp(lj, 1).to(torch.float64))
+        lp, _ = self._chunked(X, _log_marginal)
         return float(lp.sum()), lp.shape[0]
 
     def bic(self, X):
@@ -671,3 +732,8 @@ class GaussianMixture(ElbokitEstimator):
         """Akaike information criterion on X: -2 log p(X) + 2 p (lower is better)."""
         total, _ = self._total_log_likelihood(X)
         return -2 * total + 2 * self._n_parameters()
+
+
+def _log_marginal(log_joint: torch.Tensor, offset: float) -> torch.Tensor:
+    """log p(x) = logsumexp_k log p(x, z=k), in float64, from the shifted log joint."""
+    return torch.logsumexp(log_joint, 1).to(torch.float64) + offset

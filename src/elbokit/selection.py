@@ -150,10 +150,8 @@ def kmeans_partition(X: np.ndarray, k: int, seed: int) -> np.ndarray:
     """k-means++ seeding and Lloyd steps (on centred data), labels (n,)."""
     Xt = torch.as_tensor(X - X.mean(0), dtype=F64)
     gen = torch.Generator().manual_seed(int(seed))
-    from elbokit.data.sources import InMemorySource
-
-    centres = lloyd(InMemorySource(Xt, batch_size=65536), kmeans_plusplus(Xt, k, gen))
-    return squared_distances(Xt, centres).argmin(1).numpy()
+    _, labels = lloyd(Xt, kmeans_plusplus(Xt, k, gen))
+    return labels.numpy()
 
 
 def start_from_partition(X: np.ndarray, labels: np.ndarray, k: int, covariance_type: str,

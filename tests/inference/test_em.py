@@ -7,6 +7,7 @@ warn when it runs out of iterations and stop on a NaN.
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +93,54 @@ def test_nan_is_never_silent(coins):
 def test_empty_source_is_a_clear_error():
     with pytest.raises(ValueError, match="empty"):
         accumulate(TwoCoins(), start(), [])
+
+
+class RoundedCoins(TwoCoins):
+    """TwoCoins whose low-precision mode breaks: its statistics are perturbed (the
+    bound falls), or its M-step fails, until the engine asks for more precision."""
+
+    def __init__(self, fail="fall"):
+        self.low, self.fail, self.refined = True, fail, 0
+
+    def refine(self):
+        if not self.low:
+            return False
+        self.low, self.refined = False, self.refined + 1
+        return True
+
+    def bound_rounding(self, bound):
+        return 1e-7 * (1 + abs(bound))
+
+    def expected_statistics(self, params, X, weight):
+        stats, lp = super().expected_statistics(params, X, weight)
+        if self.low and self.fail == "fall":
+            stats = dict(stats, heads=stats["heads"] * 1.05)  # a wrong M-step: the bound falls
+        return stats, lp
+
+    def maximize(self, stats, params):
+        if self.low and self.fail == "raise":
+            raise FloatingPointError("lost precision")
+        return super().maximize(stats, params)
+
+
+@pytest.mark.parametrize("fail", ["fall", "raise"])
+def test_lost_precision_is_refined_and_the_step_redone(coins, fail):
+    model = RoundedCoins(fail)
+    run = run_em(model, start(0.3, 0.9), InMemorySource(coins), tol=1e-12, max_iter=200)
+    exact = run_em(TwoCoins(), start(0.3, 0.9), InMemorySource(coins), tol=1e-12, max_iter=200)
+    assert model.refined == 1
+    diffs = np.diff(run.lower_bounds)
+    assert np.all(diffs >= -1e-12), diffs.min()
+    torch.testing.assert_close(run.params[1], exact.params[1], rtol=1e-6, atol=0)
+
+
+def test_a_warm_start_continues_the_convergence_test(coins):
+    first = run_em(TwoCoins(), start(), InMemorySource(coins), tol=1e-6, max_iter=3)
+    assert not first.converged
+    # continuing from the last parameters with the last per-iteration bound: the
+    # change is measured across the two calls, so a fit at its optimum stops at once
+    done = run_em(TwoCoins(), first.params, InMemorySource(coins), tol=1.0, max_iter=5,
+                  previous=first.lower_bounds[-2])
+    assert done.converged and done.n_iter == 1
+    fresh = run_em(TwoCoins(), first.params, InMemorySource(coins), tol=1.0, max_iter=5)
+    assert fresh.n_iter == 2  # without it, the first change is measured from -inf

@@ -124,3 +124,121 @@ def test_scatter_over_active_rows_equals_the_dense_scatter():
     # float64 keeps every row
     Y64, kept64 = GaussianMixtureModel("full", 0.0, torch.float64)._active_rows(Y.double(), rw.double())
     assert Y64.shape[1] == n
+
+
+# ---------------------------------------------------------------- float32 safety
+def narrow_far_params(ct, seed=0):
+    """Three components, one of them 1e-3 wide and 50 of its widths from the others."""
+    params = random_params(ct, seed=seed)
+    f64 = torch.float64
+    cov = params.covariances.clone()
+    means = params.means.clone()
+    means[2] += 50.0
+    if ct == "full":
+        cov[2] = torch.eye(4, dtype=f64) * 1e-6
+    elif ct == "diag":
+        cov[2] = 1e-6
+    elif ct == "spherical":
+        cov[2] = 1e-6
+    else:
+        cov = cov * 1e-4
+    return GaussianMixtureParams(params.weights, means, cov, precisions_cholesky_from_covariances(cov, ct))
+
+
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
+def test_float32_error_bounds_the_float32_log_density_error(ct):
+    from elbokit.models.gaussian_mixture import FLOAT32_TOLERANCE, float32_error
+
+    import elbokit.models.gaussian_mixture as gm_module
+
+    params = narrow_far_params(ct)
+    model64 = GaussianMixtureModel(ct, 0.0, torch.float64)
+    X, z = model64.sample(params, 3000, torch.Generator().manual_seed(0))
+    estimate = float32_error(params, ct)
+    exact = model64.log_joint(params, X)
+    old = gm_module.FLOAT32_TOLERANCE
+    try:
+        gm_module.FLOAT32_TOLERANCE = float("inf")  # plain float32, nothing routed
+        plain = GaussianMixtureModel(ct, 0.0, torch.float32).log_joint(params, X).double()
+    finally:
+        gm_module.FLOAT32_TOLERANCE = old
+    for k in range(3):
+        own = z == k
+        actual = float((plain[own, k] - exact[own, k]).abs().mean())
+        assert float(estimate[k]) >= 0.5 * actual, (k, float(estimate[k]), actual)
+    assert float(estimate[2]) > FLOAT32_TOLERANCE  # the narrow, far one is flagged
+    # and the default model computes it accurately: in float64, or by exact pairs
+    routed = GaussianMixtureModel(ct, 0.0, torch.float32).log_joint(params, X).double()
+    resp = torch.softmax(exact, 1)
+    relevant = resp > 1e-30  # (exact pairs leave the hopeless ones at -inf)
+    assert float(torch.where(relevant, (routed - exact).abs() * resp, 0.0).sum(1).max()) < 1e-3
+    torch.testing.assert_close(torch.logsumexp(routed, 1), torch.logsumexp(exact, 1), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
+def test_routed_statistics_equal_float64_statistics(ct):
+    params = narrow_far_params(ct, seed=1)
+    model64 = GaussianMixtureModel(ct, 0.0, torch.float64)
+    X, _ = model64.sample(params, 2000, torch.Generator().manual_seed(2))
+    stats64, ll64 = model64.expected_statistics(params, X, None)
+    stats32, ll32 = GaussianMixtureModel(ct, 0.0, torch.float32).expected_statistics(params, X, None)
+    assert float(ll32) == pytest.approx(float(ll64), rel=1e-5)
+    new64 = model64.maximize(stats64, params)
+    new32 = model64.maximize(stats32, params)
+    torch.testing.assert_close(new32.means, new64.means, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(new32.covariances, new64.covariances, rtol=1e-3, atol=1e-9)
+
+
+def test_a_component_too_narrow_for_float32_statistics_moves_to_float64():
+    from elbokit.models.gaussian_mixture import PrecisionLostError
+
+    p = random_params("diag", seed=3)
+    params = GaussianMixtureParams(p.weights, p.means * 4, p.covariances, p.precisions_cholesky)
+    model = GaussianMixtureModel("diag", 1e-12, torch.float32)
+    X, z = GaussianMixtureModel("diag", 0.0, torch.float64).sample(params, 500, torch.Generator().manual_seed(0))
+    X[z == 1, 0] = params.means[1, 0]  # constant within component 1: it collapses in the M-step
+    assert model.prepare(params).exact is None  # every component in float32 so far
+    stats, _ = model.expected_statistics(params, X, None)
+    with pytest.raises(PrecisionLostError):
+        model.maximize(stats, params)
+    assert model.refine() and bool(model._forced[1])
+    stats, _ = model.expected_statistics(params, X, None)
+    new = model.maximize(stats, params)
+    assert float(new.covariances[1, 0]) < 1e-9
+    assert model.dtype == torch.float32  # the other components stay in float32
+
+
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
+def test_moments_from_labels_are_the_clusters_sample_moments(ct):
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(300, 3, generator=g, dtype=torch.float64) * 2 + 1e6
+    X[:40] = X[0]  # 40 identical rows: exactly zero spread
+    labels = torch.cat([torch.zeros(40, dtype=torch.long), torch.randint(1, 3, (260,), generator=g)])
+    model = GaussianMixtureModel(ct, 0.0, torch.float64)
+    centres = torch.stack([X[labels == k].mean(0) for k in range(3)]) + 0.5  # anywhere near
+    centres[0] = X[0]
+    halves = [model.statistics_from_labels(centres, X[i:i + 150], labels[i:i + 150], None)
+              for i in (0, 150)]
+    moments = model.moments_from_labels({k: halves[0][k] + halves[1][k] for k in halves[0]}, centres)
+    for k in range(3):
+        Xk = X[labels == k]
+        torch.testing.assert_close(moments.means[k], Xk.mean(0), rtol=0, atol=1e-9)
+        full = torch.cov(Xk.T, correction=0)
+        expected = {"full": full, "diag": full.diagonal(), "spherical": full.diagonal()}.get(ct)
+        if expected is not None:
+            torch.testing.assert_close(moments.covariances[k], expected, rtol=1e-9, atol=1e-9)
+    if ct in ("diag", "spherical", "full"):
+        assert float(moments.covariances[0].abs().max()) == 0.0
+
+
+def test_duplicate_components_are_found():
+    from elbokit.models.gaussian_mixture import duplicate_components
+
+    params = random_params("diag", K=4)
+    cov = params.covariances.clone()
+    means = params.means.clone()
+    weights = torch.tensor([0.3, 0.2, 0.3, 0.2], dtype=torch.float64)
+    means[2], cov[2] = means[0], cov[0]
+    twin = GaussianMixtureParams(weights, means, cov, precisions_cholesky_from_covariances(cov, "diag"))
+    assert duplicate_components(twin, "diag") == [(0, 2)]
+    assert duplicate_components(random_params("diag", K=4), "diag") == []

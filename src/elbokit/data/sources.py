@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from elbokit._validation import storage_dtype
+from elbokit._validation import all_finite, storage_dtype
 
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 
@@ -84,7 +84,7 @@ def _check_batch(X: torch.Tensor, where: str, n_features: int | None,
     if allow_missing:  # NaN marks a missing entry for the models that marginalise it
         if bool(torch.isinf(X).any()):
             raise ValueError(f"{where} contains inf: remove those rows or clip the values.")
-    elif not bool(torch.isfinite(X).all()):
+    elif not all_finite(X):
         raise ValueError(
             f"{where} contains NaN or inf: remove or impute those values first."
         )
@@ -283,6 +283,17 @@ class TableSource(_ConvertingSource):
         if self.suffix in (".csv", ".tsv"):
             self.header = detect_header(self.path) if header is None else bool(header)
 
+    def _csv_reader(self):
+        import pyarrow.csv as pcsv
+
+        return pcsv.open_csv(  # decompresses .gz by the file name
+            self.path,
+            read_options=pcsv.ReadOptions(block_size=1 << 22,
+                                          autogenerate_column_names=not self.header),
+            parse_options=pcsv.ParseOptions(delimiter=_csv_delimiter(self.path)),
+            convert_options=pcsv.ConvertOptions(include_columns=self.columns),
+        )
+
     def _record_batches(self):
         if self.suffix in (".parquet", ".pq"):
             import pyarrow.parquet as pq
@@ -290,16 +301,29 @@ class TableSource(_ConvertingSource):
             yield from pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_size,
                                                               columns=self.columns)
             return
-        import pyarrow.csv as pcsv
+        yield from self._csv_reader()
 
-        reader = pcsv.open_csv(  # decompresses .gz by the file name
-            self.path,
-            read_options=pcsv.ReadOptions(block_size=1 << 22,
-                                          autogenerate_column_names=not self.header),
-            parse_options=pcsv.ParseOptions(delimiter=_csv_delimiter(self.path)),
-            convert_options=pcsv.ConvertOptions(include_columns=self.columns),
-        )
-        yield from reader
+    @property
+    def feature_names(self) -> list[str] | None:
+        """The names of the columns read: the header row (CSV/TSV) or schema (Parquet);
+        None for a CSV/TSV without a header (pyarrow's f0, f1, ... are no names)."""
+        if not self.header:
+            return None
+        if not hasattr(self, "_feature_names"):
+            import pyarrow as pa
+
+            try:
+                if self.suffix in (".parquet", ".pq"):
+                    import pyarrow.parquet as pq
+
+                    names = self.columns or pq.ParquetFile(self.path).schema_arrow.names
+                else:
+                    with self._csv_reader() as reader:
+                        names = reader.schema.names
+            except pa.ArrowInvalid as err:
+                raise ValueError(f"{self.path} cannot be parsed: {err}") from err
+            self._feature_names = [str(n) for n in names]
+        return self._feature_names
 
     def _raw_batches(self):
         import pyarrow as pa
@@ -442,8 +466,13 @@ def sample_rows(source, max_rows: int, generator: torch.Generator):
     X : Tensor of shape (min(n, max_rows), n_features), or None when n = 0
     weight : Tensor of shape (min(n, max_rows),) or None
     """
-    if isinstance(source, InMemorySource) and source.n_samples <= max_rows:
-        return (source.X, source.weight) if source.n_samples else (None, None)
+    if isinstance(source, InMemorySource):
+        if source.n_samples <= max_rows:
+            return (source.X, source.weight) if source.n_samples else (None, None)
+        # the same keys, hence rows, as the streamed pass below, drawn at once
+        keys = torch.rand(source.n_samples, generator=generator, device=generator.device)
+        idx = torch.topk(keys, max_rows, largest=False).indices.sort().values.to(source.X.device)
+        return source.X[idx], None if source.weight is None else source.weight[idx]
     parts: list[tuple] = []
     held = 0
 

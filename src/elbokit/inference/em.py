@@ -12,7 +12,13 @@ This module knows the loop and nothing of any model.  A model supplies
   additive expected sufficient statistics (float64) and the weighted sum of
   log p(x) over the batch;
 * ``maximize(stats, params)``: the M-step, the closed-form maximiser given the
-  statistics summed over the whole data set.
+  statistics summed over the whole data set;
+* optionally, for models that compute in reduced precision (float32),
+  ``refine()``, which moves their work to more precision and says whether it
+  did, and ``bound_rounding(bound)``, how far rounding may move the bound.
+  EM never decreases the bound, so a fall beyond rounding, or an arithmetic
+  failure (``ArithmeticError``) of a step, means precision was lost: the
+  engine refines the model and redoes that step.
 
 One iteration is: zero the statistics, add each batch's, reduce (a hook for
 several processes), maximise.  The bound reported is the *per-sample mean*
@@ -152,9 +158,9 @@ def accumulate(model: EMModel, params, source, reduce: Callable | None = None):
 class _Progress:
     """Per-iteration reporting: nothing, a progress bar, or one line per iteration."""
 
-    def __init__(self, verbose: int, max_iter: int, desc: str):
+    def __init__(self, verbose: int, max_iter: int, desc: str, previous: float = -float("inf")):
         self.verbose = verbose
-        self.previous = -float("inf")  # the last bound reported
+        self.previous = previous  # the last bound reported
         self.bar = None
         if verbose == 1:
             self.bar = tqdm(total=max_iter, desc=desc, leave=False, file=sys.stderr)
@@ -191,6 +197,35 @@ class _Progress:
             )
 
 
+def _refine(model) -> bool:
+    """Ask the model for more precision; True when it could give some."""
+    refine = getattr(model, "refine", None)
+    return bool(refine is not None and refine())
+
+
+def _refined(model, step: Callable):
+    """``step()``, redone after :func:`_refine` for as long as it fails
+    arithmetically and the model can still gain precision."""
+    while True:
+        try:
+            return step()
+        except ArithmeticError:
+            if not _refine(model):
+                raise
+
+
+def _rounding(model, bound: float) -> float:
+    """How far rounding may move a bound of this size, by the model's word (0 if silent)."""
+    rounding = getattr(model, "bound_rounding", None)
+    return rounding(bound) if rounding is not None else 0.0
+
+
+def _fell(model, bound: float, last: float) -> bool:
+    """True when ``bound`` lies below ``last`` by more than the model's rounding
+    (a lost climb) and the model has just been refined to redo the step."""
+    return bound < last - _rounding(model, last) and _refine(model)
+
+
 def run_em(
     model: EMModel,
     params,
@@ -201,22 +236,53 @@ def run_em(
     verbose: int = 0,
     desc: str = "EM",
     reduce: Callable | None = None,
+    previous: float = -float("inf"),
 ) -> EMRun:
     """Iterate E- and M-steps from ``params`` until the bound settles.
 
     Converged means the per-sample mean bound changed by less than ``tol``
     between two iterations.  After the loop, one more E-step computes the
     bound of the returned parameters (the last entry of ``lower_bounds``).
+
+    When the bound falls by more than the model's rounding, the model is
+    refined (see the module docstring) and the step that lost it is redone
+    from its starting parameters, its bound recomputed; a step that fails
+    arithmetically is retried the same way.
+
+    Parameters
+    ----------
+    previous : float
+        The bound a warm start continues from (the last per-iteration bound of
+        the run it continues), so that convergence is detected across calls.
     """
     run = EMRun(params=params)
-    progress = _Progress(verbose, max_iter, desc)
+    progress = _Progress(verbose, max_iter, desc, previous)
+
+    def step(p):
+        """E-step at p, then M-step: (bound of p, new parameters)."""
+        def attempt():
+            stats, bound = accumulate(model, p, source, reduce)
+            return bound, model.maximize(stats, p)
+        return _refined(model, attempt)
+
+    def bound_of(p):
+        return _refined(model, lambda: accumulate(model, p, source, reduce)[1])
+
+    before = None  # the parameters the last M-step started from
     for n_iter in range(1, max_iter + 1):
-        stats, bound = accumulate(model, run.params, source, reduce)
+        bound, new = step(run.params)
+        if before is not None and _fell(model, bound, run.lower_bounds[-1]):
+            run.lower_bounds[-1], run.params = step(before)
+            progress.previous = run.lower_bounds[-1]
+            bound, new = step(run.params)
         run.lower_bounds.append(bound)
-        run.params = model.maximize(stats, run.params)
+        before, run.params = run.params, new
         if progress.settled(run, n_iter, bound, tol):
             break
-    _, final = accumulate(model, run.params, source, reduce)
+    final = bound_of(run.params)
+    if before is not None and _fell(model, final, run.lower_bounds[-1]):
+        run.lower_bounds[-1], run.params = step(before)
+        final = bound_of(run.params)
     run.lower_bounds.append(final)
     progress.close(run)
     return run
@@ -260,8 +326,9 @@ def fit_em(
             best = run
     if not best.converged and max_iter > 0:
         warnings.warn(
-            f"EM did not converge in max_iter={max_iter} iterations (tol={tol}); "
-            "increase max_iter or tol, or check the data's scale.",
+            "Best performing initialization did not converge. Try different init parameters, "
+            f"or increase max_iter, tol, or check for degenerate data. (EM ran max_iter={max_iter} "
+            f"iterations; the bound still changed by more than tol={tol}.)",
             ConvergenceWarning,
             stacklevel=3,
         )

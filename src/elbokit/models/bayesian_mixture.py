@@ -452,8 +452,7 @@ class BayesianGaussianMixtureModel:
         s = dof * beta / ((1 + beta) * nu)
         gp = GaussianMixtureParams(torch.full((K,), 1.0 / K, dtype=F64, device=nu.device),
                                    params.means, params.covariances, params.precisions_cholesky)
-        prep = self.gm.prepare(gp, self.dtype)
-        maha = (2 * (prep.log_norm.to(F64) - self.gm.log_joint(gp, X).to(F64))).clamp_min(0.0)
+        maha = (2 * (self.gm.log_normalisers(gp) - self.gm.log_joint(gp, X).to(F64))).clamp_min(0.0)
         log_det_l = D * s.log() + 2 * log_det_cholesky(params.precisions_cholesky,
                                                        self.covariance_type, D)
         log_t = (torch.lgamma(0.5 * (dof + D)) - torch.lgamma(0.5 * dof) + 0.5 * log_det_l

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -58,16 +59,31 @@ class DegenerateComponentWarning(UserWarning):
     """A component lost all its samples and was re-seeded."""
 
 
-class DegenerateCovarianceError(ValueError):
-    """A covariance matrix is not positive definite even after regularisation."""
+class DegenerateCovarianceError(ValueError, ArithmeticError):
+    """A covariance matrix is not positive definite even after regularisation.
+
+    An ``ArithmeticError`` too, so that the EM engine retries a float32 step
+    in float64 before it gives up.
+    """
+
+
+class PrecisionLostError(ArithmeticError):
+    """float32 statistics were not accurate enough for the parameters they gave.
+
+    Raised by the M-step when a component whose statistics were summed in
+    float32 comes out too narrow for them; the EM engine then calls
+    :meth:`GaussianMixtureModel.refine`, which moves that component to float64,
+    and redoes the step.
+    """
 
 
 def _cholesky_error(covariance_type: str) -> DegenerateCovarianceError:
     return DegenerateCovarianceError(
-        f"Fitting the mixture model failed because some components have an "
-        f"ill-defined empirical covariance (covariance_type={covariance_type!r}), "
-        "for instance caused by singleton or collapsed samples. "
-        "Decrease n_components, or increase reg_covar."
+        "Fitting the mixture model failed because some components have ill-defined "
+        "empirical covariance (for instance caused by singleton or collapsed samples). "
+        "Try to decrease the number of components, increase reg_covar, or scale the input "
+        f"data. (covariance_type={covariance_type!r}; the covariance stayed singular in float64 "
+        "after adding reg_covar to its diagonal.)"
     )
 
 
@@ -114,6 +130,93 @@ def n_parameters(n_components: int, n_features: int, covariance_type: str) -> in
     return int(cov + K * D + K - 1)
 
 
+def _user_array(value, name: str, argument: str, shape, like: torch.Tensor) -> torch.Tensor:
+    """A user-given parameter as a float64 tensor beside ``like``, checked for shape
+    (with scikit-learn's message) and finiteness."""
+    t = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+    t = t.to(device=like.device, dtype=torch.float64)
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(
+            f"The parameter '{name}' should have the shape of {tuple(shape)}, but got "
+            f"{tuple(t.shape)}: give {argument} of shape {tuple(shape)}."
+        )
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{argument} contains NaN or inf.")
+    return t
+
+
+def with_user_parameters(params: GaussianMixtureParams, covariance_type: str, weights=None,
+                         means=None, precisions=None) -> GaussianMixtureParams:
+    """``params`` with user-given initial weights, means and precisions in their place.
+
+    Checked as scikit-learn checks ``weights_init``, ``means_init`` and
+    ``precisions_init``, and with its messages (each followed by the fix).
+    """
+    K, D = params.means.shape
+    ct = covariance_type
+    new_weights, new_means = params.weights, params.means
+    cov, prec_chol = params.covariances, params.precisions_cholesky
+    if weights is not None:
+        new_weights = _user_array(weights, "weights", "weights_init", (K,), params.means)
+        if bool((new_weights < 0).any()) or bool((new_weights > 1).any()):
+            # (scikit-learn's message calls the minimum 'max value' and the maximum 'min value')
+            raise ValueError(
+                "The parameter 'weights' should be in the range [0, 1], but got max value "
+                f"{float(new_weights.min()):.5f}, min value {float(new_weights.max()):.5f}: "
+                "weights_init holds the mixing weights, each in [0, 1]."
+            )
+        if abs(1.0 - float(new_weights.sum())) > 1e-6:
+            raise ValueError(
+                "The parameter 'weights' should be normalized, but got sum(weights) = "
+                f"{float(new_weights.sum()):.5f}: weights_init must sum to 1."
+            )
+    if means is not None:
+        new_means = _user_array(means, "means", "means_init", (K, D), params.means)
+    if precisions is not None:
+        shape = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[ct]
+        prec = _user_array(precisions, f"{ct} precision", "precisions_init", shape, params.means)
+        if ct in ("full", "tied"):
+            chol, info = torch.linalg.cholesky_ex(prec)
+            if not torch.allclose(prec, prec.mT) or bool((info != 0).any()):
+                raise ValueError(f"'{ct} precision' should be symmetric, positive-definite: "
+                                 "precisions_init holds inverse covariance matrices.")
+            prec_chol, cov = chol, torch.cholesky_inverse(chol)  # L L^T = precision
+        else:
+            if bool((prec <= 0).any()):
+                raise ValueError(f"'{ct} precision' should be positive: precisions_init holds "
+                                 "inverse variances.")
+            prec_chol, cov = prec.sqrt(), prec.reciprocal()
+    return GaussianMixtureParams(new_weights, new_means, cov, prec_chol)
+
+
+def duplicate_components(params: GaussianMixtureParams, covariance_type: str,
+                         rtol: float = 1e-3) -> list[tuple[int, int]]:
+    """Pairs of components that are one and the same, up to ``rtol``.
+
+    Two components are duplicates when their weights and covariances agree
+    to ``rtol`` and their means to ``rtol`` standard deviations in every
+    feature: what EM makes of more components than the data have distinct
+    clusters (identical rows, fewer distinct points than components).
+
+    Returns
+    -------
+    list of (i, j) with i < j
+    """
+    f64 = torch.float64
+    weights, means, cov = params.weights.to(f64), params.means.to(f64), params.covariances.to(f64)
+    K, D = means.shape
+    var = {"full": lambda: cov.diagonal(dim1=1, dim2=2), "tied": lambda: cov.diagonal().expand(K, D),
+           "diag": lambda: cov, "spherical": lambda: cov[:, None].expand(K, D)}[covariance_type]()
+    sd = var.clamp_min(torch.finfo(f64).tiny).sqrt()
+    close_means = ((means[:, None] - means[None]).abs() <= rtol * sd[:, None]).all(-1)
+    close_weights = (weights[:, None] - weights[None]).abs() <= rtol * weights.clamp_min(1e-300)[:, None]
+    pairs = []
+    for i, j in torch.nonzero(torch.triu(close_means & close_weights, diagonal=1)).tolist():
+        if covariance_type == "tied" or torch.allclose(cov[i], cov[j], rtol=rtol, atol=0.0):
+            pairs.append((i, j))
+    return pairs
+
+
 @dataclass(frozen=True)
 class Moments:
     """Weighted moments of the data per component, free of any anchor (float64).
@@ -135,29 +238,171 @@ class Moments:
     covariances: torch.Tensor
 
 
+# --------------------------------------------------------------------------- float32 safety
+_EPS32 = float(torch.finfo(torch.float32).eps)
+FLOAT32_TOLERANCE = 1e-4
+"""Largest estimated float32 error, in nats per row, of a component's log-density
+that the E-step accepts; a component above it is computed in float64.  Chosen
+on scikit-learn's bundled data sets (``python bench/gmm.py --robustness``)."""
+_FLOAT32_RANGE = 2.0 ** 60  # magnitudes float32 holds with room for squares and sums
+
+
+def float32_error(params: GaussianMixtureParams, covariance_type: str) -> torch.Tensor:
+    """Estimated error, in nats, of each component's log-density computed in float32.
+
+    The E-step centres the data at c = sum_k pi_k mu_k in float64, casts it
+    to float32 and forms the Mahalanobis terms with matrix products.  Rounding
+    errs by about eps32 times the terms that cancel, which are large when a
+    component is narrow compared with its distance from c: a feature that is
+    nearly constant within a cluster, a tight cluster far from the others, an
+    ill-conditioned covariance.  For rows of component k (within three
+    standard deviations of mu_k, so |x - c| <= r = |mu_k - c| + 3 sd) the
+    estimate is
+
+    * full and tied: the rounding of the whitening product (x - c)^T U,
+      eps32 sqrt(sum_d (r_d U_dj)^2) per coordinate j, entering the
+      Mahalanobis term through 2 y.dy (|y| taken as 3);
+    * tied, in addition: the expansion |y - b_k|^2 = |y|^2 - 2 y.b_k + |b_k|^2
+      with b_k = U^T (mu_k - c), 3 eps32 (|b_k| + sqrt(D) + 3)^2;
+    * diag and spherical: the expansion of sum_d prec_d (x_d - mu_d)^2 into
+      squares of x - c and mu - c, 3 eps32 sum_d prec_d r_d^2.
+
+    A component whose data or factors leave float32's comfortable range
+    (2^-60 .. 2^60) gets inf.  The estimate errs on the safe side: measured
+    errors on scikit-learn's bundled data sets are 2 to 100 times smaller.
+
+    Returns
+    -------
+    Tensor of shape (K,), float64
+    """
+    f64 = torch.float64
+    means = params.means.to(f64)
+    U = params.precisions_cholesky.to(f64)
+    cov = params.covariances.to(f64)
+    m = means - params.weights.to(f64) @ means
+    K, D = means.shape
+    if covariance_type in ("full", "tied"):
+        reach = m.abs() + cov.diagonal(dim1=-2, dim2=-1).sqrt()          # (K, D)
+        g = (reach.square().unsqueeze(1) @ U.square()).squeeze(1).sqrt()  # (K, D)
+        err = 2 * g.norm(dim=1)
+        if covariance_type == "tied":
+            err = err + ((m @ U).abs() + 1).square().sum(1)
+        big, small = U.abs().flatten(-2).amax(-1), U.diagonal(dim1=-2, dim2=-1).amin(-1)
+    elif covariance_type == "diag":
+        reach = m.abs() + cov.sqrt()
+        err = (U.square() * reach.square()).sum(1)
+        big, small = U.amax(1), U.amin(1)
+    else:
+        reach = m.abs() + cov.sqrt()[:, None]
+        err = U.square() * reach.square().sum(1)
+        big = small = U
+    in_range = (big.expand(K) < _FLOAT32_RANGE) & (small.expand(K) > 1 / _FLOAT32_RANGE) & (
+        reach.amax(1) < _FLOAT32_RANGE)
+    return torch.where(in_range, _EPS32 * err, torch.full_like(err, math.inf))
+
+
 @dataclass(frozen=True)
-class _Prepared:
-    """Per-iteration constants of the E-step, in the compute dtype.
+class _Group:
+    """E-step constants of some of the components, in one compute dtype.
 
-    ``centre`` c = sum_k pi_k mu_k (float64): data and means are shifted by it
-    before the cast to the compute dtype, so float32 never sees large offsets.
-    ``log_norm`` = log pi_k + log det U_k - D/2 log 2 pi, shape (K,).
-    ``a`` and ``b`` are the type-specific maps of the Mahalanobis term:
+    ``index`` lists the components (None: all of them, in order);
+    ``log_norm`` = log pi_k + log det U_k - D/2 log 2 pi - offset, shape (k,).
+    The chunk enters centred at c, as x - c for full and tied and as
+    [x - c | (x - c)^2], shape (n, 2D), for diag and spherical; with
+    m_k = mu_k - c, ``a`` and ``b`` map it to the Mahalanobis terms:
 
-    * full: a = [U_1 | ... | U_K], shape (D, K*D), and b = the concatenated
-      -(mu_k - c)^T U_k, shape (K*D,), so that one GEMM (x - c)^T a + b gives
-      every whitened residual y_k = U_k^T (x - mu_k) at once, laid out
-      (n, K, D) (the bias is added by the GEMM, whose inner dimension stays
-      D: a D+1 column would cost BLAS its aligned kernel, ~1.7x the time);
-    * tied: a = U (D, D); b = (mu - c) U, shape (K, D);
-    * diag: a = U^2, the precisions (K, D); b = (mu - c) U^2 (K, D);
-    * spherical: a = U^2 (K,); b = mu - c (K, D).
+    * full: a = [U_1 | ... | U_k], shape (D, k*D), and b = the concatenated
+      -m_k^T U_k, shape (k*D,), so that one GEMM (x - c)^T a + b gives every
+      whitened residual y_k = U_k^T (x - mu_k) at once, laid out (n, k, D)
+      (the bias is added by the GEMM, whose inner dimension stays D: a D+1
+      column would cost BLAS its aligned kernel, ~1.7x the time);
+    * tied: a = U (D, D); b = m U (k, D), and |y - b_k|^2 with y = U^T (x - c);
+    * diag: a = [-2 m_k prec_k ; prec_k] stacked, shape (2D, k), and
+      b = sum_d prec_kd m_kd^2 (k,): one GEMM [x - c | (x - c)^2] a + b;
+    * spherical: a = -2 m_k, shape (D, k), b = |m_k|^2 and ``scale`` = prec_k
+      (k,): (|x - c|^2 + (x - c) a + b) prec_k.
     """
 
-    centre: torch.Tensor
+    index: torch.Tensor | None
     log_norm: torch.Tensor
     a: torch.Tensor
     b: torch.Tensor
+    scale: torch.Tensor | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.a.dtype
+
+    @property
+    def size(self) -> int:
+        return self.log_norm.shape[0]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Per-iteration constants of the E-step.
+
+    ``centre`` c = sum_k pi_k mu_k (float64): data and means are shifted by it
+    before any cast, so float32 never sees large offsets.  ``offset``
+    (float64) is taken out of every log-normaliser so that float32 holds only
+    the differences between components; it is added back in float64.
+    ``groups``: the float32 components, then those that
+    :func:`float32_error` sends to float64; the E-step lays their columns
+    side by side, so that column j is component ``order[j]`` (None: the
+    identity).
+    """
+
+    centre: torch.Tensor
+    offset: float
+    groups: tuple[_Group, ...]
+    n_components: int
+    order: torch.Tensor | None = None
+    exact: "_Exact | None" = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The widest compute dtype of the groups."""
+        return self.groups[-1].dtype
+
+
+@dataclass(frozen=True)
+class _Exact:
+    """Diag and spherical components whose float32 expansion is not accurate enough.
+
+    They stay in the float32 GEMM with the others; then, for the rows where
+    that float32 value comes within ``margin`` of the row's best (80 nats,
+    below which a responsibility is nothing, plus ten times the component's
+    estimated float32 error), their Mahalanobis terms are recomputed in
+    float64 from the residuals x - mu_k, and so are their statistics.  Rows
+    further away get responsibility 0.  A few components far from the centre
+    then cost a few gathered rows, not a float64 pass over the chunk.
+
+    Attributes
+    ----------
+    index : LongTensor (r,)
+        The components; the E-step lays them out as its last r columns.
+    margin : Tensor (r,)
+    log_norm : Tensor (r,), float64
+    m : Tensor (r, D), float64
+        mu_k - c.
+    precision : Tensor (r, D), float64
+        1 / sigma^2 per feature (spherical: repeated).
+    """
+
+    index: torch.Tensor
+    margin: torch.Tensor
+    log_norm: torch.Tensor
+    m: torch.Tensor
+    precision: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """The (row, component) pairs of one chunk that :class:`_Exact` recomputed."""
+
+    rows: torch.Tensor
+    slots: torch.Tensor  # position of the component in ``_Exact.index``
+    residual: torch.Tensor  # (P, D) float64, x - c
 
 
 def _normalise_log(log_joint: torch.Tensor):
@@ -190,6 +435,12 @@ class GaussianMixtureModel:
     full-covariance scatter is accumulated in the whitened coordinates (unit
     scale, well conditioned in float32) and mapped back in float64.
 
+    With a float32 compute dtype, the components whose float32 error
+    (:func:`float32_error`) exceeds :data:`FLOAT32_TOLERANCE` are computed in
+    float64, each iteration anew, and so are those the M-step found too
+    narrow for float32 statistics; :meth:`refine` is how the EM engine asks
+    for more precision when a step loses it.
+
     Parameters
     ----------
     covariance_type : {"full", "tied", "diag", "spherical"}
@@ -204,7 +455,9 @@ class GaussianMixtureModel:
         self.reg_covar = reg_covar
         self.dtype = dtype
         self._cache: tuple | None = None
-        self._buffer: torch.Tensor | None = None
+        self._buffers: dict = {}
+        self._forced: torch.Tensor | None = None  # components kept in float64 whatever their estimate
+        self._pending: torch.Tensor | None = None  # components the last M-step found too narrow
         self.n_reseeded = 0
 
     def work_per_row(self, n_components: int, n_features: int) -> int:
@@ -214,74 +467,242 @@ class GaussianMixtureModel:
             return n_components * n_features
         return n_components + n_features
 
+    def refine(self) -> bool:
+        """More precision from now on: the components the last M-step found too
+        narrow for float32 (see :meth:`maximize`) move to float64, or, when it
+        found none, everything does.  False when everything already is."""
+        self._cache = None
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._forced = pending if self._forced is None else self._forced | pending
+            return True
+        if self.dtype == torch.float64:
+            return False
+        self.dtype = torch.float64
+        return True
+
+    def bound_rounding(self, bound: float) -> float:
+        """How far rounding may move a mean log-likelihood of size ``bound``."""
+        return 4 * float(torch.finfo(self.dtype).eps) * (1 + abs(bound))
+
     # ----------------------------------------------------------------- density
-    def prepare(self, params: GaussianMixtureParams, dtype: torch.dtype) -> _Prepared:
+    def prepare(self, params: GaussianMixtureParams) -> _Prepared:
         """E-step constants for ``params`` (memoised for the last params seen)."""
-        if self._cache is not None and self._cache[0] is params and self._cache[1] == dtype:
+        if self._cache is not None and self._cache[0] is params and self._cache[1] == self.dtype:
             return self._cache[2]
         f64 = torch.float64
-        means, U = params.means.to(f64), params.precisions_cholesky.to(f64)
+        weights, means = params.weights.to(f64), params.means.to(f64)
+        U = params.precisions_cholesky.to(f64)
         K, D = means.shape
-        centre = params.weights.to(f64) @ means
-        mc = means - centre
+        centre = weights @ means
         ct = self.covariance_type
-        if ct == "full":
-            a = U.permute(1, 0, 2).reshape(D, K * D)
-            b = -(mc.unsqueeze(1) @ U).reshape(K * D)
-            log_det = U.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        elif ct == "tied":
-            a, b = U, mc @ U
-            log_det = U.diagonal().log().sum().expand(K)
-        elif ct == "diag":
-            a, b = U.square(), mc * U.square()
-            log_det = U.log().sum(-1)
-        else:
-            a, b = U.square(), mc
-            log_det = D * U.log()
-        log_norm = params.weights.to(f64).log() + log_det - 0.5 * D * math.log(2 * math.pi)
-        prep = _Prepared(centre, log_norm.to(dtype), a.to(dtype).contiguous(), b.to(dtype).contiguous())
-        self._cache = (params, dtype, prep)
+        log_norm = self.log_normalisers(params)
+        finite = log_norm[torch.isfinite(log_norm)]
+        offset = float(finite.max()) if finite.numel() else 0.0
+        log_norm = log_norm - offset
+        split, order, exact = [(None, self.dtype)], None, None
+        if self.dtype != f64:
+            error = float32_error(params, ct)
+            precise = error > FLOAT32_TOLERANCE
+            if self._forced is not None:
+                precise |= self._forced
+            if bool(precise.all()) or not bool(torch.isfinite(error).all()):
+                split = [(None, f64)]
+            elif bool(precise.any()) and ct in ("diag", "spherical"):
+                risky = torch.nonzero(precise).flatten()
+                order = torch.cat([torch.nonzero(~precise).flatten(), risky])
+                split = [(order, self.dtype)]
+                exact = self._exact(risky, error, means - centre, U, log_norm)
+            elif bool(precise.any()):
+                idx32, idx64 = torch.nonzero(~precise).flatten(), torch.nonzero(precise).flatten()
+                split, order = [(idx32, self.dtype), (idx64, f64)], torch.cat([idx32, idx64])
+        groups = tuple(self._group(index, dtype, means - centre, U, log_norm)
+                       for index, dtype in split)
+        prep = _Prepared(centre, offset, groups, K, order, exact)
+        self._cache = (params, self.dtype, prep)
         return prep
 
-    def _mahalanobis(self, prep: _Prepared, Xc: torch.Tensor):
-        """Squared Mahalanobis distances, shape (n, K), and for ``full`` the
-        whitened residuals y_nk, shape (n, K, D); None otherwise."""
+    def log_normalisers(self, params: GaussianMixtureParams) -> torch.Tensor:
+        """log pi_k + log det U_k - D/2 log 2 pi, shape (K,), float64: log p(x, z=k) at
+        x = mu_k, so that log p(x, z=k) = this - 1/2 (squared Mahalanobis distance)."""
+        f64 = torch.float64
+        U = params.precisions_cholesky.to(f64)
+        K, D = params.means.shape
         ct = self.covariance_type
         if ct == "full":
-            n, D = Xc.shape
-            KD = prep.a.shape[1]
-            out = self._workspace(n * KD, Xc).view(n, KD)
-            Y = torch.addmm(prep.b, Xc, prep.a, out=out).view(n, KD // D, D)
+            log_det = U.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        elif ct == "tied":
+            log_det = U.diagonal().log().sum().expand(K)
+        elif ct == "diag":
+            log_det = U.log().sum(-1)
+        else:
+            log_det = D * U.log()
+        return params.weights.to(f64).log() + log_det - 0.5 * D * math.log(2 * math.pi)
+
+    def _exact(self, index, error, mc, U, log_norm) -> _Exact:
+        """The :class:`_Exact` constants of the diag/spherical components ``index``."""
+        precision = U[index].square()
+        if precision.ndim == 1:
+            precision = precision[:, None].expand(-1, mc.shape[1])
+        margin = (80.0 + 10 * error[index]).to(self.dtype)
+        return _Exact(index, margin, log_norm[index], mc[index], precision)
+
+    def _group(self, index, dtype, mc, U, log_norm) -> _Group:
+        """The E-step constants of the components ``index`` (None: all) in ``dtype``."""
+        ct = self.covariance_type
+        if index is not None:
+            mc, log_norm = mc[index], log_norm[index]
+            U = U if ct == "tied" else U[index]
+        k, D = mc.shape
+        scale = None
+        if ct == "full":
+            a = U.permute(1, 0, 2).reshape(D, k * D)
+            b = -(mc.unsqueeze(1) @ U).reshape(k * D)
+        elif ct == "tied":
+            a, b = U, mc @ U
+        elif ct == "diag":
+            prec = U.square()
+            a, b = torch.cat([-2 * mc * prec, prec], 1).mT, (prec * mc.square()).sum(1)
+        else:
+            a, b, scale = -2 * mc.mT, mc.square().sum(1), U.square().to(dtype)
+        return _Group(index, log_norm.to(dtype), a.to(dtype).contiguous(), b.to(dtype).contiguous(),
+                      scale)
+
+    def _mahalanobis(self, group: _Group, F: torch.Tensor):
+        """Squared Mahalanobis distances, shape (n, k), and for ``full`` the
+        whitened residuals y_nk, shape (n, k, D); None otherwise.
+
+        ``F`` is the chunk as :meth:`_features` lays it out.
+        """
+        ct = self.covariance_type
+        if ct == "full":
+            n, D = F.shape
+            kD = group.a.shape[1]
+            out = self._workspace(n * kD, F, "residuals").view(n, kD)
+            Y = torch.addmm(group.b, F, group.a, out=out).view(n, kD // D, D)
             # one fused pass, no squared copy of Y
             return torch.linalg.vector_norm(Y, dim=2).square_(), Y
         if ct == "tied":
-            Y = Xc @ prep.a
-            maha = Y.square().sum(1, keepdim=True) - 2 * Y @ prep.b.mT + prep.b.square().sum(1)
+            Y = F @ group.a
+            maha = Y.square().sum(1, keepdim=True) - 2 * Y @ group.b.mT + group.b.square().sum(1)
         elif ct == "diag":
-            b_const = (prep.b.square() / prep.a).sum(1)
-            maha = Xc.square() @ prep.a.mT - 2 * Xc @ prep.b.mT + b_const
-        else:
-            dist = Xc.square().sum(1, keepdim=True) - 2 * Xc @ prep.b.mT + prep.b.square().sum(1)
-            maha = dist * prep.a
+            maha = torch.addmm(group.b, F, group.a)
+        else:  # |x - c|^2 - 2 (x - c).m + |m|^2, from the two halves of F
+            D = F.shape[1] // 2
+            maha = torch.addmm(group.b, F[:, :D], group.a).add_(F[:, D:].sum(1, keepdim=True))
+            maha *= group.scale
         return maha.clamp_min_(0.0), None
 
-    def _workspace(self, size: int, like: torch.Tensor) -> torch.Tensor:
-        """A reused flat buffer of at least ``size`` elements for the chunk's residuals.
+    def _workspace(self, size: int, like: torch.Tensor, role: str) -> torch.Tensor:
+        """A reused flat buffer of at least ``size`` elements for a chunk's work.
 
         A fresh multi-megabyte tensor per chunk comes from the system (mmap)
         and pays a page fault on every first touch: as much as the GEMM
-        that fills it. The buffer lives until the next chunk; the residuals
-        are never kept beyond their own chunk.
+        that fills it. One buffer per role and dtype lives until the next
+        chunk; what it holds is never kept beyond its own chunk.
         """
-        buf = self._buffer
-        if buf is None or buf.numel() < size or buf.dtype != like.dtype or buf.device != like.device:
+        key = (role, like.dtype)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < size or buf.device != like.device:
             buf = torch.empty(size, dtype=like.dtype, device=like.device)
-            self._buffer = buf
+            self._buffers[key] = buf
         return buf[:size]
 
-    def _centred(self, prep: _Prepared, X: torch.Tensor) -> torch.Tensor:
-        """x - c in the data's own precision, then cast to the compute dtype."""
-        return (X - prep.centre.to(X.dtype)).to(self.dtype)
+    def _features(self, prep: _Prepared, X: torch.Tensor) -> list[tuple[_Group, torch.Tensor]]:
+        """Each group with the chunk as its E-step reads it, once per dtype.
+
+        The chunk is centred at c in (at least) the data's own precision, then
+        cast to the group's dtype; for diag and spherical it is laid out
+        [x - c | (x - c)^2], shape (n, 2D), so that one GEMM gives the
+        Mahalanobis terms and one more both statistics.
+        """
+        out, done = [], {}
+        for group in prep.groups:
+            dtype = group.dtype
+            if dtype not in done:
+                if dtype == torch.float64 or X.dtype == torch.float64:
+                    Xc = (X.to(torch.float64) - prep.centre).to(dtype)
+                else:
+                    Xc = X - prep.centre.to(X.dtype)
+                if self.covariance_type in ("diag", "spherical"):
+                    n, D = Xc.shape
+                    F = self._workspace(2 * n * D, Xc, "features").view(n, 2 * D)
+                    F[:, :D] = Xc
+                    torch.mul(Xc, Xc, out=F[:, D:])
+                    Xc = F
+                done[dtype] = Xc
+            out.append((group, done[dtype]))
+        return out
+
+    def _log_joint_columns(self, prep: _Prepared, features):
+        """log p(x, z) less the offset, shape (n, K), with the groups' columns side
+        by side (see ``prep.order``), and each group's whitened residuals (full)
+        or None.
+
+        In the widest dtype of the groups: a component sent to float64 keeps
+        float64 through its responsibilities (the fits that need it, components
+        collapsing onto a subspace, amplify any rounding of them).
+        """
+        columns, residuals = [], []
+        for group, F in features:
+            maha, Y = self._mahalanobis(group, F)
+            columns.append(group.log_norm - 0.5 * maha)
+            residuals.append(Y)
+        if len(columns) == 1:
+            return columns[0], residuals
+        return torch.cat([c.to(prep.dtype) for c in columns], 1), residuals
+
+    def _exact_pairs(self, prep: _Prepared, X: torch.Tensor, lj: torch.Tensor, resp=None) -> _Pairs:
+        """Recompute :class:`_Exact`'s components in float64 where they matter.
+
+        With ``lj`` (the float32 log joint of the chunk, less the offset):
+        the pairs within the margin of their row's best get their float64
+        value, the others -inf, in place.  With ``resp`` instead (statistics
+        from given responsibilities), the pairs with a positive one.
+        """
+        ex = prep.exact
+        first = prep.n_components - ex.index.shape[0]  # their columns: the last ones
+        if resp is None:
+            cols = lj[:, first:]
+            top = lj.amax(1, keepdim=True)
+            rows, slots = torch.nonzero(cols >= top - ex.margin).unbind(1)
+        else:
+            rows, slots = torch.nonzero(resp[:, first:] > 0).unbind(1)
+        residual = X[rows].to(torch.float64) - prep.centre
+        if resp is None:
+            maha = ((residual - ex.m[slots]).square() * ex.precision[slots]).sum(1)
+            cols.fill_(-math.inf)
+            cols[rows, slots] = (ex.log_norm[slots] - 0.5 * maha).to(cols.dtype)
+        return _Pairs(rows, slots, residual)
+
+    def _exact_statistics(self, prep: _Prepared, pairs: _Pairs, rw: torch.Tensor) -> dict:
+        """``s1`` and ``s2`` of the :class:`_Exact` components, float64 sums over the
+        recomputed pairs (``rw`` in the E-step's column order)."""
+        ex = prep.exact
+        first = prep.n_components - ex.index.shape[0]
+        r = rw[pairs.rows, first + pairs.slots].to(torch.float64)
+        rx = pairs.residual * r[:, None]
+        zeros = pairs.residual.new_zeros((ex.index.shape[0], pairs.residual.shape[1]))
+        return {"s1": zeros.index_add(0, pairs.slots, rx),
+                "s2": zeros.index_add(0, pairs.slots, rx * pairs.residual)}
+
+    def log_joint_shifted(self, params: GaussianMixtureParams, X: torch.Tensor):
+        """log p(x, z=k) less a constant, for every sample and component.
+
+        Returns
+        -------
+        log_joint : Tensor, shape (n, K)
+            In the compute dtype (float64 when a component needs it).
+        offset : float
+            The constant: log p(x, z=k) = log_joint + offset.
+        """
+        prep = self.prepare(params)
+        lj, _ = self._log_joint_columns(prep, self._features(prep, X))
+        if prep.exact is not None:
+            self._exact_pairs(prep, X, lj)
+        if prep.order is not None:
+            lj = lj.index_select(1, torch.argsort(prep.order))
+        return lj, prep.offset
 
     def log_joint(self, params: GaussianMixtureParams, X: torch.Tensor) -> torch.Tensor:
         """log p(x, z=k) for every sample and component.
@@ -294,13 +715,12 @@ class GaussianMixtureModel:
         -------
         Tensor, shape (n, K)
         """
-        prep = self.prepare(params, self.dtype)
-        maha, _ = self._mahalanobis(prep, self._centred(prep, X))
-        return prep.log_norm - 0.5 * maha
+        lj, offset = self.log_joint_shifted(params, X)
+        return lj + offset
 
     # ----------------------------------------------------------------- E-step
     def statistics_from_responsibilities(
-        self, params: GaussianMixtureParams, X, resp, weight, *, prep=None, Xc=None, Y=None
+        self, params: GaussianMixtureParams, X, resp, weight
     ) -> dict[str, torch.Tensor]:
         """Expected sufficient statistics of a batch given responsibilities.
 
@@ -313,8 +733,6 @@ class GaussianMixtureModel:
         resp : Tensor, shape (n, K)
             q(z = k | x_n), rows summing to 1.
         weight : Tensor of shape (n,) or None
-        prep, Xc, Y : optional
-            The E-step's own intermediate results, when already computed.
 
         Returns
         -------
@@ -324,30 +742,54 @@ class GaussianMixtureModel:
             (D, D) sum_n w_n (x_n - c)(x_n - c)^T (tied), (K, D)
             sum r (x - c)^2 elementwise (diag, spherical).
         """
+        prep = self.prepare(params)
+        features = self._features(prep, X)
+        if prep.order is not None:
+            resp = resp[:, prep.order]
+        pairs = None if prep.exact is None else self._exact_pairs(prep, X, None, resp)
+        return self._statistics(prep, features, [None] * len(features), resp, weight, pairs)
+
+    def _statistics(self, prep: _Prepared, features, residuals, resp, weight, pairs=None):
+        """The statistics of :meth:`statistics_from_responsibilities`, from the
+        responsibilities in the E-step's column order, back in component order
+        (and float64 sums for the recomputed ``pairs``)."""
         f64 = torch.float64
-        if prep is None:
-            prep = self.prepare(params, self.dtype)
-        if Xc is None:
-            Xc = self._centred(prep, X)
-        resp = resp.to(Xc.dtype)
         rw = resp if weight is None else resp * weight[:, None].to(resp.dtype)
-        stats = {"nk": rw.sum(0, dtype=f64)}
+        parts, start = [], 0
+        for (group, F), Y in zip(features, residuals):
+            stop = start + group.size - (0 if pairs is None else prep.exact.index.shape[0])
+            rw_g = rw if stop - start == rw.shape[1] else rw[:, start:stop]
+            start = stop
+            parts.append(self._group_statistics(group, F, rw_g.to(F.dtype), Y))
+        if pairs is not None:
+            parts.append(self._exact_statistics(prep, pairs, rw))
+        stats = {key: parts[0][key] if len(parts) == 1 else torch.cat([p[key] for p in parts])
+                 for key in parts[0]}
+        stats["nk"] = rw.sum(0, dtype=f64)
+        if prep.order is not None:
+            for key, value in stats.items():
+                stats[key] = torch.empty_like(value).index_copy_(0, prep.order, value)
+        if self.covariance_type == "tied":  # pooled over components: in the widest dtype
+            Xc = features[-1][1]
+            xw = Xc if weight is None else Xc * weight[:, None].to(Xc.dtype)
+            stats["s2"] = (xw.mT @ Xc).to(f64)
+        return stats
+
+    def _group_statistics(self, group: _Group, F, rw, Y) -> dict[str, torch.Tensor]:
+        """``s1`` (and ``s2`` but for tied) of one group's components, float64."""
+        f64 = torch.float64
         ct = self.covariance_type
         if ct == "full":
             if Y is None:
-                Y = self._mahalanobis(prep, Xc)[1]
-            Yk, rwk = self._active_rows(Y, rw)  # (K, n', D), (K, n')
+                Y = self._mahalanobis(group, F)[1]
+            Yk, rwk = self._active_rows(Y, rw)  # (k, n', D), (k, n')
             weighted = Yk * rwk.unsqueeze(2)
-            stats["s1"] = weighted.sum(1).to(f64)
-            stats["s2"] = torch.bmm(weighted.mT, Yk).to(f64)
-            return stats
-        stats["s1"] = (rw.mT @ Xc).to(f64)
+            return {"s1": weighted.sum(1).to(f64), "s2": torch.bmm(weighted.mT, Yk).to(f64)}
         if ct == "tied":
-            xw = Xc if weight is None else Xc * weight[:, None].to(Xc.dtype)
-            stats["s2"] = (xw.mT @ Xc).to(f64)
-        else:
-            stats["s2"] = (rw.mT @ Xc.square()).to(f64)
-        return stats
+            return {"s1": (rw.mT @ F).to(f64)}
+        both = (rw.mT @ F).to(f64)  # (k, 2D): sums of x - c and of (x - c)^2
+        D = both.shape[1] // 2
+        return {"s1": both[:, :D], "s2": both[:, D:]}
 
     def _active_rows(self, Y: torch.Tensor, rw: torch.Tensor):
         """Per component, only the rows whose responsibility is not negligible.
@@ -372,7 +814,7 @@ class GaussianMixtureModel:
         rwk : Tensor, shape (K, c)
         """
         n, K, D = Y.shape
-        if self.dtype == torch.float32 and n >= 64:
+        if Y.dtype == torch.float32 and n >= 64:
             # the active (component, row) pairs, grouped by component, rows ascending
             k, i = torch.nonzero(rw.T > 1e-10).unbind(1)
             counts = torch.bincount(k, minlength=K)
@@ -400,12 +842,13 @@ class GaussianMixtureModel:
         log_likelihood : float64 scalar tensor
             sum_n w_n log p(x_n).
         """
-        prep = self.prepare(params, self.dtype)
-        Xc = self._centred(prep, X)
-        maha, Y = self._mahalanobis(prep, Xc)
-        resp, log_px = _normalise_log(prep.log_norm - 0.5 * maha)
-        stats = self.statistics_from_responsibilities(params, X, resp, weight, prep=prep, Xc=Xc, Y=Y)
-        lp = log_px.to(torch.float64)
+        prep = self.prepare(params)
+        features = self._features(prep, X)
+        lj, residuals = self._log_joint_columns(prep, features)
+        pairs = None if prep.exact is None else self._exact_pairs(prep, X, lj)
+        resp, log_px = _normalise_log(lj)
+        stats = self._statistics(prep, features, residuals, resp, weight, pairs)
+        lp = log_px.to(torch.float64) + prep.offset
         log_lik = lp.sum() if weight is None else lp @ weight.to(torch.float64)
         return stats, log_lik
 
@@ -485,8 +928,34 @@ class GaussianMixtureModel:
         """Closed-form maximiser of E_q[log p(x, z)] (the M-step), in float64.
 
         ``params`` is the anchor the statistics were taken against.
+
+        Raises
+        ------
+        PrecisionLostError
+            When a component's statistics were summed in float32 but its new
+            parameters are too narrow for float32 (:func:`float32_error`):
+            its variance came out of a difference that float32 cannot resolve.
         """
-        return self.from_moments(self.moments(stats, params))
+        new = self.from_moments(self.moments(stats, params))
+        if self.dtype != torch.float64:
+            summed32 = self._float32_components(self.prepare(params))
+            lost = summed32 & (float32_error(new, self.covariance_type) > FLOAT32_TOLERANCE)
+            if bool(lost.any()):
+                self._pending = lost
+                raise PrecisionLostError(
+                    f"{int(lost.sum())} component(s) became too narrow for float32 statistics.")
+        return new
+
+    @staticmethod
+    def _float32_components(prep: _Prepared) -> torch.Tensor:
+        """Which components ``prep`` computes in float32, a boolean mask (K,)."""
+        mask = torch.zeros(prep.n_components, dtype=torch.bool, device=prep.centre.device)
+        for group in prep.groups:
+            if group.dtype != torch.float64:
+                mask[slice(None) if group.index is None else group.index] = True
+        if prep.exact is not None:
+            mask[prep.exact.index] = False
+        return mask
 
     def moments_of(self, params: GaussianMixtureParams) -> Moments:
         """The moments that ``params`` were made from (covariances less reg_covar)."""
@@ -538,6 +1007,69 @@ class GaussianMixtureModel:
              "spherical": torch.ones(K, dtype=f64, device=means.device)}[self.covariance_type]
         weights = torch.full((K,), 1.0 / K, dtype=f64, device=means.device)
         return GaussianMixtureParams(weights, means.to(f64), U, U)
+
+    def statistics_from_labels(self, centres: torch.Tensor, X, labels, weight) -> dict[str, torch.Tensor]:
+        """Statistics of hard assignments, in float64, about each row's own centre.
+
+        The initialisation's M-step: each row belongs to one component (its
+        nearest centre), so a full covariance needs only its own rows (n D^2
+        work instead of the E-step's n K D^2), and a component of identical
+        rows at its centre gets exactly zero spread.  Additive over batches;
+        :meth:`moments_from_labels` turns the sums into moments.
+
+        Parameters
+        ----------
+        centres : Tensor, shape (K, D)
+        X : Tensor, shape (n, D)
+        labels : LongTensor, shape (n,)
+        weight : Tensor of shape (n,) or None
+
+        Returns
+        -------
+        dict of float64 tensors
+            ``nk`` (K,); ``s1`` (K, D) sum w (x - centre); ``s2`` sum w r r^T
+            with r = x - centre: (K, D, D) full, pooled (D, D) tied, (K, D)
+            elementwise diag and spherical.
+        """
+        f64 = torch.float64
+        K, D = centres.shape
+        w = (torch.ones(X.shape[0], dtype=f64, device=X.device) if weight is None
+             else weight.to(f64))
+        zeros = centres.new_zeros
+        R = X.to(f64) - centres.to(f64)[labels]
+        Rw = R * w[:, None]
+        stats = {"nk": zeros(K, dtype=f64).index_add_(0, labels, w),
+                 "s1": zeros(K, D, dtype=f64).index_add_(0, labels, Rw)}
+        ct = self.covariance_type
+        if ct == "tied":
+            stats["s2"] = Rw.mT @ R
+        elif ct in ("diag", "spherical"):
+            stats["s2"] = zeros(K, D, dtype=f64).index_add_(0, labels, Rw * R)
+        else:
+            order = torch.argsort(labels, stable=True)
+            R, Rw = R[order], Rw[order]
+            stats["s2"] = zeros(K, D, D, dtype=f64)
+            start = 0
+            for k, count in enumerate(torch.bincount(labels, minlength=K).tolist()):
+                if count:
+                    stats["s2"][k] = Rw[start:start + count].mT @ R[start:start + count]
+                start += count
+        return stats
+
+    def moments_from_labels(self, stats, centres: torch.Tensor) -> Moments:
+        """Moments from :meth:`statistics_from_labels`'s sums (summed over batches)."""
+        f64 = torch.float64
+        nk = stats["nk"]
+        shift = stats["s1"] / nk.clamp_min(10 * torch.finfo(f64).eps)[:, None]
+        means = centres.to(f64) + shift
+        ct = self.covariance_type
+        if ct == "full":
+            n = nk.clamp_min(10 * torch.finfo(f64).eps)[:, None, None]
+            return Moments(nk, means, stats["s2"] / n - shift.unsqueeze(2) * shift.unsqueeze(1))
+        if ct == "tied":
+            return Moments(nk, means, (stats["s2"] - (shift.mT * nk) @ shift) / nk.sum())
+        n = nk.clamp_min(10 * torch.finfo(f64).eps)[:, None]
+        return Moments(nk, means, (stats["s2"] / n - shift.square()).clamp_min(0.0))
 
     # ----------------------------------------------------------------- sampling
     def sample(self, params: GaussianMixtureParams, n: int, generator: torch.Generator):

@@ -165,10 +165,8 @@ class MixtureOf(Family):
             if M == 1 or rows.numel() <= M:
                 labels = torch.arange(rows.numel(), device=rows.device) % M
             else:
-                from elbokit.data.sources import InMemorySource
-
                 centres = kmeans_plusplus(E[rows], M, generator)
-                centres = lloyd(InMemorySource(E[rows], batch_size=65536), centres, max_iter=20)
+                centres = lloyd(E[rows], centres, max_iter=20)[0]
                 labels = ((E[rows][:, None, :] - centres[None]) ** 2).sum(2).argmin(1)
             inner[rows, k, labels] = 1.0
             empty = inner[rows, k].sum(0) == 0  # fewer rows than components: the state's mean
