@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
-import time
 import warnings
 from pathlib import Path
 
@@ -56,7 +55,6 @@ def main():
         size = max(32, len(X) // 20)
         gaps = []
         for offset, decay in SCHEDULES:
-            t = time.perf_counter()
             online = elbokit.BayesianGaussianMixture(args.k, algorithm="online", batch_size=size,
                                                      max_iter=args.passes, tol=0, step_offset=offset,
                                                      step_decay=decay, **kw).fit(X)

@@ -362,7 +362,7 @@ def main(argv=None):
         Xs, ls = hmm_data(40 if quick else 200, 50 if quick else 100, 4, 3, seed=1)
         agreement("GaussianHMM diag (synthetic)", "diag", 4, Xs, ls)
         agreement("GaussianHMM full (synthetic)", "full", 4, Xs, ls)
-        agreement(f"GaussianHMM diag (Fashion-MNIST rows)", "diag", 8, Xf, lf)
+        agreement("GaussianHMM diag (Fashion-MNIST rows)", "diag", 8, Xf, lf)
         agreement(f"CategoricalHMM (KJV, {len(lc)} verses)", "categorical", 2, Xc, lc,
                   with_pomegranate=False)
         # pomegranate batches variable lengths one tensor per distinct length: slow, so fewer verses

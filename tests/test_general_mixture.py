@@ -10,7 +10,6 @@ import torch
 import elbokit
 from elbokit import ConvergenceWarning, GaussianMixture, Mixture
 from elbokit.families import (
-    Bernoulli,
     Categorical,
     FactorAnalyzer,
     Family,

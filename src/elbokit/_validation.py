@@ -277,6 +277,22 @@ def check_nonneg_float(value, name: str, strict: bool = False) -> float:
     return float(value)
 
 
+def check_mixture_settings(estimator) -> None:
+    """The settings every Gaussian mixture estimator shares (GaussianMixture and the Bayesian one).
+
+    Checks ``n_components``, ``max_iter`` (0 allowed), ``n_init``, ``verbose``, ``tol``,
+    ``reg_covar`` and ``batch_size`` (None or a positive integer) of ``estimator``.
+    """
+    check_positive_int(estimator.n_components, "n_components")
+    check_positive_int(estimator.max_iter, "max_iter", minimum=0)
+    check_positive_int(estimator.n_init, "n_init")
+    check_positive_int(estimator.verbose, "verbose", minimum=0)
+    check_nonneg_float(estimator.tol, "tol")
+    check_nonneg_float(estimator.reg_covar, "reg_covar")
+    if estimator.batch_size is not None:
+        check_positive_int(estimator.batch_size, "batch_size")
+
+
 def make_generator(random_state, device: torch.device) -> torch.Generator:
     """A torch generator seeded from ``random_state`` (None, int or a NumPy RandomState)."""
     if random_state is None:

@@ -14,6 +14,7 @@ from elbokit import io
 from elbokit._validation import (
     InputKind,
     as_sample_weight,
+    check_mixture_settings,
     check_nonneg_float,
     check_positive_int,
     make_generator,
@@ -191,14 +192,7 @@ class BayesianGaussianMixture(ElbokitEstimator):
 
     # ------------------------------------------------------------ validation
     def _check_hyperparameters(self):
-        check_positive_int(self.n_components, "n_components")
-        check_positive_int(self.max_iter, "max_iter", minimum=0)
-        check_positive_int(self.n_init, "n_init")
-        check_positive_int(self.verbose, "verbose", minimum=0)
-        check_nonneg_float(self.tol, "tol")
-        check_nonneg_float(self.reg_covar, "reg_covar")
-        if self.batch_size is not None:
-            check_positive_int(self.batch_size, "batch_size")
+        check_mixture_settings(self)
         for name, value, allowed in (("covariance_type", self.covariance_type, COVARIANCE_TYPES),
                                      ("weight_concentration_prior_type",
                                       self.weight_concentration_prior_type, WEIGHT_PRIORS),

@@ -1175,8 +1175,6 @@ def report(model_dir, data, out, labels, heldout, force):
     """Write a self-contained HTML report of a fitted model (and its tables as CSV files)."""
     from elbokit.report import build_report
 
-    from elbokit import files
-
     target = Path(out) if out else Path(model_dir) / "report.html"
     claim = _claim(target, force, "report file", protect=[data, *_model_files(model_dir)])
     start = time.perf_counter()

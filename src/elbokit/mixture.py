@@ -16,8 +16,7 @@ from elbokit._validation import (
     as_2d_tensor,
     as_sample_weight,
     check_feature_names,
-    check_nonneg_float,
-    check_positive_int,
+    check_mixture_settings,
     make_generator,
     output_dtype,
     resolve_device,
@@ -246,14 +245,7 @@ class GaussianMixture(ElbokitEstimator):
 
     # ------------------------------------------------------------ validation
     def _check_hyperparameters(self):
-        check_positive_int(self.n_components, "n_components")
-        check_positive_int(self.max_iter, "max_iter", minimum=0)
-        check_positive_int(self.n_init, "n_init")
-        check_positive_int(self.verbose, "verbose", minimum=0)
-        check_nonneg_float(self.tol, "tol")
-        check_nonneg_float(self.reg_covar, "reg_covar")
-        if self.batch_size is not None:
-            check_positive_int(self.batch_size, "batch_size")
+        check_mixture_settings(self)
         if self.covariance_type not in COVARIANCE_TYPES:
             raise ValueError(
                 f"covariance_type={self.covariance_type!r} is not supported: "

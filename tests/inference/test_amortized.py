@@ -1,6 +1,5 @@
 """The amortised-VI objectives and training loop."""
 
-import math
 
 import torch
 

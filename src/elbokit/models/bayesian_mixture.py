@@ -329,7 +329,6 @@ class BayesianGaussianMixtureModel:
     def natural(self, params: BGMMParams) -> dict:
         """Natural parameters (centred at the prior mean), in which the target of a
         global update is linear in the statistics: the blend of stochastic VI."""
-        ct = self.covariance_type
         beta, nu = params.mean_precision, params.degrees_of_freedom
         d = params.means - self.prior.mean
         return {"wc": params.weight_concentration, "beta": beta, "beta_d": beta[:, None] * d,
