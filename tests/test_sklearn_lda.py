@@ -138,3 +138,30 @@ def test_lda_dtype_match_float64(learning_method):
 @pytest.mark.parametrize("learning_method", ["batch", "online"])
 def test_lda_dtype_match_float32(learning_method):
     ref.test_lda_dtype_match(learning_method, np.float32)
+
+
+# ------------------------------------------------------------------ the adapter itself
+def test_scikit_learns_tests_were_imported_and_run_against_elbokit():
+    """The suite above is scikit-learn's (not an empty import), and it fits elbokit's LDA."""
+    imported = [n for n in globals() if n.startswith("test_lda") or n.startswith("test_verbosity")]
+    assert len(imported) >= 15, imported
+    assert ref.LatentDirichletAllocation is LatentDirichletAllocation
+    assert issubclass(ref.LatentDirichletAllocation, LDA)
+
+
+def test_the_adapter_only_renames_parameters():
+    """A fit through scikit-learn's names equals elbokit's LDA with the same settings."""
+    X = np.random.default_rng(0).poisson(1.0, size=(40, 25))
+    adapted = LatentDirichletAllocation(n_components=3, doc_topic_prior=0.4, topic_word_prior=0.2,
+                                        learning_method="online", learning_decay=0.6,
+                                        learning_offset=5.0, max_iter=4, batch_size=16,
+                                        total_samples=40, random_state=1).fit(X)
+    direct = LDA(3, alpha=0.4, eta=0.2, method="online", kappa=0.6, tau0=5.0, max_iter=4,
+                 batch_size=16, total_docs=40, local_tol=1e-3, local_max_iter=100, tol=1e-4,
+                 dtype="float32", random_state=1).fit(X)
+    np.testing.assert_array_equal(adapted.components_, direct.components_)
+    np.testing.assert_array_equal(adapted.transform(X), direct.transform(X))
+    assert adapted.components_.shape == (3, 25)
+    # scikit-learn's None priors are its documented 1/K
+    default = LatentDirichletAllocation(n_components=4, max_iter=2, random_state=0).fit(X)
+    np.testing.assert_allclose(default.alpha_, 0.25)
