@@ -107,3 +107,17 @@ for _name in SUITES:
 # hmmlearn/tests/__init__.py turned every numpy floating-point event (underflow included) into
 # a warning for the whole session, which pytest then raises in unrelated tests
 np.seterr(**_NUMPY_ERRORS)
+
+
+def test_hmmlearns_suites_were_loaded_against_elbokit():
+    """Each of hmmlearn's four test modules gave test classes here, built on elbokit's models."""
+    import elbokit
+    from tests.hmmlearn_adapter import hmm_module
+
+    classes = {name: obj for name, obj in globals().items()
+               if name.startswith("Test_") and isinstance(obj, type)}
+    for suite in SUITES:
+        assert any(name.startswith(f"Test_{suite[5:]}_") for name in classes), suite
+    assert issubclass(hmm_module.GaussianHMM, elbokit.GaussianHMM)
+    assert issubclass(hmm_module.CategoricalHMM, elbokit.CategoricalHMM)
+    assert issubclass(hmm_module.PoissonHMM, elbokit.PoissonHMM)

@@ -91,3 +91,14 @@ def _seeds():
 @pytest.fixture(params=_seeds())
 def global_random_seed(request):
     return request.param
+
+
+def test_scikit_learns_suite_was_loaded_and_fits_elbokit():
+    """The tests above are scikit-learn's (not an empty import) and construct elbokit's estimator."""
+    assert sum(name.startswith("test_") for name in vars(suite)) >= 30
+    assert suite.GaussianMixture is GaussianMixture
+    X = np.random.default_rng(0).normal(size=(60, 2))
+    fitted = suite.GaussianMixture(n_components=2, random_state=0).fit(X)
+    assert isinstance(fitted, elbokit.GaussianMixture) and fitted.dtype == "float64"
+    direct = elbokit.GaussianMixture(2, dtype="float64", random_state=0).fit(X)
+    np.testing.assert_array_equal(fitted.means_, direct.means_)
