@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from sklearn.base import BaseEstimator
 
 from elbokit import io
@@ -50,3 +52,24 @@ class ElbokitEstimator(BaseEstimator):
         same atomic step.  Load it back with :func:`elbokit.load`.
         """
         return io.save(self, path, overwrite=overwrite, extra_files=extra_files)
+
+
+class InformationCriteria:
+    """BIC and AIC for a likelihood model fitted by EM.
+
+    The estimator provides ``_total_log_likelihood(X) -> (sum of log p(x), n_samples)``
+    and ``_n_parameters()`` (the number of free parameters the fit estimates).
+    """
+
+    def bic(self, X):
+        """Bayesian information criterion on X: -2 log p(X) + p log n (lower is better)."""
+        return self._criterion(self._total_log_likelihood(X), "bic")
+
+    def aic(self, X):
+        """Akaike information criterion on X: -2 log p(X) + 2 p (lower is better)."""
+        return self._criterion(self._total_log_likelihood(X), "aic")
+
+    def _criterion(self, total_and_n, which: str) -> float:
+        total, n = total_and_n
+        penalty = math.log(n) if which == "bic" else 2.0
+        return -2 * total + self._n_parameters() * penalty

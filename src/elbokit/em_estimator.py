@@ -30,7 +30,7 @@ from elbokit._validation import (
 )
 from elbokit import io
 from elbokit import priors
-from elbokit.base import ElbokitEstimator
+from elbokit.base import ElbokitEstimator, InformationCriteria
 from elbokit.data.sources import InMemorySource, as_source, is_source_like, sample_rows
 from elbokit.families import Family, family_spec, get_family
 from elbokit.families.base import F64
@@ -93,7 +93,7 @@ def _expected_params(model) -> dict:
     return {k: (tuple(v), F64) for k, v in shapes.items()}
 
 
-class FamilyEMEstimator(ElbokitEstimator):
+class FamilyEMEstimator(InformationCriteria, ElbokitEstimator):
     """Base class of the EM estimators over a component family (see module docstring).
 
     Subclasses set the hyperparameters in ``__init__`` (scikit-learn style)
@@ -575,14 +575,3 @@ class FamilyEMEstimator(ElbokitEstimator):
         lp, _ = self._chunked(X, lambda m, p, Xb: torch.logsumexp(m.log_joint(p, Xb), 1).to(F64))
         return float(lp.sum()), lp.shape[0]
 
-    def bic(self, X):
-        """Bayesian information criterion on X (lower is better)."""
-        import math
-
-        total, n = self._total_log_likelihood(X)
-        return -2 * total + self._n_parameters() * math.log(n)
-
-    def aic(self, X):
-        """Akaike information criterion on X (lower is better)."""
-        total, _ = self._total_log_likelihood(X)
-        return -2 * total + 2 * self._n_parameters()

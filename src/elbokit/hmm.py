@@ -21,7 +21,6 @@ per sequence, ``tol`` is per sample, ``algorithm`` chooses EM or stepwise EM,
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -541,13 +540,11 @@ class HMM(FamilyEMEstimator):
     def bic(self, X, lengths=None):
         """Bayesian information criterion: -2 log p(X) + n_free log(n_samples) (lower is better).
         Free parameters: those EM fits (``params``), structural zeros excluded."""
-        total, n = self._total(X, lengths)
-        return -2 * total + self._n_parameters() * math.log(n)
+        return self._criterion(self._total(X, lengths), "bic")
 
     def aic(self, X, lengths=None):
         """Akaike information criterion: -2 log p(X) + 2 n_free (lower is better)."""
-        total, _ = self._total(X, lengths)
-        return -2 * total + 2 * self._n_parameters()
+        return self._criterion(self._total(X, lengths), "aic")
 
 
 # --------------------------------------------------------------------------- conveniences

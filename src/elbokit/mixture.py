@@ -23,7 +23,7 @@ from elbokit._validation import (
     resolve_dtype,
     to_output,
 )
-from elbokit.base import ElbokitEstimator
+from elbokit.base import ElbokitEstimator, InformationCriteria
 from elbokit.data.sources import InMemorySource, as_source, is_source_like, sample_rows
 from elbokit.inference import distributed
 from elbokit.inference.em import (
@@ -72,7 +72,7 @@ def _positive_diagonal(gm, value) -> str | None:
 
 
 @io.register
-class GaussianMixture(ElbokitEstimator):
+class GaussianMixture(InformationCriteria, ElbokitEstimator):
     """Gaussian mixture fitted by expectation-maximisation.
 
     The joint is p(x, z=k) = weights_[k] N(x | means_[k], covariances_[k]).
@@ -715,15 +715,6 @@ class GaussianMixture(ElbokitEstimator):
         lp, _ = self._chunked(X, _log_marginal)
         return float(lp.sum()), lp.shape[0]
 
-    def bic(self, X):
-        """Bayesian information criterion on X: -2 log p(X) + p log n (lower is better)."""
-        total, n = self._total_log_likelihood(X)
-        return -2 * total + self._n_parameters() * math.log(n)
-
-    def aic(self, X):
-        """Akaike information criterion on X: -2 log p(X) + 2 p (lower is better)."""
-        total, _ = self._total_log_likelihood(X)
-        return -2 * total + 2 * self._n_parameters()
 
 
 def _log_marginal(log_joint: torch.Tensor, offset: float) -> torch.Tensor:
