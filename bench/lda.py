@@ -1,13 +1,16 @@
 """LDA on real corpora of different shapes: elbokit against scikit-learn, gensim and tomotopy.
 
-Corpora, all installed offline on Debian (``--corpora kjv,licences,fortunes``):
+Corpora, all installed offline on Debian (``--corpora kjv,licences,fortunes,man``):
 
 * ``kjv``: the King James Bible (``bible-kjv``), one document per verse
   (31,102 short documents);
 * ``licences``: every ``/usr/share/doc/*/copyright`` file, one document each
   (long documents, median ~570 words, up to ~57,000);
 * ``fortunes``: the fortune databases of ``/usr/share/games/fortunes``, one
-  document per fortune (short, ~15,000 documents).
+  document per fortune (short, ~15,000 documents);
+* ``man``: 6,000 man pages of sections 1 and 8 (``/usr/share/man/man{1,8}``),
+  one document per page, troff requests and escapes stripped (long
+  documents, median ~140 words after the vectoriser, up to ~10,000).
 
 Each corpus is vectorised once (scikit-learn's CountVectorizer, English stop
 words, min_df=5, max_df=0.5), 10% of its documents are held out (seeded), and
@@ -36,16 +39,20 @@ model plugs in):
   co-occurrence; gensim's ``c_npmi`` formula), averaged over topics;
 * c_v of the top 10 words over the held-out texts (gensim's ``c_v``, sliding
   windows of 110 tokens);
-* topic diversity: distinct words among all topics' top 25.
+* topic diversity: distinct words among all topics' top 25;
+* shared: the mean number of top-10 words a pair of topics has in common
+  (near-duplicate topics share many; lower is more distinct).
 
 Times: wall clock of the fit and CPU seconds of this process during it (the
 machine is shared: CPU time is steadier than wall time under load), with
-``uptime``'s load average printed before each corpus.
+``uptime``'s load average printed before each corpus. With ``--threads 1``
+every system runs in this process on one thread (scikit-learn ``n_jobs=1``),
+so CPU seconds compare like for like on a loaded machine.
 
 Usage::
 
-    python bench/lda.py [--corpora kjv,licences,fortunes] [--topics 50] [--threads 2]
-                        [--only elbokit-default,tomotopy,...] [--out bench/results/lda.txt]
+    python bench/lda.py [--corpora kjv,licences,fortunes,man] [--topics 50] [--threads 2]
+                        [--only elbokit-default,tomotopy,...] [--no-sweeps]
 """
 
 from __future__ import annotations
@@ -99,7 +106,37 @@ def read_fortunes() -> list[str]:
     return docs
 
 
-CORPORA = {"kjv": read_kjv, "licences": read_licences, "fortunes": read_fortunes}
+_MACRO = re.compile(r"^[.']\s*\S+\s*")  # a troff request or macro name at the start of a line
+_ESCAPE = re.compile(r"\\(f(\[[^\]]*\]|\(..|.)|s[-+]?\d+|\(..|\[[^\]]*\]|\*(\(..|\[[^\]]*\]|.)"
+                     r"|[-&|^%e0 ~c\\/,:])")  # font, size, special-character escapes
+
+
+def read_manpages(n_docs: int = 6000, seed: int = 0) -> list[str]:
+    """Sections 1 and 8 of the man pages, one document per page (troff requests and
+    escapes stripped, comments and ``.so`` links dropped, pages of at least 20 words),
+    ``n_docs`` of them drawn with ``seed``."""
+    import gzip
+
+    files = sorted(glob.glob("/usr/share/man/man1/*.gz") + glob.glob("/usr/share/man/man8/*.gz"))
+    docs = []
+    for f in files:
+        try:
+            raw = gzip.open(f, "rt", errors="replace").read()
+        except (OSError, EOFError):
+            continue
+        if raw.startswith(".so "):
+            continue
+        lines = [_ESCAPE.sub(" ", _MACRO.sub("", line) if line[:1] in ".'" else line)
+                 for line in raw.splitlines() if not line.startswith(('.\\"', "'\\\"", '\\"'))]
+        text = " ".join(lines)
+        if len(text.split()) >= 20:
+            docs.append(text)
+    pick = np.sort(np.random.default_rng(seed).permutation(len(docs))[:n_docs])
+    return [docs[i] for i in pick]
+
+
+CORPORA = {"kjv": read_kjv, "licences": read_licences, "fortunes": read_fortunes,
+           "man": read_manpages}
 
 
 class Split:
@@ -169,7 +206,10 @@ def evaluate(topic_word, infer, split: Split, top_n: int = 10) -> dict:
                                    as_counts(split.heldout, dtype=torch.float64))
     order = np.argsort(-beta, axis=1, kind="stable")
     top = order[:, :top_n]
+    sets = [set(r) for r in top.tolist()]
+    shared = [len(a & b) for i, a in enumerate(sets) for b in sets[i + 1:]]
     return {
+        "shared": float(np.mean(shared)) if shared else 0.0,
         "ll": float(ll.sum() / split.heldout.sum()),
         "npmi": float(topic_coherence(top, split.test, "npmi").mean()),
         "c_v": float(topic_coherence(top, measure="c_v", sequences=split.sequences,
@@ -309,7 +349,7 @@ def load() -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpora", default="kjv,licences,fortunes")
+    ap.add_argument("--corpora", default="kjv,licences,fortunes,man")
     ap.add_argument("--topics", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default="", help="comma-separated subset of systems")
@@ -325,15 +365,22 @@ def main():
     only = [s for s in args.only.split(",") if s]
     print(f"bench/lda.py: K={K}, {THREADS} thread(s), seed {seed}; torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}")
+    with warnings.catch_warnings():  # numba's compiled kernels: loaded (or compiled) once
+        warnings.simplefilter("ignore")
+        small = sp.random(60, 40, density=0.2, format="csr", random_state=0) * 5
+        for method in ("batch", "gibbs"):
+            LDA(3, method=method, max_iter=2).fit(small.ceil().astype(np.int64))
     for name in args.corpora.split(","):
         split = Split(CORPORA[name](), seed)
         print(f"\n== {name}: {split.describe()}; load average {load()}", flush=True)
         print(f"{'system':16s} {'wall s':>8s} {'cpu s':>8s} {'ll/token':>9s} {'NPMI':>7s} "
-              f"{'c_v':>6s} {'divers':>6s}  note")
+              f"{'c_v':>6s} {'divers':>6s} {'shared':>6s}  note")
         results = {}
         for sysname, fn in systems(split, K, seed).items():
             if only and sysname not in only:
                 continue
+            if sysname == "sklearn-batch-1" and THREADS == 1 and "sklearn-batch" in results:
+                continue  # the same run as sklearn-batch
             try:
                 beta, infer, wall, cpu, note = fn()
             except ImportError as err:
@@ -342,7 +389,8 @@ def main():
             r = evaluate(beta, infer, split)
             results[sysname] = dict(r, wall=wall, cpu=cpu)
             print(f"{sysname:16s} {wall:8.2f} {cpu:8.2f} {r['ll']:9.4f} {r['npmi']:7.4f} "
-                  f"{r['c_v']:6.4f} {r['diversity']:6.3f}  {note}; load {load()}", flush=True)
+                  f"{r['c_v']:6.4f} {r['diversity']:6.3f} {r['shared']:6.2f}  {note}; "
+                  f"load {load()}", flush=True)
         anchors = [n for n in results if not n.startswith("elbokit")]
         if anchors and "elbokit-default" in results:
             d = results["elbokit-default"]

@@ -80,10 +80,12 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         "symmetric" for VI (where learning it did not help held-out quality
         in the measurements, see the README).
     method : {"auto", "batch", "online", "gibbs"}, default="auto"
-        ``batch``: variational EM (Blei et al. 2003): every iteration solves
-        each document's local problem afresh and keeps, per document, that
-        optimum or its previous state, whichever scores higher, so the bound
-        never decreases; ``online``: stochastic VI (Hoffman et al. 2010)
+        ``batch``: variational EM (Blei et al. 2003): every iteration
+        continues each document's local updates from its previous state and,
+        on a per-document schedule (at once again while it pays, at doubling
+        intervals of up to 16 iterations when it does not), also solves it
+        afresh, keeping whichever optimum scores higher, so the bound never
+        decreases; ``online``: stochastic VI (Hoffman et al. 2010)
         over shuffled mini-batches of ``batch_size`` documents, step
         (tau0 + t)^-kappa (in ``fit``, a document's local updates start from
         its gamma of the previous pass; ``partial_fit`` streams and starts
@@ -687,7 +689,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         params = self._params(counts.device)
         gammas, bounds = [], []
         for batch in CountBatches(counts, self._chunk_rows(counts)):
-            gamma, _, norm, _, _ = model.infer(params, batch, max_iter=max_iter, tol=tol)
+            gamma, _, norm, _ = model.infer(params, batch, max_iter=max_iter, tol=tol)
             gammas.append(gamma)
             bounds.append(model.doc_bounds(params, batch, gamma, norm))
         gamma, bound = torch.cat(gammas), torch.cat(bounds)

@@ -50,7 +50,7 @@ def test_one_topic_local_update_is_exact(lda_data):
     batch = one_batch(X)
     res = model.local_step(params, batch, None)
     lengths = np.asarray(X.sum(1)).ravel()
-    np.testing.assert_allclose(res.local.numpy().ravel(), 0.7 + lengths, rtol=1e-12)
+    np.testing.assert_allclose(res.local.gamma.numpy().ravel(), 0.7 + lengths, rtol=1e-12)
     elog_beta = dirichlet_expectation(params.concentration)[0].numpy()
     exact = (X.toarray() * elog_beta).sum()
     assert float(res.bound) == pytest.approx(exact, rel=1e-10)
@@ -94,7 +94,7 @@ def test_one_batch_vi_iteration_agrees_with_scikit_learn(lda_data):
     skl._em_step(X, total_samples=X.shape[0], batch_update=True)
     model = LDAModel(F64, local_max_iter=60, local_tol=0.0)
     batch = one_batch(X)
-    gamma, etheta, norm, _, _ = model.infer(params, batch, torch.ones(X.shape[0], K, dtype=F64))
+    gamma, etheta, norm, _ = model.infer(params, batch, torch.ones(X.shape[0], K, dtype=F64))
     res = model.result(params, batch, gamma, etheta, norm, gamma)
     new = model.maximize(res.stats, params)
     np.testing.assert_allclose(new.concentration.numpy(), skl.components_, rtol=1e-7)
@@ -123,6 +123,50 @@ def test_batch_vi_bound_never_decreases(lda_data, dtype, alpha_auto):
         assert not torch.allclose(run.params.alpha, params.alpha)
 
 
+@pytest.mark.parametrize("dtype, tol, rtol", [(F64, 0.0, 1e-10), (F64, 1e-3, 1e-10),
+                                             (torch.float32, 0.0, 1e-4)])
+def test_compiled_local_update_equals_the_vectorised_one(lda_data, dtype, tol, rtol):
+    """The numba loop (CPU default) and the torch one (other devices) are one update."""
+    X = lda_data[0][:40]
+    _, params = params_for(4, X.shape[1], alpha=0.25, eta=0.1, seed=3)
+    batch = one_batch(X, dtype)
+    out = {}
+    for compiled in (True, False):
+        model = LDAModel(dtype, local_max_iter=25, local_tol=tol, use_numba=compiled)
+        res = model.local_step(params, batch, None)
+        out[compiled] = res.local.gamma, res.stats["topic_word"], res.bound
+    for a, b in zip(out[True], out[False]):
+        torch.testing.assert_close(a.to(F64), b.to(F64), rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_fresh_re_solve_frees_a_document_held_by_its_warm_start(compiled):
+    """Two topics, a document using both: started on one topic (gamma ~ (20, 0)),
+    its warm-started updates stay there; the fresh re-solve due for it finds the
+    mixture (a higher bound) and is kept, and the document stays due; a document
+    not due keeps its warm start and counts down."""
+    from elbokit.models.lda import DocState
+
+    X = sp.csr_matrix(np.array([[10, 10], [10, 10]]))
+    beta = np.array([[9.0, 1.0], [1.0, 9.0]]) * 1000
+    params = LDAParams(torch.tensor(beta), torch.full((2,), 0.01, dtype=F64),
+                       torch.full((2,), 0.1, dtype=F64))
+    model = LDAModel(F64, use_numba=compiled)
+    held = torch.tensor([[20.0, 0.01], [20.0, 0.01]], dtype=F64)
+    state = DocState(held, interval=torch.tensor([1, 4]), wait=torch.tensor([0, 3]))
+    batch = one_batch(X)
+    gamma, _, norm, new = model.batch_local(params, batch, state)
+    assert gamma[1, 1] < 0.1  # warm start only: still on topic 0
+    torch.testing.assert_close(gamma[0], torch.tensor([10.01, 10.01], dtype=F64), rtol=1e-3,
+                               atol=0)
+    bounds = model.doc_bounds(params, batch, gamma, norm)
+    assert float(bounds[0]) > float(bounds[1]) + 5  # the mixture explains the words better
+    assert new.interval.tolist() == [1, 4] and new.wait.tolist() == [0, 2]
+    # a re-solve that does not beat the warm start doubles the document's interval
+    _, _, _, again = model.batch_local(params, batch, DocState(gamma, new.interval, new.wait))
+    assert again.interval.tolist() == [2, 4] and again.wait.tolist() == [1, 1]
+
+
 def test_alpha_update_solves_the_empirical_bayes_problem():
     rng = np.random.default_rng(0)
     theta = rng.dirichlet([0.3, 1.0, 2.0], 500)
@@ -142,9 +186,9 @@ def test_empty_documents_keep_the_prior_and_no_nan():
     _, params = params_for(2, 3, alpha=0.5, eta=0.1)
     model = LDAModel(torch.float32)
     res = model.local_step(params, one_batch(X, torch.float32), None)
-    np.testing.assert_allclose(res.local[[0, 2]].numpy(), 0.5)
+    np.testing.assert_allclose(res.local.gamma[[0, 2]].numpy(), 0.5)
     assert torch.isfinite(res.bound) and torch.isfinite(res.stats["topic_word"]).all()
-    bounds = model.doc_bounds(params, one_batch(X, torch.float32), res.local,
+    bounds = model.doc_bounds(params, one_batch(X, torch.float32), res.local.gamma,
                               torch.ones(2))
     assert float(bounds[0]) == 0.0 and float(bounds[2]) == 0.0
 
@@ -226,7 +270,7 @@ def test_gamma_table_warm_starts_seen_documents_only(lda_data):
     first.rows = torch.arange(20)
     res = model.local_step(params, first, table)
     assert res.local is table and table.seen[:20].all() and not table.seen[20:].any()
-    torch.testing.assert_close(table.gamma[:20], model.local_step(params, first, None).local)
+    torch.testing.assert_close(table.gamma[:20], model.local_step(params, first, None).local.gamma)
     fresh = torch.full((20, 3), -1.0, dtype=F64)
     torch.testing.assert_close(table.start(torch.arange(10, 30), fresh)[:10], table.gamma[10:20])
     assert (table.start(torch.arange(10, 30), fresh)[10:] == -1).all()

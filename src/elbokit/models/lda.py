@@ -26,9 +26,13 @@ phi        q(z) responsibilities              never stored: one row per non-zero
                                               proportional to exp(E log theta) exp(E log beta)
 =========  =================================  ======================
 
-Every local (per-document) computation runs over the non-zeros of a batch
-of documents at once: with ``B[i] = exp(E[log beta])[:, w_i]`` gathered once
-per batch, one local iteration is O(nnz K) tensor work.  phi is never
+The local (per-document) updates run on CPU as a compiled loop (numba) over
+each document's own non-zeros, documents in threads
+(:func:`local_update_numba`); elsewhere (GPUs, or ``use_numba=False``) over
+the non-zeros of a batch of documents at once: with
+``B[i] = exp(E[log beta])[:, w_i]`` gathered once per batch, one local
+iteration is O(nnz K) tensor work (:func:`local_update`). Both are the same
+update with the same per-document stopping rule.  phi is never
 materialised: its normaliser ``norm_i = sum_k exp(E log theta_dk) B[i, k]``
 is all the gamma update, the statistics and the bound need, since
 ``log norm_i = logsumexp_k(E log theta_dk + E log beta_kw)`` is the per-word
@@ -215,6 +219,145 @@ def local_update(doc, count, n_docs, B, alpha, gamma, *, max_iter: int, tol: flo
     return gamma, etheta, norm, n_iter
 
 
+_NUMBA_LOCAL = None
+
+
+def _compile_local():
+    """The compiled local update (numba, cached on disk): one document at a time."""
+    global _NUMBA_LOCAL
+    if _NUMBA_LOCAL is not None:
+        return _NUMBA_LOCAL
+    from numba import njit
+
+    digamma = lda_gibbs.numba_digamma()
+
+    @njit(cache=True, nogil=True)
+    def local(doc_ptr, words, counts, beta_t, alpha, gamma, etheta, norm, n_iter,
+              max_iter, tol, floor, eps, first, stop):  # pragma: no cover
+        K = beta_t.shape[1]
+        et = np.empty(K)
+        acc = np.empty(K)
+        for d in range(first, stop):
+            lo, hi = doc_ptr[d], doc_ptr[d + 1]
+            total = 0.0
+            for k in range(K):
+                total += gamma[d, k]
+            psum = digamma(total)
+            for k in range(K):
+                et[k] = math.exp(digamma(gamma[d, k]) - psum)
+            it = 0
+            while it < max_iter:
+                it += 1
+                acc[:] = 0.0
+                for i in range(lo, hi):
+                    row = beta_t[words[i]]
+                    dot = 0.0
+                    for k in range(K):
+                        dot += et[k] * row[k]
+                    r = counts[i] / (dot + eps)
+                    for k in range(K):
+                        acc[k] += r * row[k]
+                change = 0.0
+                total = 0.0
+                for k in range(K):
+                    g = alpha[k] + et[k] * acc[k]
+                    change += abs(g - gamma[d, k])
+                    gamma[d, k] = g
+                    total += gamma[d, k]
+                psum = digamma(total)
+                for k in range(K):
+                    et[k] = math.exp(digamma(gamma[d, k]) - psum)
+                if tol > 0 and change / K < max(tol, total / K * floor):
+                    break
+            n_iter[d] = it
+            for k in range(K):
+                etheta[d, k] = et[k]
+            for i in range(lo, hi):
+                row = beta_t[words[i]]
+                dot = 0.0
+                for k in range(K):
+                    dot += et[k] * row[k]
+                norm[i] = dot + eps
+
+    @njit(cache=True, nogil=True)
+    def word_stats(doc_ptr, words, counts, etheta, norm, out, first, stop):  # pragma: no cover
+        K = etheta.shape[1]
+        for d in range(first, stop):
+            for i in range(doc_ptr[d], doc_ptr[d + 1]):
+                r = counts[i] / float(norm[i])
+                row = out[words[i]]
+                for k in range(K):
+                    row[k] += r * etheta[d, k]
+
+    _NUMBA_LOCAL = local, word_stats
+    return _NUMBA_LOCAL
+
+
+def local_update_numba(doc, word, count, n_docs: int, beta_t, alpha, gamma, *, max_iter: int,
+                       tol: float):
+    """:func:`local_update` compiled, on CPU: each document's loop runs on its own
+    non-zeros (O(nnz_d K) per iteration, no work on documents that stopped), the
+    documents split among :func:`~elbokit.models.lda_gibbs.threads` threads.
+
+    Parameters as :func:`local_update`, but ``word`` (nnz,) and ``beta_t`` (V, K),
+    exp(E[log beta]) transposed, instead of the gathered rows B; ``doc`` sorted.
+    ``max_iter=0`` evaluates ``gamma`` as it is (its exp(E log theta) and phi normalisers).
+
+    Returns
+    -------
+    gamma, exp_elog_theta, norm, n_iter : as :func:`local_update`, ``n_iter`` per
+    document (LongTensor, shape (n_docs,)).
+    """
+    kernel = _compile_local()[0]
+    dt = beta_t.dtype
+    ptr = _doc_ptr(doc, n_docs)
+    gamma = gamma.to(dt).contiguous().clone()
+    etheta = torch.empty_like(gamma)
+    norm = torch.empty(doc.shape[0], dtype=dt)
+    n_iter = torch.zeros(n_docs, dtype=torch.int64)
+    eps = float(torch.finfo(dt).eps)
+    args = (ptr.numpy(), word.numpy(), count.to(dt).numpy(), beta_t.contiguous().numpy(),
+            alpha.to(dt).numpy(), gamma.numpy(), etheta.numpy(), norm.numpy(), n_iter.numpy(),
+            int(max_iter), float(tol), 64 * eps, eps)
+    _in_threads(lambda i, a, b: kernel(*args, a, b), ptr)
+    return gamma, etheta, norm, n_iter
+
+
+def _doc_ptr(doc, n_docs: int) -> torch.Tensor:
+    """CSR row pointers of the sorted document index of non-zeros, shape (n_docs + 1,)."""
+    ptr = torch.zeros(n_docs + 1, dtype=torch.int64)
+    ptr[1:] = torch.cumsum(torch.bincount(doc, minlength=n_docs), 0)
+    return ptr
+
+
+def _in_threads(job, ptr, min_entries: int = 20000) -> int:
+    """``job(i, first, stop)`` over runs of documents, in up to
+    :func:`~elbokit.models.lda_gibbs.threads` threads (one per ``min_entries``
+    non-zeros); returns the number of threads used."""
+    n_docs = ptr.shape[0] - 1
+    n_threads = max(1, min(lda_gibbs.threads(), n_docs, int(ptr[-1]) // min_entries + 1))
+    if n_threads == 1:
+        job(0, 0, n_docs)
+    else:
+        with lda_gibbs.cpu_threads():
+            lda_gibbs.run_in_threads(job, ptr, n_threads)
+    return n_threads
+
+
+def word_statistics_numba(doc, word, count, etheta, norm, n_words: int) -> torch.Tensor:
+    """sum over non-zeros (d, w) of n_dw exp(E log theta_d) / norm_dw, per word, float64,
+    shape (V, K): the topic-word statistics before the factor exp(E log beta)."""
+    kernel = _compile_local()[1]
+    n_docs, K = etheta.shape
+    ptr = _doc_ptr(doc, n_docs)
+    n_threads = max(1, min(lda_gibbs.threads(), n_docs, doc.shape[0] // 20000 + 1))
+    out = np.zeros((n_threads, n_words, K))
+    args = (ptr.numpy(), word.numpy(), count.to(torch.float64).numpy(),
+            etheta.contiguous().numpy(), norm.contiguous().numpy())
+    used = _in_threads(lambda i, a, b: kernel(*args, out[i], a, b), ptr)
+    return torch.from_numpy(out[0] if used == 1 else out[:used].sum(0))
+
+
 def doc_terms(gamma64: torch.Tensor, alpha64: torch.Tensor) -> torch.Tensor:
     """E_q[log p(theta_d | alpha) - log q(theta_d | gamma_d)] per document, float64, shape (n,)."""
     elog = dirichlet_expectation(gamma64)
@@ -328,6 +471,43 @@ def _trigamma(x: float) -> float:
     return float(torch.polygamma(1, torch.tensor(x, dtype=torch.float64)))
 
 
+FRESH_MAX_INTERVAL = 16  # batch VI: most iterations between two fresh re-solves
+FRESH_MARGIN = 1e-6  # relative bound gain by which a fresh re-solve beats the warm start
+
+
+def _doc_bounds(doc, count, n_docs: int, gamma, norm, alpha) -> torch.Tensor:
+    """Per-document local ELBO terms from the phi normalisers, float64, shape (n_docs,)."""
+    words = torch.zeros(n_docs, dtype=torch.float64, device=norm.device)
+    words.index_add_(0, doc, count.to(torch.float64) * torch.log(norm.to(torch.float64)))
+    return words + doc_terms(gamma.to(torch.float64), alpha)
+
+
+@dataclass
+class DocState:
+    """Batch VI's local state of a batch of documents, carried from one iteration to the next.
+
+    Attributes
+    ----------
+    gamma : Tensor, shape (n_docs, K)
+        The documents' q(theta) concentrations.
+    interval : LongTensor, shape (n_docs,)
+        Iterations between two fresh re-solves of each document (doubles each
+        time a fresh re-solve does not beat the warm start).
+    wait : LongTensor, shape (n_docs,)
+        Iterations left before each document's next fresh re-solve (0: at the next).
+    """
+
+    gamma: torch.Tensor
+    interval: torch.Tensor
+    wait: torch.Tensor
+
+    @classmethod
+    def fresh(cls, gamma: torch.Tensor) -> "DocState":
+        """The state after a fresh solve of every document: re-solved afresh again next time."""
+        ones = torch.ones(gamma.shape[0], dtype=torch.int64, device=gamma.device)
+        return cls(gamma, ones, ones - 1)
+
+
 class LDAModel:
     """The LDA math the engines call.
 
@@ -344,14 +524,19 @@ class LDAModel:
         each global update: Newton's method on the bound (VI), Minka's fixed
         point on the sampled counts (Gibbs).
     use_numba : bool, optional
-        Gibbs on CPU: the compiled sweep (default when numba imports) or the
-        vectorised torch one.
+        On CPU, the compiled kernels (default when numba imports: the Gibbs
+        sweep, the VI local updates and their statistics) or the vectorised
+        torch ones (the only ones on other devices).
+    fresh_max_interval : int, default=FRESH_MAX_INTERVAL
+        Batch VI: most iterations between two fresh re-solves of a document
+        (see :meth:`batch_local`).
     """
 
     def __init__(self, dtype=torch.float32, local_max_iter: int = 100, local_tol: float = 1e-3,
                  learn_alpha: bool = False, learn_eta: bool = False,
-                 use_numba: bool | None = None):
+                 use_numba: bool | None = None, fresh_max_interval: int = FRESH_MAX_INTERVAL):
         self.dtype = dtype
+        self.fresh_max_interval = int(fresh_max_interval)
         self.local_max_iter = local_max_iter
         self.local_tol = local_tol
         self.learn_alpha = learn_alpha
@@ -363,22 +548,37 @@ class LDAModel:
         lengths = torch.zeros(batch.n_docs, dtype=torch.float64, device=batch.count.device)
         return lengths.index_add_(0, batch.doc, batch.count.to(torch.float64))
 
+    def _compiled(self, device) -> bool:
+        if self.use_numba is None:
+            return torch.device(device).type == "cpu" and lda_gibbs.numba_available()
+        return bool(self.use_numba)
+
+    def solve(self, params: LDAParams, doc, word, count, n_docs: int, gamma, *, max_iter=None,
+              tol=None):
+        """:func:`local_update` of documents from their starting ``gamma`` (compiled on
+        CPU, :func:`local_update_numba`); returns (gamma, exp_elog_theta, norm, n_iter)
+        with ``n_iter`` the iterations of the longest-running document."""
+        max_iter = self.local_max_iter if max_iter is None else max_iter
+        tol = self.local_tol if tol is None else tol
+        if self._compiled(count.device):
+            g, e, n, its = local_update_numba(doc, word, count, n_docs,
+                                              params.exp_elog_beta_t(self.dtype), params.alpha,
+                                              gamma, max_iter=max_iter, tol=tol)
+            return g, e, n, int(its.max()) if n_docs else 0
+        B = params.exp_elog_beta_t(self.dtype)[word]
+        return local_update(doc, count.to(self.dtype), n_docs, B, params.alpha,
+                            gamma.to(self.dtype).clone(), max_iter=max_iter, tol=tol)
+
     def infer(self, params: LDAParams, batch: DocBatch, gamma=None, *, max_iter=None, tol=None):
-        """Local update of one batch; returns (gamma, exp_elog_theta, norm, B, n_iter).
+        """Local update of one batch; returns (gamma, exp_elog_theta, norm, n_iter).
 
         Without ``gamma`` every document starts from Blei et al.'s
         deterministic point alpha + N_d / K, so its result is its own alone.
         """
-        B = params.exp_elog_beta_t(self.dtype)[batch.word]
-        count = batch.count.to(self.dtype)
         if gamma is None:
             gamma = initial_gamma(batch.n_docs, self._lengths(batch), params.alpha, self.dtype)
-        gamma, etheta, norm, n_iter = local_update(
-            batch.doc, count, batch.n_docs, B, params.alpha, gamma.clone(),
-            max_iter=self.local_max_iter if max_iter is None else max_iter,
-            tol=self.local_tol if tol is None else tol,
-        )
-        return gamma, etheta, norm, B, n_iter
+        return self.solve(params, batch.doc, batch.word, batch.count, batch.n_docs, gamma,
+                          max_iter=max_iter, tol=tol)
 
     def doc_bounds(self, params: LDAParams, batch: DocBatch, gamma, norm) -> torch.Tensor:
         """Per-document local ELBO terms (float64, shape (n_docs,)).
@@ -387,62 +587,98 @@ class LDAModel:
         bound on log p(w_d | alpha, beta) averaged over q(beta), the bound on a
         document's log-probability under the fitted topics.
         """
-        words = torch.zeros(batch.n_docs, dtype=torch.float64, device=norm.device)
-        words.index_add_(0, batch.doc,
-                         batch.count.to(torch.float64) * torch.log(norm.to(torch.float64)))
-        return words + doc_terms(gamma.to(torch.float64), params.alpha)
-
-    def _guarded(self, params, batch, previous, gamma, etheta, norm, B):
-        """Per document, the better (by its bound) of the fresh local optimum and the
-        previous iteration's gamma under the new topics: the bound cannot drop
-        (by more than 1e-12 relative, the margin that settles near ties)."""
-        prev = previous.to(gamma.dtype)
-        e_prev = torch.exp(dirichlet_expectation(prev))
-        n_prev = _row_dots(e_prev, batch.doc, B).add_(torch.finfo(B.dtype).eps)
-        fresh = self.doc_bounds(params, batch, gamma, norm)
-        # keep the previous state only when it is better by more than rounding, so
-        # that a near tie (both at the same optimum) goes the same way whatever
-        # the order of the sums (several processes, batch sizes)
-        keep = self.doc_bounds(params, batch, prev, n_prev) > fresh + 1e-12 * fresh.abs()
-        gamma = torch.where(keep[:, None], prev, gamma)
-        etheta = torch.where(keep[:, None], e_prev, etheta)
-        norm = torch.where(keep[batch.doc], n_prev, norm)
-        return gamma, etheta, norm
+        return _doc_bounds(batch.doc, batch.count, batch.n_docs, gamma, norm, params.alpha)
 
     def local_step(self, params: LDAParams, batch: DocBatch, local) -> LocalResult:
         """Local updates of one batch, its statistics and bound terms.
 
-        ``local``: None (a fresh start), the batch's previous gamma (batch VI)
-        or a :class:`GammaTable` (online VI: read for the start, then updated).
-
-        Batch VI re-solves every document's local problem from its fresh
-        start at every iteration and keeps, per document, whichever of that
-        optimum and the previous gamma scores higher under the new topics:
-        the bound never decreases, and no document stays bound to the topic
-        it happened to favour under the random initial topics (warm starts
-        alone do that: the fixed point with near-duplicate topics).
+        ``local``: None (a fresh start), the batch's :class:`DocState` (batch
+        VI) or a :class:`GammaTable` (online VI: read for the start, then
+        updated). Batch VI: see :meth:`batch_local`.
         """
+        if isinstance(local, DocState):
+            gamma, etheta, norm, state = self.batch_local(params, batch, local)
+            return self.result(params, batch, gamma, etheta, norm, state)
         table = local if isinstance(local, GammaTable) else None
         start = None
         if table is not None:
             start = table.start(batch.rows, initial_gamma(batch.n_docs, self._lengths(batch),
                                                           params.alpha, self.dtype))
-        gamma, etheta, norm, B, _ = self.infer(params, batch, start)
+        gamma, etheta, norm, _ = self.infer(params, batch, start)
         if table is not None:
             table.store(batch.rows, gamma)
-        elif local is not None:
-            gamma, etheta, norm = self._guarded(params, batch, local, gamma, etheta, norm, B)
-        return self.result(params, batch, gamma, etheta, norm,
-                           gamma if table is None else table)
+            return self.result(params, batch, gamma, etheta, norm, table)
+        return self.result(params, batch, gamma, etheta, norm, DocState.fresh(gamma))
+
+    def batch_local(self, params: LDAParams, batch: DocBatch, state: "DocState"):
+        """Batch VI's local step: warm starts, with scheduled fresh re-solves per document.
+
+        Every document goes on from its previous gamma under the new topics
+        (a warm start settles in a few iterations). A document due for a
+        fresh re-solve (see :class:`DocState`) is also solved from Blei et
+        al.'s deterministic start alpha + N_d / K, and keeps whichever optimum
+        has the higher bound: a document is not held to the topic it
+        favoured under the random initial topics (warm starts alone stop at
+        that fixed point, with near-duplicate topics). When the fresh
+        optimum is better by more than ``FRESH_MARGIN`` (relative) the
+        document is re-solved afresh again at the next iteration; otherwise
+        its interval between re-solves doubles, up to ``fresh_max_interval``,
+        so that documents that settled in their optimum (most of them, after
+        the first iterations) cost warm starts only. The decisions are per
+        document, so a document's result depends on itself alone, and the
+        bound never decreases (each kept state is at least the previous one).
+
+        Returns
+        -------
+        gamma, exp_elog_theta : Tensor, shape (n_docs, K)
+        norm : Tensor, shape (nnz,)
+        state : DocState
+        """
+        dt = self.dtype
+        prev = state.gamma.to(dt)
+        gamma, etheta, norm, _ = self.infer(params, batch, prev)
+        best = self.doc_bounds(params, batch, gamma, norm)
+        # rounding guard: the previous gamma where the warm start ended lower (float32 sums)
+        _, e_prev, n_prev, _ = self.infer(params, batch, prev, max_iter=0)
+        b_prev = self.doc_bounds(params, batch, prev, n_prev)
+        keep = b_prev > best + 1e-12 * best.abs()
+        gamma = torch.where(keep[:, None], prev, gamma)
+        etheta = torch.where(keep[:, None], e_prev, etheta)
+        norm = torch.where(keep[batch.doc], n_prev, norm)
+        best = torch.maximum(best, b_prev)
+        interval, wait = state.interval.clone(), state.wait - 1
+        due = state.wait <= 0
+        if bool(due.any()):
+            rows = torch.nonzero(due).squeeze(1)
+            sel = due[batch.doc]
+            sub_doc = (torch.cumsum(due, 0) - 1)[batch.doc[sel]]
+            start = initial_gamma(rows.shape[0], self._lengths(batch)[rows], params.alpha, dt)
+            g_f, e_f, n_f, _ = self.solve(params, sub_doc, batch.word[sel], batch.count[sel],
+                                          rows.shape[0], start)
+            b_f = _doc_bounds(sub_doc, batch.count[sel], rows.shape[0], g_f, n_f, params.alpha)
+            b_old = best[rows]
+            take = b_f > b_old + 1e-12 * b_old.abs()
+            won = b_f > b_old + FRESH_MARGIN * b_old.abs()
+            gamma[rows] = torch.where(take[:, None], g_f, gamma[rows])
+            etheta[rows] = torch.where(take[:, None], e_f, etheta[rows])
+            norm[sel] = torch.where(take[sub_doc], n_f, norm[sel])
+            step = torch.where(won, torch.ones_like(interval[rows]),
+                               torch.clamp(2 * interval[rows], max=self.fresh_max_interval))
+            interval[rows] = step
+            wait[rows] = step - 1
+        return gamma, etheta, norm, DocState(gamma, interval, wait)
 
     def result(self, params: LDAParams, batch: DocBatch, gamma, etheta, norm,
                local=None) -> LocalResult:
         """The statistics and bound terms of a batch's local state (gamma and the
         matching exp(E log theta) and phi normalisers)."""
-        ratio = (batch.count.to(self.dtype) / norm)[:, None]
         V, K = params.concentration.shape[1], params.concentration.shape[0]
-        sw = torch.zeros(V, K, dtype=torch.float64, device=norm.device)
-        sw.index_add_(0, batch.word, (etheta[batch.doc] * ratio).to(torch.float64))
+        if self._compiled(norm.device):
+            sw = word_statistics_numba(batch.doc, batch.word, batch.count, etheta, norm, V)
+        else:
+            ratio = (batch.count.to(self.dtype) / norm)[:, None]
+            sw = torch.zeros(V, K, dtype=torch.float64, device=norm.device)
+            sw.index_add_(0, batch.word, (etheta[batch.doc] * ratio).to(torch.float64))
         stats = {"topic_word": sw.t() * params.exp_elog_beta(self.dtype).to(torch.float64)}
         if self.learn_alpha:
             stats["elog_theta"] = dirichlet_expectation(gamma.to(torch.float64)).sum(0)

@@ -131,11 +131,14 @@ def numba_available() -> bool:
     return True
 
 
-def _compile():
-    """The numba sweep, compiled on first use (and cached on disk by numba)."""
-    global _NUMBA_SWEEP
-    if _NUMBA_SWEEP is not None:
-        return _NUMBA_SWEEP
+_NUMBA_DIGAMMA = None
+
+
+def numba_digamma():
+    """psi(x) for x > 0 as a numba function (float64), for the compiled kernels."""
+    global _NUMBA_DIGAMMA
+    if _NUMBA_DIGAMMA is not None:
+        return _NUMBA_DIGAMMA
     from numba import njit
 
     @njit(cache=True, nogil=True)
@@ -147,6 +150,19 @@ def _compile():
         f = 1.0 / (x * x)
         return r + math.log(x) - 0.5 / x - f * (1.0 / 12 - f * (1.0 / 120 - f * (
             1.0 / 252 - f * (1.0 / 240 - f / 132))))
+
+    _NUMBA_DIGAMMA = digamma
+    return digamma
+
+
+def _compile():
+    """The numba sweep, compiled on first use (and cached on disk by numba)."""
+    global _NUMBA_SWEEP
+    if _NUMBA_SWEEP is not None:
+        return _NUMBA_SWEEP
+    from numba import njit
+
+    digamma = numba_digamma()
 
     @njit(cache=True, nogil=True)
     def sweep(doc_ptr, words, z, u, beta_t, scdf, alpha, ndk, ll, num, den,
@@ -248,6 +264,21 @@ def _pool(threads: int):
     return _POOL
 
 
+def run_in_threads(job, doc_ptr: torch.Tensor, n_threads: int):
+    """Call ``job(i, first, stop)`` for runs [first, stop) of documents holding about
+    equal numbers of entries (``doc_ptr``: CSR row pointers), in ``n_threads`` threads."""
+    n_docs = doc_ptr.shape[0] - 1
+    total = int(doc_ptr[-1])
+    cuts = torch.searchsorted(doc_ptr, torch.linspace(0, total, n_threads + 1,
+                                                      dtype=torch.float64).to(doc_ptr.dtype))
+    cuts = cuts.clamp_(max=n_docs).tolist()
+    cuts[0], cuts[-1] = 0, n_docs
+    jobs = [_pool(n_threads).submit(job, i, a, b)
+            for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]
+    for j in jobs:
+        j.result()
+
+
 _THREADS = None  # set by cpu_threads(): the sampler's threads while torch runs on one
 
 
@@ -316,16 +347,9 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
                 state.ndk.numpy(), ll)
         if n_threads == 1:
             kernel(*args, num[0], den[0], 0, n_docs)
-        else:  # the documents in runs of about equal numbers of tokens
-            ptr = state.doc_ptr
-            cuts = torch.searchsorted(ptr, torch.linspace(0, state.n_tokens, n_threads + 1,
-                                                          dtype=torch.float64).to(ptr.dtype))
-            cuts = cuts.clamp_(max=n_docs).tolist()
-            cuts[0], cuts[-1] = 0, n_docs
-            jobs = [_pool(n_threads).submit(kernel, *args, num[i], den[i], a, b)
-                    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]
-            for job in jobs:
-                job.result()
+        else:
+            run_in_threads(lambda i, a, b: kernel(*args, num[i], den[i], a, b),
+                           state.doc_ptr, n_threads)
     return (torch.from_numpy(ll), torch.from_numpy(num.sum(0)),
             torch.tensor(float(den.sum()), dtype=torch.float64))
 
