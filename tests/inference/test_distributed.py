@@ -195,8 +195,8 @@ def test_lda_vi_across_processes_equals_one_process(method, sizes, tmp_path):
         single = LDA(**kw).fit(X)
     for rank in range(WORLD):
         got = np.load(tmp_path / f"lda-{rank}.npz")
-        # (batch VI solves every document afresh each iteration, which carries the
-        # sums' rounding a little further than warm starts did: 1e-8, not 1e-9)
+        # (batch VI's fresh re-solves carry the sums' rounding a little further than
+        # warm starts alone: 1e-8, not 1e-9)
         np.testing.assert_allclose(got["components"], single.components_, rtol=1e-8)
         np.testing.assert_allclose(got["alpha"], single.alpha_, rtol=1e-8)
         np.testing.assert_allclose(got["bounds"], single.lower_bounds_, rtol=1e-10)
