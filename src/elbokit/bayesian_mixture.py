@@ -14,6 +14,7 @@ from elbokit import io
 from elbokit._validation import (
     InputKind,
     as_sample_weight,
+    check_feature_names,
     check_mixture_settings,
     check_nonneg_float,
     check_positive_int,
@@ -246,7 +247,13 @@ class BayesianGaussianMixture(ElbokitEstimator):
                                device=device)
             if not reset:
                 self._check_features(n_features)
+                names = getattr(probe, "feature_names", None)
+                if names is not None:  # a file with a header (other streams carry no names)
+                    check_feature_names(self, None, reset=False, names=names)
             return source, InputKind(False, torch.device("cpu")), n_features
+        if not reset:
+            check_is_fitted(self)
+            check_feature_names(self, X, reset=False)
         device = resolve_device(self.device, X)
         Xt, kind, _ = as_float_tensor(X, "X", dtype, device, min_samples=0 if allow_empty else 1)
         if bool(torch.isnan(Xt).any()):
@@ -440,6 +447,8 @@ class BayesianGaussianMixture(ElbokitEstimator):
                           ConvergenceWarning, stacklevel=2)
         self._store(best.params, prior, kind, n_features, best.lower_bounds, best.converged,
                     best.n_iter, best.n_updates if online else (self.n_steps_ if warm else 0))
+        check_feature_names(self, None if is_source_like(X) else X, reset=True,
+                            names=getattr(source, "feature_names", None))
         return self
 
     def partial_fit(self, X, y=None, sample_weight=None):
@@ -480,6 +489,8 @@ class BayesianGaussianMixture(ElbokitEstimator):
         history.append(online_bound(model, params, [b], [u]))
         self._store(params, prior, kind, n_features, history, False,
                     getattr(self, "n_iter_", 0) + 1, t + 1)
+        if first:
+            check_feature_names(self, X, reset=True)
         return self
 
     # ------------------------------------------------------------ fitted state
