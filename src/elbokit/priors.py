@@ -134,14 +134,26 @@ def data_moments(source, reducer, n_features: int, device):
 SINGULAR_FLOOR = 1e-6
 
 
-def _nonsingular(cov: torch.Tensor) -> torch.Tensor:
-    """``cov``, or ``cov + SINGULAR_FLOOR * mean(diag(cov)) * I`` where it is singular
-    (smallest eigenvalue <= 1e-12 x the largest), shape (D, D)."""
-    eig = torch.linalg.eigvalsh(0.5 * (cov + cov.mT))
-    top = float(eig.max())
-    if top <= 0 or float(eig.min()) > 1e-12 * top:
-        return cov  # all columns constant: the check after this reports it
-    floor = SINGULAR_FLOOR * cov.diagonal().mean()
+def nonsingular_covariance(cov: torch.Tensor) -> torch.Tensor:
+    """A data covariance made fit to be a prior's scale.
+
+    ``cov`` itself, or, where it is singular (constant or collinear columns,
+    as images' blank pixels: smallest eigenvalue <= 1e-12 x the largest),
+    ``cov + SINGULAR_FLOOR * mean(diag(cov)) * I``.  A full (D, D) matrix, or
+    the (D,) variances of a diagonal one (floored the same way when one of
+    them is ~0).  Where every column is constant it is returned as it is, for
+    the caller's check to report.
+    """
+    if cov.ndim == 1:
+        top, low = float(cov.max()), float(cov.min())
+    else:
+        eig = torch.linalg.eigvalsh(0.5 * (cov + cov.mT))
+        top, low = float(eig.max()), float(eig.min())
+    if top <= 0 or low > 1e-12 * top:
+        return cov
+    floor = SINGULAR_FLOOR * (cov if cov.ndim == 1 else cov.diagonal()).mean()
+    if cov.ndim == 1:
+        return cov + floor
     return cov + floor * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
 
 
@@ -179,9 +191,8 @@ class GaussianPrior:
 
         Where the data's covariance is singular (constant or collinear columns, as
         the blank border pixels of images), the default full/tied scale is taken
-        from it with :data:`SINGULAR_FLOOR` times its mean variance added to the
-        diagonal, so that the prior stays proper (mclust's formula would give a
-        singular Wishart scale there).
+        from :func:`nonsingular_covariance`, so that the prior stays proper
+        (mclust's formula would give a singular Wishart scale there).
         """
         K, D = n_components, data_mean.shape[0]
         device = data_mean.device
@@ -202,7 +213,7 @@ class GaussianPrior:
         fac = (1.0 / K) ** (2.0 / D)
         mean = data_mean if settings.get("mean") is None else tensor(settings["mean"], [(D,)], "mean")
         if covariance_type in ("full", "tied"):
-            scale = fac * _nonsingular(data_cov) if settings.get("scale") is None else \
+            scale = fac * nonsingular_covariance(data_cov) if settings.get("scale") is None else \
                 tensor(settings["scale"], [(D, D)], "scale")
             if bool((torch.linalg.eigvalsh(0.5 * (scale + scale.mT)) <= 0).any()):
                 raise ValueError("prior['scale'] must be symmetric positive definite."
