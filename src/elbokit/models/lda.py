@@ -231,7 +231,7 @@ def _compile_local():
 
     digamma = lda_gibbs.numba_digamma()
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})  # SIMD dot products
     def local(doc_ptr, words, counts, beta_t, alpha, gamma, etheta, norm, n_iter,
               max_iter, tol, floor, eps, first, stop):  # pragma: no cover
         K = beta_t.shape[1]
