@@ -52,7 +52,7 @@ so CPU seconds compare like for like on a loaded machine.
 Usage::
 
     python bench/lda.py [--corpora kjv,licences,fortunes,man] [--topics 50] [--threads 2]
-                        [--only elbokit-default,tomotopy,...] [--no-sweeps]
+                        [--only elbokit-default,tomotopy,...] [--no-sweeps] [--fit-seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -347,11 +347,19 @@ def load() -> str:
         return "?"
 
 
+def _row(label: str, r: dict, note: str) -> str:
+    return (f"{label:16s} {r['wall']:8.2f} {r['cpu']:8.2f} {r['ll']:9.4f} {r['npmi']:7.4f} "
+            f"{r['c_v']:6.4f} {r['diversity']:6.3f} {r['shared']:6.2f}  {note}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpora", default="kjv,licences,fortunes,man")
     ap.add_argument("--topics", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the held-out split (and of "
+                    "the fits unless --fit-seeds)")
+    ap.add_argument("--fit-seeds", default="", help="comma-separated seeds: every system is "
+                    "fitted once per seed on the same split, with a mean line per system")
     ap.add_argument("--only", default="", help="comma-separated subset of systems")
     ap.add_argument("--threads", type=int, default=2,
                     help="threads per system (torch and elbokit's sampler, scikit-learn "
@@ -375,22 +383,28 @@ def main():
         print(f"\n== {name}: {split.describe()}; load average {load()}", flush=True)
         print(f"{'system':16s} {'wall s':>8s} {'cpu s':>8s} {'ll/token':>9s} {'NPMI':>7s} "
               f"{'c_v':>6s} {'divers':>6s} {'shared':>6s}  note")
-        results = {}
-        for sysname, fn in systems(split, K, seed).items():
-            if only and sysname not in only:
-                continue
-            if sysname == "sklearn-batch-1" and THREADS == 1 and "sklearn-batch" in results:
-                continue  # the same run as sklearn-batch
-            try:
-                beta, infer, wall, cpu, note = fn()
-            except ImportError as err:
-                print(f"{sysname:16s} skipped: {err} (pip install -e '.[bench]')")
-                continue
-            r = evaluate(beta, infer, split)
-            results[sysname] = dict(r, wall=wall, cpu=cpu)
-            print(f"{sysname:16s} {wall:8.2f} {cpu:8.2f} {r['ll']:9.4f} {r['npmi']:7.4f} "
-                  f"{r['c_v']:6.4f} {r['diversity']:6.3f} {r['shared']:6.2f}  {note}; "
-                  f"load {load()}", flush=True)
+        fit_seeds = [int(x) for x in args.fit_seeds.split(",") if x] or [seed]
+        results, runs = {}, {}
+        for fit_seed in fit_seeds:
+            for sysname, fn in systems(split, K, fit_seed).items():
+                if only and sysname not in only:
+                    continue
+                if (sysname == "sklearn-batch-1" and THREADS == 1
+                        and (not only or "sklearn-batch" in only)):
+                    continue  # the same run as sklearn-batch
+                try:
+                    beta, infer, wall, cpu, note = fn()
+                except ImportError as err:
+                    print(f"{sysname:16s} skipped: {err} (pip install -e '.[bench]')")
+                    continue
+                r = dict(evaluate(beta, infer, split), wall=wall, cpu=cpu)
+                runs.setdefault(sysname, []).append(r)
+                label = sysname if len(fit_seeds) == 1 else f"{sysname}@{fit_seed}"
+                print(_row(label, r, f"{note}; load {load()}"), flush=True)
+        for sysname, rs in runs.items():
+            results[sysname] = {k: float(np.mean([r[k] for r in rs])) for k in rs[0]}
+            if len(fit_seeds) > 1:
+                print(_row(f"{sysname} mean", results[sysname], f"{len(rs)} seeds"))
         anchors = [n for n in results if not n.startswith("elbokit")]
         if anchors and "elbokit-default" in results:
             d = results["elbokit-default"]
