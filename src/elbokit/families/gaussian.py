@@ -295,10 +295,14 @@ class Gaussian(Family):
         r, Fd = resp.to(dtype), F.to(dtype)
         if dtype == F64:
             S = r.mT @ Fd
-        else:
-            S = torch.zeros(r.shape[1], 2 * D, dtype=F64, device=r.device)
-            for i in range(0, r.shape[0], _BLOCK):
-                S += r[i:i + _BLOCK].mT @ Fd[i:i + _BLOCK]
+        else:  # one batched GEMM over the whole blocks, one for the rest
+            n_rows, K = r.shape
+            full = n_rows - n_rows % _BLOCK
+            r, Fd = r.contiguous(), Fd.contiguous()
+            S = (r[full:].mT @ Fd[full:]).to(F64)
+            if full:
+                blocks = r[:full].view(-1, _BLOCK, K).mT @ Fd[:full].view(-1, _BLOCK, 2 * D)
+                S += blocks.sum(0, dtype=F64)
         S1, S2 = S[:, :D], S[:, D:]
         nd = n[:, None].expand_as(e)
         s1 = S1 - nd * e

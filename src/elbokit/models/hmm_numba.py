@@ -4,11 +4,13 @@ On a CPU the tensor recursions of :mod:`elbokit.models.hmm` run ~9 small
 operations per time step, and each costs its dispatch (microseconds) more
 than its arithmetic (b K^2 multiply-adds for b running sequences); the
 emission shift, its exponential and the checks are more full passes over
-memory.  Here one compiled loop does a row's whole step at once: the shift
-by the row's largest log-emission, the exponentials, alpha_t = (alpha_t-1 A)
-* b_t / c_t, and on the way back beta, gamma = alpha beta and the pair
-counts sum_t alpha_t^T (u_t+1 * beta_t+1), in float64 arithmetic whatever
-the dtype of the emissions (gamma is written in it).  The sorted chains of
+memory.  Here one compiled pass shifts every row by its largest
+log-emission, NumPy's vectorised exp exponentiates them (in the emissions'
+dtype; anything float32 would have lost is redone in float64), and one
+compiled loop does a row's whole step at once: alpha_t = (alpha_t-1 A) *
+b_t / c_t, and on the way back beta, gamma = alpha beta and the pair counts
+sum_t alpha_t^T (u_t+1 * beta_t+1), in float64 arithmetic whatever the dtype
+of the emissions (gamma is written in it).  The sorted chains of
 the packing run in contiguous ranges, one range per thread (plain threads:
 the loop releases the GIL), each thread serial in time over its range and
 stepping through its chains side by side, so that every row it reads or
@@ -36,8 +38,9 @@ import numpy as np
 import torch
 
 _UNDERFLOW = -700.0  # exp of anything below underflows float64's normal range
+_TINY = {"float32": 1e-30, "float64": 1e-300}  # exponentials below: recomputed in float64
 _ROWS_PER_THREAD = 20_000  # below, a thread's start costs more than its share of the rows
-_KERNEL = None
+_KERNELS = None
 
 
 def available() -> bool:
@@ -60,15 +63,35 @@ def jit(fn):
         return njit(cache=False, nogil=True)(fn)
 
 
-def _recursions(lb, offsets, sizes, lengths, pi, A, w, c0, c1, need, gamma, u, log_px,
-                counts):  # pragma: no cover - compiled by numba (run by the tests through it)
+def _shift(lb, r0, r1, gamma, shift):  # pragma: no cover - compiled by numba
+    """Rows [r0, r1): shift = the row's largest log-emission (float64), gamma = lb - shift
+    (in lb's dtype: the caller exponentiates it, vectorised).  Returns 0, or 1 for a row
+    whose largest entry is not finite."""
+    K = lb.shape[1]
+    for row in range(r0, r1):
+        m = lb[row, 0]
+        for k in range(1, K):
+            v = lb[row, k]
+            if v > m or m != m:
+                m = v
+        if not (m > -math.inf and m < math.inf):
+            return 1
+        shift[row] = m
+        for k in range(K):
+            gamma[row, k] = lb[row, k] - m
+    return 0
+
+
+def _recursions(lb, shift, tiny, offsets, sizes, lengths, pi, A, w, c0, c1, need, gamma, u,
+                log_px, counts):  # pragma: no cover - compiled by numba (run by the tests through it)
     """Forward (and, with ``need``, backward) over the sorted chains [c0, c1).
 
-    lb (N, K) packed log-emissions; offsets, sizes (T,) the packing's steps; lengths (C,)
-    the sorted chains' lengths; pi (K,), A (K, K), w (C,) float64; out: gamma (N, K)
-    (alpha on the way forward), u (N, K) float64 scratch (B / c, then B beta / c),
-    log_px (C,) (zeros on entry), counts (K, K).  Returns 0, or 1 where the tensor path
-    must take over."""
+    lb (N, K) packed log-emissions, shift (N,) their rows' largest; tiny: below it an
+    exponential in lb's dtype is recomputed in float64; offsets, sizes (T,) the
+    packing's steps; lengths (C,) the sorted chains' lengths; pi (K,), A (K, K), w (C,)
+    float64; gamma (N, K): exp(lb - shift) on entry, alpha on the way forward, gamma on
+    exit; u (N, K) float64 scratch (B / c, then B beta / c); log_px (C,) (zeros on entry),
+    counts (K, K).  Returns 0, or 1 where the tensor path must take over."""
     K = lb.shape[1]
     if c1 <= c0:
         return 0
@@ -82,13 +105,7 @@ def _recursions(lb, offsets, sizes, lengths, pi, A, w, c0, c1, need, gamma, u, l
         prev = offsets[t - 1] if t > 0 else 0
         for i in range(c0, hi):
             row = off + i
-            m = lb[row, 0]  # (in lb's dtype, so that float32 rows take float32 exponentials)
-            for k in range(1, K):
-                v = lb[row, k]
-                if v > m or m != m:
-                    m = v
-            if not (m > -math.inf and m < math.inf):
-                return 1
+            m = shift[row]
             if t == 0:
                 for k in range(K):
                     nxt[k] = pi[k]
@@ -101,13 +118,12 @@ def _recursions(lb, offsets, sizes, lengths, pi, A, w, c0, c1, need, gamma, u, l
                         nxt[k] += a * A[j, k]
             s = 0.0
             for k in range(K):
-                d = lb[row, k] - m
-                if d > -80.0:  # exact in lb's dtype (float32: no underflow above -87)
-                    b = float(math.exp(d))
-                elif d < _UNDERFLOW and d > -math.inf:
-                    return 1
-                else:
-                    b = math.exp(float(d))
+                b = float(gamma[row, k])
+                if b < tiny:  # lb's dtype may have lost it: float64, or refuse
+                    d = float(lb[row, k]) - m
+                    if d < _UNDERFLOW and d > -math.inf:
+                        return 1
+                    b = math.exp(d)
                 u[row, k] = b
                 nxt[k] *= b
                 s += nxt[k]
@@ -158,11 +174,11 @@ def _recursions(lb, offsets, sizes, lengths, pi, A, w, c0, c1, need, gamma, u, l
     return 0
 
 
-def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = jit(_recursions)
-    return _KERNEL
+def _kernels():
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = jit(_shift), jit(_recursions)
+    return _KERNELS
 
 
 def _ranges(lengths: np.ndarray, n: int) -> list[tuple[int, int]]:
@@ -195,9 +211,9 @@ def forward_backward(lb: torch.Tensor, startprob, transmat, chains, chain_weight
     (log_px (C,) float64 per sorted chain, gamma (N, K) in lb's dtype or None,
     xi (K, K) float64 or None), or None
     """
-    kernel = _kernel()
+    shift_rows, recursions = _kernels()
     x = lb.detach().contiguous().numpy()
-    K = x.shape[1]
+    N, K = x.shape
     C = chains.n_chains
     offsets, sizes, lengths = chains.step_arrays
     pi = startprob.detach().to(torch.float64).cpu().numpy()
@@ -205,23 +221,35 @@ def forward_backward(lb: torch.Tensor, startprob, transmat, chains, chain_weight
     w = (np.ones(C) if chain_weight is None
          else chain_weight.detach().to(torch.float64).cpu().numpy())
     gamma = np.empty_like(x)
+    shift = np.empty(N)
     u = np.empty(x.shape, dtype=np.float64)
     log_px = np.zeros(C)
     if threads is None:  # torch's threads, each with at least _ROWS_PER_THREAD rows
-        threads = min(torch.get_num_threads(), max(1, x.shape[0] // _ROWS_PER_THREAD))
+        threads = min(torch.get_num_threads(), max(1, N // _ROWS_PER_THREAD))
     parts = _ranges(lengths, threads)
+    rows = np.linspace(0, N, len(parts) + 1).astype(np.int64)
     counts = np.zeros((len(parts), K, K))
+
+    def exponentials(p):
+        r0, r1 = int(rows[p]), int(rows[p + 1])
+        if shift_rows(x, r0, r1, gamma, shift):
+            return 1
+        with np.errstate(all="ignore"):  # (exp of -inf: 0, as it should)
+            np.exp(gamma[r0:r1], out=gamma[r0:r1])
+        return 0
 
     def run(p):
         c0, c1 = parts[p]
-        return kernel(x, offsets, sizes, lengths, pi, A, w, c0, c1, need_posterior, gamma, u,
-                      log_px, counts[p])
+        return recursions(x, shift, _TINY[x.dtype.name], offsets, sizes, lengths, pi, A, w, c0, c1, need_posterior,
+                          gamma, u, log_px, counts[p])
 
     if len(parts) == 1:
-        status = [run(0)]
+        status = [exponentials(0) or run(0)]
     else:
         with ThreadPoolExecutor(len(parts), thread_name_prefix="elbokit-hmm") as pool:
-            status = list(pool.map(run, range(len(parts))))
+            status = list(pool.map(exponentials, range(len(parts))))
+            if not any(status):
+                status = list(pool.map(run, range(len(parts))))
     if any(status):
         return None
     log_px = torch.from_numpy(log_px)
