@@ -31,6 +31,7 @@ is writable it compiles in memory for each process.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,11 +46,7 @@ _KERNELS = None
 
 def available() -> bool:
     """Whether numba imports (it is a runtime dependency; the tensor path serves without)."""
-    try:
-        import numba  # noqa: F401
-    except ImportError:  # pragma: no cover - numba is a dependency
-        return False
-    return True
+    return importlib.util.find_spec("numba") is not None
 
 
 def jit(fn):
