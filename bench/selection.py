@@ -10,6 +10,7 @@
    the BIC and ICL tables by K and covariance type, and each method's choice.
 
     python bench/selection.py [--seeds 50] [--out bench/results/selection.txt]
+    python bench/selection.py --scenarios full-3 --first-seed 50 --seeds 200 --skip-real
 """
 
 from __future__ import annotations
@@ -96,18 +97,21 @@ def elbokit_choice(X, ks, seed, prior):
     return b["K"], b["covariance_type"]
 
 
-def generated(n_seeds, out):
+SCENARIOS = ("full-3", "tied-3", "diag-4", "spherical-5", "full-2-elongated", "cigars-2", "cigars-3")
+
+
+def generated(n_seeds, out, names=SCENARIOS, first_seed=0):
     ks = range(1, 8)
-    print(f"\n## Generated data: {n_seeds} seeds per scenario, K in 1..7, 4 covariance types", file=out)
+    print(f"\n## Generated data: {n_seeds} seeds per scenario (seeds {first_seed}.."
+          f"{first_seed + n_seeds - 1}), K in 1..7, 4 covariance types", file=out)
     print("chosen true K (true K and type) out of seeds; lowest BIC\n", file=out)
     print(f"{'scenario':18s} {'sklearn GMM BIC':>18s} {'elbokit select':>18s} {'elbokit + prior':>18s}"
           f" {'seconds sk/el/el+p':>22s}", file=out)
     totals = np.zeros((3, 2), dtype=int)
-    for name in ("full-3", "tied-3", "diag-4", "spherical-5", "full-2-elongated", "cigars-2",
-                 "cigars-3"):
+    for name in names:
         hits = np.zeros((3, 2), dtype=int)
         secs = np.zeros(3)
-        for seed in range(n_seeds):
+        for seed in range(first_seed, first_seed + n_seeds):
             X, K, kind = scenario(name, seed)
             for j, fn in enumerate((lambda: sklearn_choice(X, ks, seed),
                                     lambda: elbokit_choice(X, ks, seed, None),
@@ -159,14 +163,23 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=50)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
+                    help="comma-separated, from: " + ", ".join(SCENARIOS))
     ap.add_argument("--skip-generated", action="store_true")
+    ap.add_argument("--skip-real", action="store_true")
     args = ap.parse_args()
     out = sys.stdout if args.out is None else open(args.out, "w")
     print(f"# Model selection benchmark (load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} cores at start)", file=out)
     if not args.skip_generated:
-        generated(args.seeds, out)
-    real(out)
+        names = [s for s in args.scenarios.split(",") if s]
+        unknown = sorted(set(names) - set(SCENARIOS))
+        if unknown:
+            ap.error(f"--scenarios: unknown {unknown}; choose from {', '.join(SCENARIOS)}")
+        generated(args.seeds, out, names, args.first_seed)
+    if not args.skip_real:
+        real(out)
     print(f"\n(load average {os.getloadavg()[0]:.1f} at the end)", file=out)
 
 

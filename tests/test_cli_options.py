@@ -4,6 +4,7 @@ import csv
 import gzip
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -103,8 +104,11 @@ def test_select_gmm_sweeps_types_and_saves_the_choice(iris_gz, tmp_path):
     chosen = elbokit.load(tmp_path / "best")
     assert (chosen.covariance_type, chosen.n_components) == (best[0], int(best[1]))
     np.testing.assert_allclose(chosen.means_, sel.best_model.means_, rtol=1e-6, atol=1e-8)
-    # the report of the chosen model shows the sweep that chose it
-    invoke("report", tmp_path / "best")
+    assert list(chosen.feature_names_in_) == ["sl", "sw", "pl", "pw"]  # as `fit gmm` keeps them
+    # the report of the chosen model shows the sweep that chose it (and reads DATA by its names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        invoke("report", tmp_path / "best")
     header, table = _csv(tmp_path / "best" / "report-data" / "model-selection.csv")
     assert len(table) == 4 and "BIC" in header
 

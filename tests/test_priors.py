@@ -136,3 +136,18 @@ def test_mixture_takes_the_prior_too(duplicated):
         m = Mixture(family={"name": "gaussian", "config": {"covariance_type": "diag"}},
                     prior="default", **kw).fit(X)
     assert np.isfinite(m.lower_bounds_).all() and np.diff(m.lower_bounds_).min() >= -1e-9
+
+
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
+def test_the_default_prior_takes_constant_and_collinear_columns(ct):
+    """Blank border pixels (digits) make the data's covariance singular: the default
+    scale is floored (priors.SINGULAR_FLOOR) and the MAP fit runs; only an X with no
+    variation at all is refused, with the fix named."""
+    X = make_blobs_data(n=300, d=3, k=3, seed=2)
+    X = np.column_stack([X, np.zeros(len(X)), X[:, 0] - X[:, 1]])  # constant, collinear
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm = GaussianMixture(3, covariance_type=ct, prior="default", random_state=0).fit(X)
+    assert np.isfinite(gm.lower_bounds_).all() and np.isfinite(gm.bic(X))
+    with pytest.raises(ValueError, match="every column of X is constant; give prior"):
+        GaussianMixture(2, covariance_type=ct, prior="default").fit(np.ones((20, 3)))

@@ -89,3 +89,13 @@ def test_other_families_join_the_sweep():
     fams = {r[0] for r in sel.rows}
     assert fams == {"gaussian", "poisson"}
     assert sel.best_settings["family"] == "poisson" and sel.best_settings["K"] == 2
+
+
+def test_a_dataframes_column_names_go_with_every_model():
+    pd = pytest.importorskip("pandas")
+    X = pd.DataFrame(make_blobs_data(n=200, d=2, k=2, seed=1), columns=["height", "weight"])
+    sel = elbokit.select(X, [1, 2], ["full", "diag"], validation_fraction=0.2)
+    for model in [*sel.models, sel.best_model]:
+        assert list(model.feature_names_in_) == ["height", "weight"]
+    with pytest.raises(ValueError, match="Feature names must be in the same order"):
+        sel.best_model.predict(X[["weight", "height"]])

@@ -1041,7 +1041,12 @@ def _save_selected(result, out, claim, metrics: dict, extra: dict | None = None)
                             "n_train": metrics.get("n_samples", metrics.get("n_documents"))}
     files = dict(extra or {})
     files["metrics.json"] = json.dumps(metrics, indent=2)
-    result.best_model.save(claim, extra_files=files)
+    model, names = result.best_model, metrics.get("feature_names")
+    if names is not None and getattr(model, "n_features_in_", None) == len(names):
+        # the sweep fitted arrays read from DATA: the model keeps DATA's column
+        # names, as `fit` does, so that predict/report check them
+        model.feature_names_in_ = np.asarray(names, dtype=object)
+    model.save(claim, extra_files=files)
     click.echo(f"saved the chosen model to {out}")
 
 

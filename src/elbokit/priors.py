@@ -131,6 +131,32 @@ def data_moments(source, reducer, n_features: int, device):
     return float(first["n"]), mean, cov
 
 
+SINGULAR_FLOOR = 1e-6
+
+
+def nonsingular_covariance(cov: torch.Tensor) -> torch.Tensor:
+    """A data covariance made fit to be a prior's scale.
+
+    ``cov`` itself, or, where it is singular (constant or collinear columns,
+    as images' blank pixels: smallest eigenvalue <= 1e-12 x the largest),
+    ``cov + SINGULAR_FLOOR * mean(diag(cov)) * I``.  A full (D, D) matrix, or
+    the (D,) variances of a diagonal one (floored the same way when one of
+    them is ~0).  Where every column is constant it is returned as it is, for
+    the caller's check to report.
+    """
+    if cov.ndim == 1:
+        top, low = float(cov.max()), float(cov.min())
+    else:
+        eig = torch.linalg.eigvalsh(0.5 * (cov + cov.mT))
+        top, low = float(eig.max()), float(eig.min())
+    if top <= 0 or low > 1e-12 * top:
+        return cov
+    floor = SINGULAR_FLOOR * (cov if cov.ndim == 1 else cov.diagonal()).mean()
+    if cov.ndim == 1:
+        return cov + floor
+    return cov + floor * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+
+
 @dataclass(frozen=True)
 class GaussianPrior:
     """A resolved conjugate prior of a Gaussian mixture (float64 tensors).
@@ -161,7 +187,13 @@ class GaussianPrior:
     @classmethod
     def resolve(cls, settings: dict, n_components: int, covariance_type: str, data_mean, data_cov):
         """mclust's ``defaultPrior`` from the data's mean and covariance, overridden by
-        ``settings``."""
+        ``settings``.
+
+        Where the data's covariance is singular (constant or collinear columns, as
+        the blank border pixels of images), the default full/tied scale is taken
+        from :func:`nonsingular_covariance`, so that the prior stays proper
+        (mclust's formula would give a singular Wishart scale there).
+        """
         K, D = n_components, data_mean.shape[0]
         device = data_mean.device
 
@@ -181,18 +213,21 @@ class GaussianPrior:
         fac = (1.0 / K) ** (2.0 / D)
         mean = data_mean if settings.get("mean") is None else tensor(settings["mean"], [(D,)], "mean")
         if covariance_type in ("full", "tied"):
-            scale = fac * data_cov if settings.get("scale") is None else \
+            scale = fac * nonsingular_covariance(data_cov) if settings.get("scale") is None else \
                 tensor(settings["scale"], [(D, D)], "scale")
             if bool((torch.linalg.eigvalsh(0.5 * (scale + scale.mT)) <= 0).any()):
-                raise ValueError("prior['scale'] must be symmetric positive definite (the data's "
-                                 "covariance is singular: give prior['scale']).")
+                raise ValueError("prior['scale'] must be symmetric positive definite."
+                                 if settings.get("scale") is not None else
+                                 "the default prior scale needs X to vary: every column of X is "
+                                 "constant; give prior['scale'].")
         else:
             shapes = [(), (D,)] if covariance_type == "diag" else [()]
             scale = fac * data_cov.diagonal().mean() if settings.get("scale") is None else \
                 tensor(settings["scale"], shapes, "scale")
             if bool((scale <= 0).any()):
-                raise ValueError("prior['scale'] must be positive (a column of X is constant: "
-                                 "give prior['scale']).")
+                raise ValueError("prior['scale'] must be positive." if settings.get("scale")
+                                 is not None else "the default prior scale needs X to vary: "
+                                 "every column of X is constant; give prior['scale'].")
         dof = float(D + 2) if settings.get("dof") is None else float(settings["dof"])
         if dof <= D - 1:
             raise ValueError(f"prior['dof']={dof} must exceed n_features - 1 = {D - 1}.")

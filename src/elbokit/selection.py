@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.utils.validation import _get_feature_names
 
 from elbokit.models.gaussian_mixture import COVARIANCE_TYPES, GaussianMixtureModel, precisions_from_cholesky
 from elbokit.models.kmeans import kmeans_plusplus, lloyd, squared_distances
@@ -257,6 +258,7 @@ def select(X, n_components=range(1, 10), covariance_types=COVARIANCE_TYPES, *, f
     if criterion == "heldout" and validation_fraction == 0 and X_validation is None:
         raise ValueError("criterion='heldout' needs validation_fraction > 0 (e.g. 0.2) or "
                          "X_validation.")
+    columns = _get_feature_names(X)  # a DataFrame's: every model keeps them, as fit would
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or len(X) < 2:
         raise ValueError("X must be a 2-D array with at least 2 rows.")
@@ -283,7 +285,12 @@ def select(X, n_components=range(1, 10), covariance_types=COVARIANCE_TYPES, *, f
     for fam in names:
         if not _is_gaussian(fam):
             results += _family_cells(X_fit, X_val, ks, fam, n_init, random_state, progress, params)
-    return _assemble(results, criterion, X, X_fit is not X and refit, params)
+    selection = _assemble(results, criterion, X, X_fit is not X and refit, params)
+    if columns is not None:
+        for model in [*selection.models, selection.best_model]:
+            if model is not None:
+                model.feature_names_in_ = columns
+    return selection
 
 
 def _is_gaussian(family) -> bool:

@@ -141,6 +141,11 @@ def _page(model, data, given: bool, metrics: dict, labels, heldout, progress: bo
 
     with warnings.catch_warnings():  # auxiliary fits report non-convergence in the page itself
         warnings.simplefilter("ignore", category=elbokit.ConvergenceWarning)
+        # the page reads the data with its own reader, in the model's columns (the
+        # file's header is checked against feature_names_in_ where it is streamed
+        # whole): its in-memory row samples carry no names, and need none
+        warnings.filterwarnings("ignore", message="X does not have valid feature names",
+                                category=UserWarning)
         if name == "LDA":
             from elbokit.report.lda import STAGES, lda_page
 
