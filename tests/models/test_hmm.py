@@ -152,6 +152,7 @@ def test_compiled_recursions_equal_the_tensor_ones(monkeypatch, dtype):
         torch.testing.assert_close(ours.log_px, tensor.log_px, rtol=tol, atol=0)
         torch.testing.assert_close(ours.gamma.to(F64), tensor.gamma.to(F64), rtol=tol, atol=tol)
         torch.testing.assert_close(ours.xi, tensor.xi, rtol=tol, atol=tol)
+        torch.testing.assert_close(ours.occupancy, tensor.gamma.sum(0, dtype=F64), rtol=tol, atol=0)
     ours, tensor = _both(monkeypatch, log_b, pi, A, layout, need_posterior=False)
     torch.testing.assert_close(ours.log_px, tensor.log_px, rtol=tol, atol=0)
     # the threads' ranges of sequences do not change any sequence's result

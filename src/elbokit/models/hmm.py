@@ -328,11 +328,14 @@ class Posterior:
         State marginals p(z_t = k | x) of every row (times its sequence's weight).
     xi : (K, K) float64
         Expected transition counts, summed over the batch (times the weights).
+    occupancy : (K,) float64 or None
+        gamma summed over the rows, where the recursions summed it on the way.
     """
 
     log_px: torch.Tensor
     gamma: torch.Tensor | None
     xi: torch.Tensor | None
+    occupancy: torch.Tensor | None = None
 
 
 def _finite_positive(c: torch.Tensor) -> bool:
@@ -532,7 +535,7 @@ def forward_backward(log_b: torch.Tensor, startprob, transmat, layout: SequenceL
     post = forward_backward_packed(layout.pack(log_b), startprob, transmat, layout, seq_weight,
                                    need_posterior)
     gamma = None if post.gamma is None else layout.unpack(post.gamma)
-    return Posterior(post.log_px, gamma, post.xi)
+    return Posterior(post.log_px, gamma, post.xi, post.occupancy)
 
 
 def _shifted(lb):
@@ -552,7 +555,7 @@ def _repacked(fn, lb, layout: SequenceLayout, other: SequenceLayout, *args):
     """``fn`` run on ``other``'s packing of the same rows; gamma back in ``layout``'s."""
     post = fn(other.pack(layout.unpack(lb)), *args[:2], other, *args[2:])
     gamma = None if post.gamma is None else layout.pack(other.unpack(post.gamma))
-    return Posterior(post.log_px, gamma, post.xi)
+    return Posterior(post.log_px, gamma, post.xi, post.occupancy)
 
 
 def forward_backward_packed(lb: torch.Tensor, startprob, transmat, layout: SequenceLayout,
@@ -567,7 +570,7 @@ def forward_backward_packed(lb: torch.Tensor, startprob, transmat, layout: Seque
         if out is not None:  # (None: the tensor recursions and their exact fallbacks)
             log_px = torch.empty(layout.n_sequences, dtype=F64, device=lb.device)
             log_px[layout.sequence] = out[0]
-            return Posterior(log_px, out[1], out[2])
+            return Posterior(log_px, *out[1:])
     shift, B = _shifted(lb)
     lost = need_posterior and _underflows(lb, B)
     if lost and dtype != F64:  # emissions beyond float32's range: the recursions in float64
@@ -615,7 +618,7 @@ def _log_space(lb, startprob, transmat, layout, seq_weight, need_posterior):
     post = forward_backward_log(layout.unpack(lb), startprob, transmat, layout, seq_weight,
                                 need_posterior)
     gamma = None if post.gamma is None else layout.pack(post.gamma)
-    return Posterior(post.log_px, gamma, post.xi)
+    return Posterior(post.log_px, gamma, post.xi, post.occupancy)
 
 
 @_serial_steps(layout_at=3)
@@ -783,7 +786,8 @@ class HMMModel:
                  for k, v in self.family.statistics(p.params, Xp, post.gamma).items()}
         stats[START] = post.gamma[layout.seq_first].sum(0, dtype=F64)
         stats[TRANS] = post.xi
-        stats[OCCUPANCY] = post.gamma.sum(0, dtype=F64)
+        stats[OCCUPANCY] = (post.gamma.sum(0, dtype=F64) if post.occupancy is None
+                            else post.occupancy)
         if weight is None:
             log_lik = post.log_px.sum()
         else:

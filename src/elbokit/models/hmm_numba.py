@@ -80,15 +80,16 @@ def _shift(lb, r0, r1, gamma, shift):  # pragma: no cover - compiled by numba
 
 
 def _recursions(lb, shift, tiny, offsets, sizes, lengths, pi, A, w, c0, c1, need, gamma, u,
-                log_px, counts):  # pragma: no cover - compiled by numba (run by the tests through it)
+                log_px, counts, occupancy):  # pragma: no cover - compiled
     """Forward (and, with ``need``, backward) over the sorted chains [c0, c1).
 
     lb (N, K) packed log-emissions, shift (N,) their rows' largest; tiny: below it an
     exponential in lb's dtype is recomputed in float64; offsets, sizes (T,) the
     packing's steps; lengths (C,) the sorted chains' lengths; pi (K,), A (K, K), w (C,)
     float64; gamma (N, K): exp(lb - shift) on entry, alpha on the way forward, gamma on
-    exit; u (N, K) float64 scratch (B / c, then B beta / c); log_px (C,) (zeros on entry),
-    counts (K, K).  Returns 0, or 1 where the tensor path must take over."""
+    exit; u (N, K) float64 scratch (B / c, then B beta / c); log_px (C,), counts (K, K) and
+    occupancy (K,) (sum of gamma), zeros on entry.  Returns 0, or 1 where the tensor path
+    must take over."""
     K = lb.shape[1]
     if c1 <= c0:
         return 0
@@ -166,7 +167,9 @@ def _recursions(lb, shift, tiny, offsets, sizes, lengths, pi, A, w, c0, c1, need
             for k in range(K):
                 if not nxt[k] < math.inf:
                     return 1
-                gamma[row, k] = gamma[row, k] * nxt[k] * wi
+                g = gamma[row, k] * nxt[k] * wi
+                gamma[row, k] = g
+                occupancy[k] += g
                 u[row, k] *= nxt[k]
     return 0
 
@@ -205,8 +208,9 @@ def forward_backward(lb: torch.Tensor, startprob, transmat, chains, chain_weight
 
     Returns
     -------
-    (log_px (C,) float64 per sorted chain, gamma (N, K) in lb's dtype or None,
-    xi (K, K) float64 or None), or None
+    (log_px (C,) float64 per sorted chain, gamma (N, K) in lb's dtype, xi (K, K) float64,
+    occupancy (K,) float64: gamma summed; the last three None without ``need_posterior``),
+    or None
     """
     shift_rows, recursions = _kernels()
     x = lb.detach().contiguous().numpy()
@@ -226,6 +230,7 @@ def forward_backward(lb: torch.Tensor, startprob, transmat, chains, chain_weight
     parts = _ranges(lengths, threads)
     rows = np.linspace(0, N, len(parts) + 1).astype(np.int64)
     counts = np.zeros((len(parts), K, K))
+    occupancy = np.zeros((len(parts), K))
 
     def exponentials(p):
         r0, r1 = int(rows[p]), int(rows[p + 1])
@@ -238,7 +243,7 @@ def forward_backward(lb: torch.Tensor, startprob, transmat, chains, chain_weight
     def run(p):
         c0, c1 = parts[p]
         return recursions(x, shift, _TINY[x.dtype.name], offsets, sizes, lengths, pi, A, w, c0, c1, need_posterior,
-                          gamma, u, log_px, counts[p])
+                          gamma, u, log_px, counts[p], occupancy[p])
 
     if len(parts) == 1:
         status = [exponentials(0) or run(0)]
@@ -251,6 +256,6 @@ def forward_backward(lb: torch.Tensor, startprob, transmat, chains, chain_weight
         return None
     log_px = torch.from_numpy(log_px)
     if not need_posterior:
-        return log_px, None, None
+        return log_px, None, None, None
     xi = torch.from_numpy(A) * torch.from_numpy(counts).sum(0)  # (torch: NumPy warns on underflow)
-    return log_px, torch.from_numpy(gamma), xi
+    return log_px, torch.from_numpy(gamma), xi, torch.from_numpy(occupancy.sum(0))
