@@ -27,8 +27,8 @@ P = Sigma~^-1 (o o^T), E[x] - mu = Sigma P (x - mu)_o and
 Cov = Sigma - Sigma P Sigma.
 
 Complete diag and spherical data take a fast path (:meth:`Gaussian._fast`):
-the rows centred at c (the mean of the components' means, in float64) laid
-out F = [x - c | (x - c)^2], shape (n, 2D), so that the log-densities are
+the rows centred at c (per column, the precision-weighted mean of the
+components' means) laid out F = [x - c | (x - c)^2], shape (n, 2D), so that the log-densities are
 one GEMM F W + b and both statistics one GEMM resp^T F (over row blocks
 whose sums add up in float64); the statistics against the anchor mu_k
 follow in float64 from e_k = mu_k - c (s1 = S1 - n e, s2 = S2 - 2 e S1 +
@@ -210,19 +210,24 @@ class Gaussian(Family):
             self._fast_cache = (params, X, None)
             return None
         loc, var = params["loc"].to(F64), self._variances(params).to(F64)
+        # the centre: per column, the precision-weighted mean of the means, so that the narrow
+        # components (whose sums cancel the most) sit nearest it; rounded to X's dtype, so that
+        # x - c is exact but for its own rounding
+        prec = var.reciprocal()
+        centre = (prec * loc).sum(0) / prec.sum(0)
+        centre = torch.where(torch.isfinite(centre), centre, loc.mean(0)).to(X.dtype)
         dtype = X.dtype
         if dtype != F64:
             from types import SimpleNamespace
 
             from elbokit.models.gaussian_mixture import FLOAT32_TOLERANCE, float32_error
 
-            K = loc.shape[0]
-            like = SimpleNamespace(means=loc, covariances=var, precisions_cholesky=var.rsqrt(),
-                                   weights=torch.full((K,), 1.0 / K, dtype=F64, device=loc.device))
+            # (the estimate centres the means at weights @ means: here they come centred)
+            like = SimpleNamespace(means=loc - centre.to(F64), covariances=var,
+                                   precisions_cholesky=prec.sqrt(),
+                                   weights=torch.zeros(loc.shape[0], dtype=F64, device=loc.device))
             if not bool((float32_error(like, "diag") <= FLOAT32_TOLERANCE).all()):
                 dtype = F64
-        # the centre, rounded to X's dtype: x - c is then exact but for its own rounding
-        centre = loc.mean(0).to(X.dtype)
         n, D = X.shape
         F = None if c is None or c[2] is None else c[2][2]  # the last batch's buffer, reused
         if F is None or F.shape != (n, 2 * D) or F.dtype != dtype or F.device != X.device:
