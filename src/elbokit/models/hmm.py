@@ -563,7 +563,7 @@ def forward_backward_packed(lb: torch.Tensor, startprob, transmat, layout: Seque
     """:func:`forward_backward` on emissions packed by ``layout`` (``layout.pack``); gamma
     is returned packed the same way."""
     dtype = lb.dtype
-    if layout.segment is None and _compiled(lb.device):
+    if layout.segment is None and _compiled(lb.device) and dtype in (torch.float32, F64):
         w = None if seq_weight is None else seq_weight[layout.sequence]
         out = hmm_numba.forward_backward(lb, startprob, transmat, layout.chains, w,
                                          need_posterior)

@@ -187,7 +187,8 @@ def _ranges(lengths: np.ndarray, n: int) -> list[tuple[int, int]]:
     if n <= 1 or len(lengths) < 2:
         return [(0, len(lengths))]
     cuts = np.searchsorted(total, total[-1] * np.arange(1, n) / n)
-    bounds = [0] + sorted(set(int(c) + 1 for c in cuts if int(c) + 1 < len(lengths))) + [len(lengths)]
+    inner = sorted(set(int(c) + 1 for c in cuts if int(c) + 1 < len(lengths)))
+    bounds = [0] + inner + [len(lengths)]
     return list(zip(bounds[:-1], bounds[1:]))
 
 
@@ -204,7 +205,7 @@ def forward_backward(lb: torch.Tensor, startprob, transmat, chains, chain_weight
     chain_weight : (C,) tensor, optional
         The weight of each sorted chain (multiplies gamma and the pair counts).
     threads : int, optional
-        Default: torch's number of threads.
+        Default: torch's number of threads, at most one per ``_ROWS_PER_THREAD`` rows.
 
     Returns
     -------
@@ -240,10 +241,12 @@ def forward_backward(lb: torch.Tensor, startprob, transmat, chains, chain_weight
             np.exp(gamma[r0:r1], out=gamma[r0:r1])
         return 0
 
+    tiny = _TINY[x.dtype.name]
+
     def run(p):
         c0, c1 = parts[p]
-        return recursions(x, shift, _TINY[x.dtype.name], offsets, sizes, lengths, pi, A, w, c0, c1, need_posterior,
-                          gamma, u, log_px, counts[p], occupancy[p])
+        return recursions(x, shift, tiny, offsets, sizes, lengths, pi, A, w, c0, c1,
+                          need_posterior, gamma, u, log_px, counts[p], occupancy[p])
 
     if len(parts) == 1:
         status = [exponentials(0) or run(0)]
