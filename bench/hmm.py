@@ -299,6 +299,27 @@ def defaults(name, K, X, lengths):
           f"({s_p / s_ours:.1f}x; its model has an end state)")
 
 
+FIRST_FIT = """import time; t = time.perf_counter()
+import numpy as np, elbokit
+X = np.random.default_rng(0).normal(size=(2000, 3)).astype(np.float32)
+elbokit.GaussianHMM(2, "diag", n_iter=2).fit(X, [200] * 10)
+print(time.perf_counter() - t)"""
+
+
+def first_use():
+    """A fresh process's first fit (import included), with numba's disk cache empty and then
+    filled: the difference is the compilation of the CPU recursions, paid once per machine."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        run = lambda: float(subprocess.run([sys.executable, "-c", FIRST_FIT], env=env, check=True,
+                                           capture_output=True, text=True).stdout.split()[-1])
+        cold, warm = run(), run()
+    print(f"\nfirst fit in a fresh process (import included, wall): {cold:.2f} s with numba's cache "
+          f"empty, {warm:.2f} s with it filled (compiling the recursions: {cold - warm:.2f} s, once)")
+
+
 # ----------------------------------------------------------------------------- 3. KJV
 def kjv(max_verses, n_init):
     """Character-level 2-state HMMs on the KJV from ``n_init`` seeds: each restart's split."""
@@ -376,6 +397,7 @@ def main(argv=None):
           args.iters, args.repeats)
     if not args.skip_defaults:
         defaults(f"{n_seq} x {T}, 8 states, 5-D diag", 8, X, lengths)
+        first_use()
     speed(f"Fashion-MNIST rows ({len(lf)} images x 28 steps, 28-D), 8 states, diag", "diag", 8, Xf, lf,
           args.iters, args.repeats)
     speed(f"KJV characters ({len(lc)} verses, {len(Xc)} characters), 2 states", "categorical", 2, Xc, lc,

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from elbokit.models import hmm, hmm_numba
 from elbokit.models.hmm import (
     SequenceLayout,
     forward_backward,
@@ -78,10 +79,16 @@ def case(request):
     return K, lengths, pi, A, log_b, w, brute_force(log_b, pi, A, lengths, w)
 
 
-@pytest.mark.parametrize("segment", [None, 2, 3])
-@pytest.mark.parametrize("fb", [forward_backward, forward_backward_log])
+PATHS = [  # (segment, recursions, compiled CPU loop)
+    (None, forward_backward, True), (None, forward_backward, False), (2, forward_backward, False),
+    (3, forward_backward, False), (None, forward_backward_log, False)]
+
+
+@pytest.mark.parametrize("segment, fb, compiled", PATHS,
+                         ids=["compiled", "tensor", "segments2", "segments3", "log"])
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-def test_forward_backward_equals_enumeration(case, segment, fb, dtype):
+def test_forward_backward_equals_enumeration(case, segment, fb, compiled, dtype, monkeypatch):
+    monkeypatch.setattr(hmm, "CPU_KERNEL", compiled and hmm_numba.available())
     K, lengths, pi, A, log_b, w, (log_px, gamma, xi, _, _) = case
     layout = SequenceLayout(torch.tensor(lengths), segment)
     post = fb(log_b.to(dtype), pi, A, layout, w)
@@ -99,7 +106,8 @@ def test_viterbi_equals_the_best_enumerated_path(case):
     assert torch.equal(states, best_path)
 
 
-def test_segments_equal_whole_sequences_on_long_ones():
+def test_segments_equal_whole_sequences_on_long_ones(monkeypatch):
+    monkeypatch.setattr(hmm, "CPU_KERNEL", False)
     K = 4
     pi, A = random_model(K, seed=3)
     lengths = torch.tensor([700, 3, 257, 64])
@@ -111,6 +119,86 @@ def test_segments_equal_whole_sequences_on_long_ones():
     torch.testing.assert_close(cut.xi, whole.xi, rtol=1e-9, atol=1e-9)
     assert segment_length(torch.tensor([100_000]), 3, "cpu") == 64
     assert segment_length(torch.full((1000,), 200), 8, "cpu") is None
+    monkeypatch.setattr(hmm, "CPU_KERNEL", True)  # the compiled loop: whole sequences on CPUs
+    assert segment_length(torch.tensor([100_000]), 3, "cpu") is None
+
+
+needs_numba = pytest.mark.skipif(not hmm_numba.available(), reason="numba not installed")
+
+
+def _both(monkeypatch, *args, **kwargs):
+    """forward_backward with the compiled loop, then with the tensor recursions."""
+    out = []
+    for flag in (True, False):
+        monkeypatch.setattr(hmm, "CPU_KERNEL", flag)
+        out.append(forward_backward(*args, **kwargs))
+    return out
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_compiled_recursions_equal_the_tensor_ones(monkeypatch, dtype):
+    K = 4
+    pi, A = random_model(K, seed=5)
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(1, 60, (40,), generator=g)
+    log_b = (4 * torch.randn(int(lengths.sum()), K, dtype=F64, generator=g)).to(dtype)
+    w = torch.rand(40, dtype=F64, generator=g) + 0.5
+    layout = SequenceLayout(lengths)
+    tol = 1e-12 if dtype == F64 else 2e-5
+    for weight in (None, w):
+        ours, tensor = _both(monkeypatch, log_b, pi, A, layout, weight)
+        assert ours.gamma.dtype == dtype
+        torch.testing.assert_close(ours.log_px, tensor.log_px, rtol=tol, atol=0)
+        torch.testing.assert_close(ours.gamma.to(F64), tensor.gamma.to(F64), rtol=tol, atol=tol)
+        torch.testing.assert_close(ours.xi, tensor.xi, rtol=tol, atol=tol)
+        torch.testing.assert_close(ours.occupancy, tensor.gamma.sum(0, dtype=F64), rtol=tol, atol=0)
+    ours, tensor = _both(monkeypatch, log_b, pi, A, layout, need_posterior=False)
+    torch.testing.assert_close(ours.log_px, tensor.log_px, rtol=tol, atol=0)
+    # the threads' ranges of sequences do not change any sequence's result
+    chains = layout.chains
+    one = hmm_numba.forward_backward(layout.pack(log_b), pi, A, chains, threads=1)
+    three = hmm_numba.forward_backward(layout.pack(log_b), pi, A, chains, threads=3)
+    assert torch.equal(one[0], three[0]) and torch.equal(one[1], three[1])
+    torch.testing.assert_close(one[2], three[2], rtol=1e-13, atol=0)
+
+
+@needs_numba
+def test_compiled_recursions_hand_underflow_to_the_exact_paths(monkeypatch):
+    pi = torch.tensor([0.5, 0.5], dtype=F64)
+    A = torch.eye(2, dtype=F64)
+    layout = SequenceLayout(torch.tensor([6]))
+    # state 1's emissions are 800 nats below state 0's (beyond exp's range once shifted),
+    # but the last observation is impossible in state 0, and no path leaves its state
+    log_b = torch.tensor([[0.0, -800.0]] * 5 + [[-math.inf, 0.0]], dtype=F64)
+    assert hmm_numba.forward_backward(log_b, pi, A, layout.chains) is None
+    ours, tensor = _both(monkeypatch, log_b, pi, A, layout)
+    for post in (ours, tensor):
+        torch.testing.assert_close(post.log_px, torch.tensor([math.log(0.5) - 4000], dtype=F64),
+                                   rtol=1e-14, atol=0)
+        torch.testing.assert_close(post.gamma[:, 1], torch.ones(6, dtype=F64))
+    # every reachable scale underflows (test below): the loop refuses, log space answers
+    pi0 = torch.tensor([1.0, 0.0], dtype=F64)
+    A0 = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=F64)
+    log_b0 = torch.tensor([[-2000.0, 0.0]] * 5, dtype=F64)
+    assert hmm_numba.forward_backward(log_b0, pi0, A0, SequenceLayout(torch.tensor([5])).chains) is None
+
+
+def test_jit_compiles_without_a_disk_cache_where_numba_refuses_one(monkeypatch):
+    numba = pytest.importorskip("numba")
+    real = numba.njit
+
+    def refusing(*args, cache=False, **kwargs):
+        if cache:
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", refusing)
+
+    def twice(x):  # pragma: no cover - compiled
+        return 2 * x
+
+    assert hmm_numba.jit(twice)(21) == 42
 
 
 def test_scaling_underflow_falls_back_to_log_space():

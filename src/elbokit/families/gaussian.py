@@ -26,8 +26,18 @@ independent unit ones): its Cholesky factor gives log det Sigma_oo, and with
 P = Sigma~^-1 (o o^T), E[x] - mu = Sigma P (x - mu)_o and
 Cov = Sigma - Sigma P Sigma.
 
-The family computes in float64 whatever the compute dtype (its quadratic
-forms are taken on uncentred rows); ``GaussianMixture`` is the float32 path.
+Complete diag and spherical data take a fast path (:meth:`Gaussian._fast`):
+the rows centred at c (per column, the precision-weighted mean of the
+components' means) laid out F = [x - c | (x - c)^2], shape (n, 2D), so that the log-densities are
+one GEMM F W + b and both statistics one GEMM resp^T F (over row blocks
+whose sums add up in float64); the statistics against the anchor mu_k
+follow in float64 from e_k = mu_k - c (s1 = S1 - n e, s2 = S2 - 2 e S1 +
+n e^2).  This is ``GaussianMixture``'s float32 E-step and is done in the
+compute dtype where its rounding is small: the components whose estimated
+float32 error (:func:`elbokit.models.gaussian_mixture.float32_error`)
+exceeds ``FLOAT32_TOLERANCE`` nats per row send the batch to float64.
+Everything else (missing entries, full and tied) computes in float64
+whatever the compute dtype (its quadratic forms are taken on uncentred rows).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import torch
 from elbokit.families.base import F64, LOG_2PI, Family, has_missing, observed
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+_BLOCK = 16384  # rows per GEMM of the fast statistics in float32 (each block's sum added in float64)
 
 
 def _full_covariances(cov: torch.Tensor, covariance_type: str, K: int, D: int) -> torch.Tensor:
@@ -123,6 +134,7 @@ class Gaussian(Family):
                 f"{', '.join(map(repr, COVARIANCE_TYPES))}."
             )
         self._cache = None
+        self._fast_cache = None
 
     def get_config(self):
         return {"covariance_type": self.covariance_type, "reg_covar": float(self.reg_covar)}
@@ -175,7 +187,69 @@ class Gaussian(Family):
         self._cache = (params, key, need_moments, out)
         return out
 
+    def _variances(self, params):
+        """The (K, D) per-column variances of a factorised family."""
+        var = params["covariance"]
+        K, D = params["loc"].shape
+        return var[:, None].expand(K, D) if self.covariance_type == "spherical" else var
+
+    def _fast(self, params, X):
+        """(dtype, e = loc - c (K, D) float64, F = [x - c | (x - c)^2] (n, 2D)) for the
+        fast path of complete diag/spherical rows, or None (missing entries, other types);
+        memoised for the last (params, X).
+
+        The dtype is X's unless some component's estimated float32 error is above
+        ``FLOAT32_TOLERANCE`` nats per row (a component narrow next to its distance
+        from c): then float64."""
+        if not self.factorised or params is None or X.dtype not in (torch.float32, F64):
+            return None
+        c = self._fast_cache
+        if c is not None and c[0] is params and c[1] is X:
+            return c[2]
+        if has_missing(X):
+            self._fast_cache = (params, X, None)
+            return None
+        loc, var = params["loc"].to(F64), self._variances(params).to(F64)
+        # the centre: per column, the precision-weighted mean of the means, so that the narrow
+        # components (whose sums cancel the most) sit nearest it; rounded to X's dtype, so that
+        # x - c is exact but for its own rounding
+        prec = var.reciprocal()
+        centre = (prec * loc).sum(0) / prec.sum(0)
+        centre = torch.where(torch.isfinite(centre), centre, loc.mean(0)).to(X.dtype)
+        dtype = X.dtype
+        if dtype != F64:
+            from types import SimpleNamespace
+
+            from elbokit.models.gaussian_mixture import FLOAT32_TOLERANCE, float32_error
+
+            # (the estimate centres the means at weights @ means: here they come centred)
+            like = SimpleNamespace(means=loc - centre.to(F64), covariances=var,
+                                   precisions_cholesky=prec.sqrt(),
+                                   weights=torch.zeros(loc.shape[0], dtype=F64, device=loc.device))
+            if not bool((float32_error(like, "diag") <= FLOAT32_TOLERANCE).all()):
+                dtype = F64
+        n, D = X.shape
+        F = None if c is None or c[2] is None else c[2][2]  # the last batch's buffer, reused
+        if F is None or F.shape != (n, 2 * D) or F.dtype != dtype or F.device != X.device:
+            F = torch.empty(n, 2 * D, dtype=dtype, device=X.device)
+        self._fast_cache = None
+        torch.sub(X if dtype == X.dtype else X.to(dtype), centre.to(dtype), out=F[:, :D])
+        torch.mul(F[:, :D], F[:, :D], out=F[:, D:])
+        centre = centre.to(F64)
+        out = (dtype, loc - centre, F)
+        self._fast_cache = (params, X, out)
+        return out
+
     def log_prob(self, params, X):
+        fast = self._fast(params, X)
+        if fast is not None:
+            # -1/2 sum_d prec (x - mu)^2 = F [e prec ; -prec / 2] - 1/2 sum_d prec e^2
+            dtype, e, F = fast
+            var = self._variances(params).to(F64)
+            prec = var.reciprocal()
+            W = torch.cat([e * prec, -0.5 * prec], 1).mT  # (2D, K)
+            b = -0.5 * ((prec * e.square()).sum(1) + var.log().sum(1) + e.shape[1] * LOG_2PI)
+            return torch.addmm(b.to(dtype), F, W.to(dtype)).to(X.dtype)
         maha, log_det, n_obs, _, _ = self._terms(params, X)
         return -0.5 * (maha + log_det + n_obs[:, None] * LOG_2PI).to(X.dtype)
 
@@ -184,6 +258,9 @@ class Gaussian(Family):
         K = resp.shape[1]
         D = X.shape[1]
         loc = params["loc"] if params is not None else torch.zeros(K, D, dtype=F64, device=X.device)
+        fast = self._fast(params, X) if self.factorised else None
+        if fast is not None:
+            return self._fast_statistics(fast, resp)
         if self.factorised:
             X0, mask = observed(X)
             Xd, r = X0.to(F64), resp.to(F64)
@@ -209,6 +286,33 @@ class Gaussian(Family):
             s1 = weighted.sum(1)
             s2 = weighted.mT @ Xc
         return {"nk": nk, "s1": s1, "s2": s2}
+
+    @staticmethod
+    def _fast_statistics(fast, resp):
+        """The factorised statistics from the fast path's F: S = resp^T F (float32 GEMMs over
+        row blocks, each block's sums added in float64; one float64 GEMM in float64), then
+        against the anchor: s1 = S1 - n e, s2 = S2 - 2 e S1 + n e^2."""
+        dtype, e, F = fast
+        if resp.dtype == F64:
+            dtype = F64
+        n = resp.sum(0, dtype=F64)
+        D = e.shape[1]
+        r, Fd = resp.to(dtype), F.to(dtype)
+        if dtype == F64:
+            S = r.mT @ Fd
+        else:  # one batched GEMM over the whole blocks, one for the rest
+            n_rows, K = r.shape
+            full = n_rows - n_rows % _BLOCK
+            r, Fd = r.contiguous(), Fd.contiguous()
+            S = (r[full:].mT @ Fd[full:]).to(F64)
+            if full:
+                blocks = r[:full].view(-1, _BLOCK, K).mT @ Fd[:full].view(-1, _BLOCK, 2 * D)
+                S += blocks.sum(0, dtype=F64)
+        S1, S2 = S[:, :D], S[:, D:]
+        nd = n[:, None].expand_as(e)
+        s1 = S1 - nd * e
+        s2 = S2 - 2 * e * S1 + nd * e.square()
+        return {"n": nd.clone(), "s1": s1, "s2": s2}
 
     # ------------------------------------------------------------ M-step
     def maximize(self, stats, params, fixed=None):

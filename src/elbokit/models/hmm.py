@@ -21,7 +21,11 @@ tensor operation per step across all sequences of the batch: the sequences
 are sorted by length and their rows laid out time-major ("packed", as
 :func:`torch.nn.utils.rnn.pack_sequence` does), so that at step t the
 sequences still running are the first ``batch_sizes[t]`` rows of a
-contiguous block.  No Python loop runs over sequences.
+contiguous block.  No Python loop runs over sequences.  On a CPU the
+recursions over whole sequences run as one compiled loop instead
+(:mod:`elbokit.models.hmm_numba`, when numba imports; ``CPU_KERNEL``): the
+same packing, the same numbers, without the tensor operations' per-step cost;
+where it refuses a batch (underflow), the tensor recursions below take it.
 
 Numerics.  The recursions are *scaled* (Rabiner, 1989): the filtered
 alpha_t = p(z_t | x_1..t) is normalised at every step by
@@ -50,9 +54,13 @@ from dataclasses import dataclass
 import torch
 
 from elbokit.families.base import F64, Family, Params
+from elbokit.models import hmm_numba
 from elbokit.models.family_mixture import FamilyMixtureModel
 
 FAMILY_PREFIX = "f."
+CPU_KERNEL = hmm_numba.available()
+"""Whether CPU batches run the compiled recursions (:mod:`elbokit.models.hmm_numba`; whole
+sequences, no segments); False: the tensor recursions everywhere."""
 START, TRANS, OCCUPANCY = "start", "trans", "nk"
 
 
@@ -127,6 +135,16 @@ class Packing:
         self.prev = offsets[step_of[later] - 1] + self.chain[later]
         self.first = torch.arange(self.n_chains, device=device)
         self.last = offsets[L - 1] + self.first if self.n_chains else self.first
+
+    @functools.cached_property
+    def step_arrays(self):
+        """(offsets, batch sizes, length of every sorted chain) as int64 NumPy arrays."""
+        import numpy as np
+
+        sizes = np.asarray(self.batch_sizes, dtype=np.int64)
+        # sorted chain i runs while i < batch_sizes[t]: its length is the count of such steps
+        lengths = np.searchsorted(-sizes, -np.arange(self.n_chains), side="left")
+        return np.asarray(self.offsets, dtype=np.int64), sizes, lengths.astype(np.int64)
 
     def steps(self):
         """(t, offset, batch size) for every step."""
@@ -228,6 +246,11 @@ class SequenceLayout:
         return out
 
 
+def _compiled(device) -> bool:
+    """Whether the recursions on ``device`` run the compiled CPU loop."""
+    return CPU_KERNEL and torch.device(device).type == "cpu"
+
+
 def segment_length(lengths: torch.Tensor, n_states: int, device) -> int | None:
     """The segment length for long sequences, or None (whole sequences).
 
@@ -235,10 +258,11 @@ def segment_length(lengths: torch.Tensor, n_states: int, device) -> int | None:
     ~10 microseconds each on a CPU); segments cost their steps plus the work of the
     transfer matrices, ~(60 K^2 + 4 K^3) per row (K states).  The segment length is the
     power of two nearest sqrt(T) / 4, the fastest measured on one sequence of 2,000 to
-    200,000 steps (bench/hmm.py's long-sequence case).
+    200,000 steps (bench/hmm.py's long-sequence case).  None on a CPU with the compiled
+    loop, whose steps cost no dispatch: it runs whole sequences faster.
     """
     T = int(lengths.max()) if lengths.numel() else 0
-    if T < 256:
+    if T < 256 or _compiled(device):
         return None
     per_op = 1e-5
     per_flop = 1e-11 if torch.device(device).type == "cuda" else 1e-9
@@ -304,11 +328,14 @@ class Posterior:
         State marginals p(z_t = k | x) of every row (times its sequence's weight).
     xi : (K, K) float64
         Expected transition counts, summed over the batch (times the weights).
+    occupancy : (K,) float64 or None
+        gamma summed over the rows, where the recursions summed it on the way.
     """
 
     log_px: torch.Tensor
     gamma: torch.Tensor | None
     xi: torch.Tensor | None
+    occupancy: torch.Tensor | None = None
 
 
 def _finite_positive(c: torch.Tensor) -> bool:
@@ -508,7 +535,7 @@ def forward_backward(log_b: torch.Tensor, startprob, transmat, layout: SequenceL
     post = forward_backward_packed(layout.pack(log_b), startprob, transmat, layout, seq_weight,
                                    need_posterior)
     gamma = None if post.gamma is None else layout.unpack(post.gamma)
-    return Posterior(post.log_px, gamma, post.xi)
+    return Posterior(post.log_px, gamma, post.xi, post.occupancy)
 
 
 def _shifted(lb):
@@ -528,7 +555,7 @@ def _repacked(fn, lb, layout: SequenceLayout, other: SequenceLayout, *args):
     """``fn`` run on ``other``'s packing of the same rows; gamma back in ``layout``'s."""
     post = fn(other.pack(layout.unpack(lb)), *args[:2], other, *args[2:])
     gamma = None if post.gamma is None else layout.pack(other.unpack(post.gamma))
-    return Posterior(post.log_px, gamma, post.xi)
+    return Posterior(post.log_px, gamma, post.xi, post.occupancy)
 
 
 def forward_backward_packed(lb: torch.Tensor, startprob, transmat, layout: SequenceLayout,
@@ -536,6 +563,14 @@ def forward_backward_packed(lb: torch.Tensor, startprob, transmat, layout: Seque
     """:func:`forward_backward` on emissions packed by ``layout`` (``layout.pack``); gamma
     is returned packed the same way."""
     dtype = lb.dtype
+    if layout.segment is None and _compiled(lb.device) and dtype in (torch.float32, F64):
+        w = None if seq_weight is None else seq_weight[layout.sequence]
+        out = hmm_numba.forward_backward(lb, startprob, transmat, layout.chains, w,
+                                         need_posterior)
+        if out is not None:  # (None: the tensor recursions and their exact fallbacks)
+            log_px = torch.empty(layout.n_sequences, dtype=F64, device=lb.device)
+            log_px[layout.sequence] = out[0]
+            return Posterior(log_px, *out[1:])
     shift, B = _shifted(lb)
     lost = need_posterior and _underflows(lb, B)
     if lost and dtype != F64:  # emissions beyond float32's range: the recursions in float64
@@ -583,7 +618,7 @@ def _log_space(lb, startprob, transmat, layout, seq_weight, need_posterior):
     post = forward_backward_log(layout.unpack(lb), startprob, transmat, layout, seq_weight,
                                 need_posterior)
     gamma = None if post.gamma is None else layout.pack(post.gamma)
-    return Posterior(post.log_px, gamma, post.xi)
+    return Posterior(post.log_px, gamma, post.xi, post.occupancy)
 
 
 @_serial_steps(layout_at=3)
@@ -751,7 +786,8 @@ class HMMModel:
                  for k, v in self.family.statistics(p.params, Xp, post.gamma).items()}
         stats[START] = post.gamma[layout.seq_first].sum(0, dtype=F64)
         stats[TRANS] = post.xi
-        stats[OCCUPANCY] = post.gamma.sum(0, dtype=F64)
+        stats[OCCUPANCY] = (post.gamma.sum(0, dtype=F64) if post.occupancy is None
+                            else post.occupancy)
         if weight is None:
             log_lik = post.log_px.sum()
         else:
