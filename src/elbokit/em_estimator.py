@@ -100,6 +100,10 @@ class FamilyEMEstimator(InformationCriteria, ElbokitEstimator):
     and implement ``_make_family()`` and ``_n_components()``.
     """
 
+    # EM's stopping rule: scikit-learn's |change| < tol (False), or also not while
+    # the gain grows (True: see inference.em.run_em, leave_plateaus)
+    _leave_plateaus = False
+
     _fitted_attributes = (
         "weights_", "params_", "family_config_", "lower_bounds_", "lower_bound_", "converged_",
         "n_iter_", "n_features_in_", "n_steps_",
@@ -404,7 +408,8 @@ class FamilyEMEstimator(InformationCriteria, ElbokitEstimator):
                 return run
         else:
             def runner(params):
-                return run_em(model, params, source, reduce=reducer, **common)
+                return run_em(model, params, source, reduce=reducer,
+                              leave_plateaus=self._leave_plateaus, **common)
 
         run = self._run(runner, initialize, warm, common)
         if previous is not None and run.lower_bounds and abs(run.lower_bounds[0] - previous) < self.tol:

@@ -144,3 +144,18 @@ def test_a_warm_start_continues_the_convergence_test(coins):
     assert done.converged and done.n_iter == 1
     fresh = run_em(TwoCoins(), first.params, InMemorySource(coins), tol=1.0, max_iter=5)
     assert fresh.n_iter == 2  # without it, the first change is measured from -inf
+
+
+@pytest.mark.parametrize("leave_plateaus, stops_at", [(False, 3), (True, 8)])
+def test_leave_plateaus_waits_for_two_shrinking_gains_below_tol(leave_plateaus, stops_at):
+    """A bound that leaps, creeps on a plateau (gains below tol, growing), climbs again
+    and settles: scikit-learn's rule stops at the first small gain; with
+    leave_plateaus EM goes on until two gains below tol in a row, the second smaller."""
+    from types import SimpleNamespace
+
+    from elbokit.inference.em import _Progress
+
+    bounds = [-3.0, -2.0, -2.0 + 1e-6, -2.0 + 3e-6, -1.9, -1.85, -1.85 + 1e-6, -1.85 + 1.5e-6]
+    progress, run = _Progress(0, 100, "EM", leave_plateaus=leave_plateaus), SimpleNamespace()
+    stopped = next((i for i, b in enumerate(bounds, 1) if progress.settled(run, i, b, 1e-5)), None)
+    assert stopped == stops_at and run.converged

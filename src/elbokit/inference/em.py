@@ -158,9 +158,12 @@ def accumulate(model: EMModel, params, source, reduce: Callable | None = None):
 class _Progress:
     """Per-iteration reporting: nothing, a progress bar, or one line per iteration."""
 
-    def __init__(self, verbose: int, max_iter: int, desc: str, previous: float = -float("inf")):
+    def __init__(self, verbose: int, max_iter: int, desc: str, previous: float = -float("inf"),
+                 leave_plateaus: bool = False):
         self.verbose = verbose
         self.previous = previous  # the last bound reported
+        self.leave_plateaus = leave_plateaus
+        self.last_change = None
         self.bar = None
         if verbose == 1:
             self.bar = tqdm(total=max_iter, desc=desc, leave=False, file=sys.stderr)
@@ -182,7 +185,13 @@ class _Progress:
         """Report iteration ``n_iter`` of ``run``; True (and ``run.converged``) when the
         bound moved by less than ``tol`` since the last report."""
         run.n_iter = n_iter
-        run.converged = abs(self.update(n_iter, bound)) < tol
+        change = self.update(n_iter, bound)
+        # near a maximum EM's gains shrink (linear convergence); a first small gain
+        # after a large one, or a small gain larger than the last, is the bound on or
+        # leaving a plateau (a saddle), not settling
+        last, self.last_change = self.last_change, change
+        plateau = self.leave_plateaus and (last is None or abs(last) >= tol or change > last)
+        run.converged = abs(change) < tol and not plateau
         return run.converged
 
     def close(self, run: EMRun):
@@ -237,6 +246,7 @@ def run_em(
     desc: str = "EM",
     reduce: Callable | None = None,
     previous: float = -float("inf"),
+    leave_plateaus: bool = False,
 ) -> EMRun:
     """Iterate E- and M-steps from ``params`` until the bound settles.
 
@@ -254,9 +264,15 @@ def run_em(
     previous : float
         The bound a warm start continues from (the last per-iteration bound of
         the run it continues), so that convergence is detected across calls.
+    leave_plateaus : bool
+        Converged only after two gains below ``tol`` in a row, the second not
+        the larger: a lone small gain, or a growing one, is the bound on or
+        leaving a plateau (models whose
+        symmetric starts sit near a saddle, as HMMs' uniform transitions).
+        False keeps scikit-learn's rule (|change| < tol).
     """
     run = EMRun(params=params)
-    progress = _Progress(verbose, max_iter, desc, previous)
+    progress = _Progress(verbose, max_iter, desc, previous, leave_plateaus)
 
     def step(p):
         """E-step at p, then M-step: (bound of p, new parameters)."""
