@@ -139,6 +139,32 @@ def test_compiled_local_update_equals_the_vectorised_one(lda_data, dtype, tol, r
         torch.testing.assert_close(a.to(F64), b.to(F64), rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("long_nnz", [0, 18, 10**9])
+def test_compiled_kernel_long_document_layout_is_the_same_update(lda_data, long_nnz):
+    """Documents with at least ``long_nnz`` distinct words work on a transposed copy of
+    their rows: the same update as the row-by-row loop and the torch one (float64)."""
+    import scipy.sparse as sps
+    from elbokit.models.lda import initial_gamma, local_update, local_update_numba
+
+    X = sps.vstack([lda_data[0][:30], sps.csr_matrix(np.tile(lda_data[0][:30].sum(0), (2, 1)))])
+    nnz = np.diff(sps.csr_matrix(X).indptr)
+    assert nnz.min() < 18 <= nnz.max() and nnz.max() > 30  # both layouts at long_nnz=18
+    _, params = params_for(4, X.shape[1], alpha=0.25, eta=0.1, seed=3)
+    batch = one_batch(X, F64)
+    lengths = torch.zeros(batch.n_docs, dtype=F64).index_add_(0, batch.doc, batch.count)
+    start = initial_gamma(batch.n_docs, lengths, params.alpha, F64)
+    for max_iter, tol in ((0, 0.0), (7, 0.0), (50, 1e-3)):
+        got = local_update_numba(batch.doc, batch.word, batch.count, batch.n_docs,
+                                 params.exp_elog_beta_t(F64), params.alpha, start,
+                                 max_iter=max_iter, tol=tol, long_nnz=long_nnz)
+        B = params.exp_elog_beta_t(F64)[batch.word]
+        ref = local_update(batch.doc, batch.count, batch.n_docs, B, params.alpha,
+                           start.clone(), max_iter=max_iter, tol=tol)
+        for a, b in zip(got[:3], ref[:3]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        assert int(got[3].max()) == (ref[3] if max_iter else 0)
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_a_fresh_re_solve_frees_a_document_held_by_its_warm_start(compiled):
     """Two topics, a document using both: started on one topic (gamma ~ (20, 0)),

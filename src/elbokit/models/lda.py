@@ -220,6 +220,12 @@ def local_update(doc, count, n_docs, B, alpha, gamma, *, max_iter: int, tol: flo
 
 
 _NUMBA_LOCAL = None
+# compiled local update: documents with at least this many distinct words work on a
+# transposed copy of their rows (K, nnz_d), built once per solve. Measured, 30 local
+# iterations of every document at K=50 on one thread: licences 0.131 -> 0.064 s, Debian
+# changelogs 0.155 -> 0.089 s, man pages 0.338 -> 0.270 s; short documents (verses,
+# fortunes) keep the row-by-row loop, faster below ~32 non-zeros.
+LONG_DOC_NNZ = 32
 
 
 def _compile_local():
@@ -231,53 +237,121 @@ def _compile_local():
 
     digamma = lda_gibbs.numba_digamma()
 
-    @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})  # SIMD dot products
-    def local(doc_ptr, words, counts, beta_t, alpha, gamma, etheta, norm, n_iter,
-              max_iter, tol, floor, eps, first, stop):  # pragma: no cover
-        K = beta_t.shape[1]
-        et = np.empty(K)
-        acc = np.empty(K)
-        for d in range(first, stop):
-            lo, hi = doc_ptr[d], doc_ptr[d + 1]
-            total = 0.0
-            for k in range(K):
-                total += gamma[d, k]
-            psum = digamma(total)
-            for k in range(K):
-                et[k] = math.exp(digamma(gamma[d, k]) - psum)
-            it = 0
-            while it < max_iter:
-                it += 1
-                acc[:] = 0.0
-                for i in range(lo, hi):
-                    row = beta_t[words[i]]
-                    dot = 0.0
-                    for k in range(K):
-                        dot += et[k] * row[k]
-                    r = counts[i] / (dot + eps)
-                    for k in range(K):
-                        acc[k] += r * row[k]
-                change = 0.0
-                total = 0.0
-                for k in range(K):
-                    g = alpha[k] + et[k] * acc[k]
-                    change += abs(g - gamma[d, k])
-                    gamma[d, k] = g
-                    total += gamma[d, k]
-                psum = digamma(total)
-                for k in range(K):
-                    et[k] = math.exp(digamma(gamma[d, k]) - psum)
-                if tol > 0 and change / K < max(tol, total / K * floor):
-                    break
-            n_iter[d] = it
-            for k in range(K):
-                etheta[d, k] = et[k]
+    fast = {"reassoc", "contract"}  # SIMD dot products: sums may reassociate
+
+    @njit(cache=True, nogil=True, fastmath=fast)
+    def exp_elog_theta(gamma, d, et):  # pragma: no cover
+        K = et.shape[0]
+        total = 0.0
+        for k in range(K):
+            total += gamma[d, k]
+        psum = digamma(total)
+        for k in range(K):
+            et[k] = math.exp(digamma(gamma[d, k]) - psum)
+
+    @njit(cache=True, nogil=True, fastmath=fast)
+    def settle(gamma, d, et, acc, alpha, tol, floor):  # pragma: no cover
+        K = et.shape[0]
+        change = 0.0
+        total = 0.0
+        for k in range(K):
+            g = alpha[k] + et[k] * acc[k]
+            change += abs(g - gamma[d, k])
+            gamma[d, k] = g
+            total += g
+        exp_elog_theta(gamma, d, et)
+        return tol > 0 and change / K < max(tol, total / K * floor)
+
+    @njit(cache=True, nogil=True, fastmath=fast)
+    def short_doc(lo, hi, words, counts, beta_t, alpha, gamma, d, et, acc, norm, max_iter,
+                  tol, floor, eps):  # pragma: no cover
+        """One document, row by row of beta_t: cheapest for a few non-zeros."""
+        K = et.shape[0]
+        it = 0
+        while it < max_iter:
+            it += 1
+            acc[:] = 0.0
             for i in range(lo, hi):
                 row = beta_t[words[i]]
                 dot = 0.0
                 for k in range(K):
                     dot += et[k] * row[k]
-                norm[i] = dot + eps
+                r = counts[i] / (dot + eps)
+                for k in range(K):
+                    acc[k] += r * row[k]
+            if settle(gamma, d, et, acc, alpha, tol, floor):
+                break
+        for i in range(lo, hi):
+            row = beta_t[words[i]]
+            dot = 0.0
+            for k in range(K):
+                dot += et[k] * row[k]
+            norm[i] = dot + eps
+        return it
+
+    @njit(cache=True, nogil=True, fastmath=fast)
+    def long_doc(lo, hi, words, counts, beta_t, alpha, gamma, d, et, acc, norm, max_iter,
+                 tol, floor, eps, bt, dots):  # pragma: no cover
+        """One document on a transposed copy of its rows (K, nnz_d), gathered once: the
+        two products of an iteration then run along contiguous memory."""
+        K = et.shape[0]
+        n = hi - lo
+        for i in range(n):
+            row = beta_t[words[lo + i]]
+            for k in range(K):
+                bt[k, i] = row[k]
+        it = 0
+        while it <= max_iter:
+            dots[:n] = 0.0
+            for k in range(K):
+                e = et[k]
+                for i in range(n):
+                    dots[i] += e * bt[k, i]
+            if it == max_iter:
+                break
+            it += 1
+            for i in range(n):
+                dots[i] = counts[lo + i] / (dots[i] + eps)
+            for k in range(K):
+                a = 0.0
+                for i in range(n):
+                    a += bt[k, i] * dots[i]
+                acc[k] = a
+            if settle(gamma, d, et, acc, alpha, tol, floor):
+                dots[:n] = 0.0
+                for k in range(K):
+                    e = et[k]
+                    for i in range(n):
+                        dots[i] += e * bt[k, i]
+                break
+        for i in range(n):
+            norm[lo + i] = dots[i] + eps
+        return it
+
+    @njit(cache=True, nogil=True)
+    def local(doc_ptr, words, counts, beta_t, alpha, gamma, etheta, norm, n_iter,
+              max_iter, tol, floor, eps, long_nnz, first, stop):  # pragma: no cover
+        K = beta_t.shape[1]
+        et = np.empty(K)
+        acc = np.empty(K)
+        widest = 0
+        for d in range(first, stop):
+            n = doc_ptr[d + 1] - doc_ptr[d]
+            if n >= long_nnz:
+                widest = max(widest, n)
+        bt = np.empty((K, widest), dtype=beta_t.dtype)
+        dots = np.empty(widest, dtype=beta_t.dtype)
+        for d in range(first, stop):
+            lo, hi = doc_ptr[d], doc_ptr[d + 1]
+            exp_elog_theta(gamma, d, et)
+            if hi - lo >= long_nnz:
+                n_iter[d] = long_doc(lo, hi, words, counts, beta_t, alpha, gamma, d, et, acc,
+                                     norm, max_iter, tol, floor, eps, bt, dots)
+            else:
+                n_iter[d] = short_doc(lo, hi, words, counts, beta_t, alpha, gamma, d, et, acc,
+                                      norm, max_iter, tol, floor, eps)
+            for k in range(K):
+                etheta[d, k] = et[k]
 
     @njit(cache=True, nogil=True)
     def word_stats(doc_ptr, words, counts, etheta, norm, out, first, stop):  # pragma: no cover
@@ -294,7 +368,7 @@ def _compile_local():
 
 
 def local_update_numba(doc, word, count, n_docs: int, beta_t, alpha, gamma, *, max_iter: int,
-                       tol: float):
+                       tol: float, long_nnz: int = LONG_DOC_NNZ):
     """:func:`local_update` compiled, on CPU: each document's loop runs on its own
     non-zeros (O(nnz_d K) per iteration, no work on documents that stopped), the
     documents split among :func:`~elbokit.models.lda_gibbs.threads` threads.
@@ -302,6 +376,8 @@ def local_update_numba(doc, word, count, n_docs: int, beta_t, alpha, gamma, *, m
     Parameters as :func:`local_update`, but ``word`` (nnz,) and ``beta_t`` (V, K),
     exp(E[log beta]) transposed, instead of the gathered rows B; ``doc`` sorted.
     ``max_iter=0`` evaluates ``gamma`` as it is (its exp(E log theta) and phi normalisers).
+    ``long_nnz``: documents with at least this many non-zeros work on a transposed
+    copy of their rows (the same update, summed in another order).
 
     Returns
     -------
@@ -318,7 +394,7 @@ def local_update_numba(doc, word, count, n_docs: int, beta_t, alpha, gamma, *, m
     eps = float(torch.finfo(dt).eps)
     args = (ptr.numpy(), word.numpy(), count.to(dt).numpy(), beta_t.contiguous().numpy(),
             alpha.to(dt).numpy(), gamma.numpy(), etheta.numpy(), norm.numpy(), n_iter.numpy(),
-            int(max_iter), float(tol), 64 * eps, eps)
+            int(max_iter), float(tol), 64 * eps, eps, int(long_nnz))
     _in_threads(lambda i, a, b: kernel(*args, a, b), ptr)
     return gamma, etheta, norm, n_iter
 
