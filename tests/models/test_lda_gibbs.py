@@ -224,3 +224,47 @@ def test_both_paths_recover_known_topics_from_long_documents(use_numba):
     cost = np.abs(est[:, None, :] - beta[None]).sum(2)
     r, c = linear_sum_assignment(cost)
     assert cost[r, c].max() < 0.15, cost[r, c]
+
+
+def test_sweep_tallies_the_topic_word_counts_of_its_draws():
+    """The compiled sweep's own word-topic tallies (one table per thread, summed) are
+    the counts of the assignments it leaves, as a bincount after the sweep gives."""
+    K, V = 5, 7
+    gen = torch.Generator().manual_seed(0)
+    docs = [torch.randint(0, V, (int(n),), generator=gen)
+            for n in torch.randint(1, 60, (300,), generator=gen)]
+    word = torch.cat(docs).to(torch.int32)
+    doc = torch.cat([torch.full((len(d),), i) for i, d in enumerate(docs)])
+    z = torch.randint(0, K, (word.shape[0],), generator=gen, dtype=torch.int32)
+    doc_ptr = torch.zeros(len(docs) + 1, dtype=torch.int64)
+    doc_ptr[1:] = torch.cumsum(torch.tensor([len(d) for d in docs]), 0)
+    ndk = lda_gibbs.doc_topic_counts(doc, z.long(), len(docs), K)
+    state = lda_gibbs.TokenState(z, word, doc_ptr, doc, ndk)
+    beta = torch.distributions.Dirichlet(torch.ones(V, dtype=F64)).sample((K,))
+    u = torch.rand(word.shape[0], generator=gen, dtype=F64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # two threads, two tables
+    try:
+        *_, nkw = lda_gibbs.sweep_numba(state, beta.t().contiguous(),
+                                        torch.full((K,), 0.3, dtype=F64), u, word_counts=True)
+    finally:
+        torch.set_num_threads(before)
+    ref = torch.bincount(state.z.long() * V + state.word.long(), minlength=K * V).view(K, V)
+    torch.testing.assert_close(nkw, ref.to(F64))
+
+
+def test_uniforms_depend_on_the_seed_not_the_thread_count(monkeypatch):
+    monkeypatch.setattr(lda_gibbs, "UNIFORM_BLOCK", 1000)
+    draws, before = [], torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            draws.append(lda_gibbs.uniforms(4321, torch.Generator().manual_seed(3), "cpu"))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)
+    u = draws[0]
+    assert u.dtype == F64 and u.shape == (4321,) and float(u.min()) >= 0 and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.02 and not torch.equal(u[:1000], u[1000:2000])
+    other = lda_gibbs.uniforms(4321, torch.Generator().manual_seed(4), "cpu")
+    assert not torch.equal(u, other)

@@ -834,10 +834,9 @@ class LDAModel:
         if local is None:
             local = lda_gibbs.token_state(batch, K, generator)
         beta_t = draw.topic_word.t().contiguous().to(self.dtype)
-        ll, num, den = lda_gibbs.sweep(local, beta_t, draw.alpha, generator, self.use_numba)
-        nkw = torch.bincount(local.z.to(torch.int64) * V + local.word.to(torch.int64),
-                             minlength=K * V).view(K, V).to(torch.float64)
-        stats = {"topic_word": nkw}
+        ll, num, den, nkw = lda_gibbs.sweep(local, beta_t, draw.alpha, generator,
+                                            self.use_numba)
+        stats = {"topic_word": nkw.to(draw.topic_word.device)}
         if self.learn_alpha:
             stats["alpha_num"], stats["alpha_den"] = num, den
         return stats, ll.sum(), batch.n_words, local
