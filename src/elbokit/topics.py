@@ -585,7 +585,12 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
 
     def _fit_gibbs(self, counts, params, gen, reducer, max_iter):
         model = self._model("gibbs")
-        source = CountBatches(counts, self._chunk_rows(counts))
+        # the compiled sweep keeps no (nnz, K) work tensor: one chunk (a chunk costs a pass
+        # over the K x V tables per sweep, a third of a man-page corpus's sweep in three)
+        rows = self._chunk_rows(counts)
+        if self.batch_size is None and model._compiled(counts.device):
+            rows = max(1, counts.n_docs)
+        source = CountBatches(counts, rows)
         draw = LDADraw(params.concentration / params.concentration.sum(1, keepdim=True),
                        params.alpha, params.eta)
         # the globals' draws from gen (alike on every rank); each rank's locals from its own
