@@ -78,11 +78,20 @@ class LDAParams:
     eta: torch.Tensor
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
+    def elog_beta(self) -> torch.Tensor:
+        """E[log beta] under q, shape (K, V), float64, cached (the bound and the local
+        updates both need it)."""
+        if "elog" not in self._cache:
+            self._cache["elog"] = dirichlet_expectation(self.concentration)
+        return self._cache["elog"]
+
     def exp_elog_beta(self, dtype) -> torch.Tensor:
         """exp(E[log beta]), shape (K, V), computed in ``dtype`` and cached per dtype."""
         if dtype not in self._cache:
-            lam = self.concentration.to(dtype)
-            self._cache[dtype] = torch.exp(dirichlet_expectation(lam))
+            if self.concentration.dtype == torch.float64 or dtype == torch.float64:
+                self._cache[dtype] = torch.exp(self.elog_beta()).to(dtype)
+            else:
+                self._cache[dtype] = torch.exp(dirichlet_expectation(self.concentration.to(dtype)))
         return self._cache[dtype]
 
     def exp_elog_beta_t(self, dtype) -> torch.Tensor:
@@ -804,7 +813,7 @@ class LDAModel:
     def global_bound(self, params: LDAParams) -> torch.Tensor:
         """E_q[log p(beta | eta) - log q(beta | lambda)] summed over topics (float64)."""
         lam, eta = params.concentration, params.eta
-        elog = dirichlet_expectation(lam)
+        elog = params.elog_beta()
         K = lam.shape[0]
         return (((eta[None, :] - lam) * elog).sum()
                 + (torch.lgamma(lam) - torch.lgamma(eta)[None, :]).sum()
