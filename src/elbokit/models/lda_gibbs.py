@@ -380,13 +380,19 @@ def gamma_rows(concentration: torch.Tensor, seed: int, rows_per_task: int = 8) -
         out[lo:lo + rows_per_task] = np.random.default_rng(seeds[i]).standard_gamma(
             c[lo:lo + rows_per_task])
 
-    n = min(threads(), len(blocks))
-    if n <= 1:
-        for i in range(len(blocks)):
-            draw(i)
-    else:
-        list(_pool(n).map(draw, range(len(blocks))))
+    _each_block(draw, len(blocks))
     return torch.from_numpy(out)
+
+
+def _each_block(job, n_blocks: int):
+    """``job(i)`` for every block i, in up to :func:`threads` threads (NumPy's
+    generators release the GIL)."""
+    n = min(threads(), n_blocks)
+    if n <= 1:
+        for i in range(n_blocks):
+            job(i)
+    else:
+        list(_pool(n).map(job, range(n_blocks)))
 
 
 # ---------------------------------------------------------------- any device: torch
@@ -519,12 +525,7 @@ def uniforms(n: int, generator: torch.Generator, device) -> torch.Tensor:
         lo = starts[i]
         np.random.default_rng(seeds[i]).random(out=out[lo:lo + UNIFORM_BLOCK])
 
-    workers = min(threads(), len(starts))
-    if workers <= 1:
-        for i in range(len(starts)):
-            draw(i)
-    else:
-        list(_pool(workers).map(draw, range(len(starts))))
+    _each_block(draw, len(starts))
     return torch.from_numpy(out)
 
 
