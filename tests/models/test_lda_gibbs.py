@@ -280,3 +280,32 @@ def test_learned_alpha_waits_for_the_chain_to_leave_its_random_start():
     lls = [LDA(4, method="gibbs", max_iter=40, random_state=seed, eta=0.05).fit(X)
            .lower_bounds_[-10:].mean() for seed in (0, 2)]
     assert abs(lls[0] - lls[1]) < 0.01, lls
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_topic_draws_match_the_dirichlet_and_not_the_thread_count(single):
+    """The CPU Dirichlet draw (gamma rows drawn and normalised in threads, float32 gamma
+    variates with ``single``): rows on the simplex, never NaN even for tiny
+    concentrations, the same draws on 1 and 2 threads, means and variances of
+    Dirichlet(c)."""
+    from elbokit.inference.sampling import dirichlet
+
+    c = torch.tensor([0.05, 0.5, 2.0, 30.0, 1e-4], dtype=F64).repeat(4000, 1)
+    before, draws = torch.get_num_threads(), []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            draws.append(dirichlet(c, torch.Generator().manual_seed(5), single=single))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)
+    x = draws[0]
+    assert bool(torch.isfinite(x).all()) and float(x.min()) > 0
+    torch.testing.assert_close(x.sum(1), torch.ones(4000, dtype=F64), rtol=1e-12, atol=0)
+    a0 = float(c[0].sum())
+    mean = c[0] / a0
+    var = mean * (1 - mean) / (a0 + 1)
+    se = (var / 4000).sqrt()
+    assert bool(((x.mean(0) - mean).abs() < 5 * se + 1e-12).all()), (x.mean(0), mean)
+    # (the 1e-4 component's variance rests on rare large draws: 4000 rows do not pin it)
+    torch.testing.assert_close(x.var(0)[:4], var[:4], rtol=0.15, atol=0)

@@ -227,11 +227,20 @@ def standard_gamma(concentration: torch.Tensor, generator: torch.Generator) -> t
 
 
 def dirichlet(concentration: torch.Tensor, generator: torch.Generator,
-              dtype=torch.float64) -> torch.Tensor:
+              dtype=torch.float64, single: bool = False) -> torch.Tensor:
     """Draw Dirichlet vectors along the last axis, seeded from ``generator``.
 
     Gamma variates that underflow (tiny concentrations) are clamped to the
-    smallest normal number, so a draw never holds NaN.
+    smallest normal number, so a draw never holds NaN. On CPU the rows are drawn
+    and normalised in threads (``single``: the gamma variates in float32, for a
+    float32 consumer; the rows are normalised in float64 either way).
     """
-    g = standard_gamma(concentration, generator).clamp_min(torch.finfo(torch.float64).tiny)
+    c = concentration.to(torch.float64)
+    if c.device.type == "cpu" and c.ndim >= 1:
+        from elbokit.models.lda_gibbs import gamma_rows
+
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        rows = gamma_rows(c.reshape(-1, c.shape[-1]), seed, normalise=True, single=single)
+        return rows.reshape(c.shape).to(dtype)
+    g = standard_gamma(c, generator).clamp_min(torch.finfo(torch.float64).tiny)
     return (g / g.sum(-1, keepdim=True)).to(dtype)

@@ -865,7 +865,8 @@ class LDAModel:
     def sample_global(self, stats, draw: LDADraw, generator) -> LDADraw:
         """beta ~ Dirichlet(eta + counts); then alpha (one step) and eta by Minka's fixed
         point if learned, from sweep ``PRIORS_FROM`` on."""
-        beta = dirichlet(draw.eta[None, :] + stats["topic_word"], generator)
+        beta = dirichlet(draw.eta[None, :] + stats["topic_word"], generator,
+                         single=self.dtype == torch.float32)
         alpha, eta = draw.alpha, draw.eta
         learn = draw.sweeps + 1 >= PRIORS_FROM
         if self.learn_alpha and learn:

@@ -366,19 +366,34 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
     return out + (torch.from_numpy(np.ascontiguousarray(counts.T, dtype=np.float64)),)
 
 
-def gamma_rows(concentration: torch.Tensor, seed: int, rows_per_task: int = 8) -> torch.Tensor:
+def gamma_rows(concentration: torch.Tensor, seed: int, rows_per_task: int = 8, *,
+               normalise: bool = False, single: bool = False) -> torch.Tensor:
     """Gamma(concentration, 1) variates (float64) of a CPU matrix, blocks of rows drawn
     in parallel threads, each block from its own NumPy stream spawned from ``seed``
-    (so the draws do not depend on the number of threads)."""
+    (so the draws do not depend on the number of threads).
+
+    ``normalise``: each row clamped at the smallest normal float64 and divided by its
+    sum in its thread (Dirichlet rows). ``single``: drawn in float32 (NumPy's float32
+    generators: 15 against 21 ns a draw), for a sampler that computes in float32;
+    a draw below float32's range is then the clamp's smallest normal float64.
+    """
     c = np.ascontiguousarray(concentration.to(torch.float64).numpy())
     out = np.empty_like(c)
     blocks = list(range(0, c.shape[0], rows_per_task))
     seeds = np.random.SeedSequence(seed).spawn(len(blocks))
+    tiny = np.finfo(np.float64).tiny
 
     def draw(i):
         lo = blocks[i]
-        out[lo:lo + rows_per_task] = np.random.default_rng(seeds[i]).standard_gamma(
-            c[lo:lo + rows_per_task])
+        part, shape = out[lo:lo + rows_per_task], c[lo:lo + rows_per_task]
+        rng = np.random.default_rng(seeds[i])
+        if single:
+            part[...] = rng.standard_gamma(shape.astype(np.float32), dtype=np.float32)
+        else:
+            rng.standard_gamma(shape, out=part)
+        if normalise:
+            np.maximum(part, tiny, out=part)
+            part /= part.sum(1, keepdims=True)
 
     _each_block(draw, len(blocks))
     return torch.from_numpy(out)
