@@ -81,7 +81,8 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         proportional to 1 / (k + sqrt(K)), summing to 1 (as gensim); "auto":
         start at 1/K and learn an asymmetric alpha by empirical Bayes in every
         global update (VI: Newton's method on the bound; Gibbs: Minka's fixed
-        point on the sampled counts, as Mallet and tomotopy, from the 5th sweep). None means 1/K.
+        point on the sampled counts, as Mallet and tomotopy, from the 5th
+        sweep). None means 1/K.
     eta : float, array of shape (V,), "symmetric" or "auto", optional
         Topic-word prior; "symmetric": 1/K; "auto": start at 1/K and learn a
         symmetric eta alike. None (default): 0.05 for Gibbs sampling (a better
@@ -710,7 +711,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         model = self._model("batch")
         params = self._params(counts.device)
         gammas, bounds = [], []
-        for batch in CountBatches(counts, self._chunk_rows(counts)):
+        for batch in CountBatches(counts, self._chunk_rows(counts, model)):
             gamma, _, norm, _ = model.infer(params, batch, max_iter=max_iter, tol=tol)
             gammas.append(gamma)
             bounds.append(model.doc_bounds(params, batch, gamma, norm))

@@ -210,20 +210,26 @@ def run_gibbs(model: GibbsModel, params, source, *, n_sweeps: int, burn_in: int 
     return run
 
 
-def standard_gamma(concentration: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def standard_gamma(concentration: torch.Tensor, generator: torch.Generator, *,
+                   normalise: bool = False, single: bool = False) -> torch.Tensor:
     """Gamma(concentration, 1) variates (float64), drawn from ``generator``.
 
     On CPU, NumPy's generators (about twice torch's speed), blocks of rows in
-    parallel threads, seeded from ``generator``.
+    parallel threads, seeded from ``generator``; ``normalise`` and ``single``
+    (CPU only) as :func:`~elbokit.models.lda_gibbs.gamma_rows`.
     """
     c = concentration.to(torch.float64)
     if c.device.type != "cpu":
-        return torch._standard_gamma(c, generator=generator)
+        g = torch._standard_gamma(c, generator=generator)
+        if normalise:
+            g = g.clamp_min(torch.finfo(torch.float64).tiny)
+            g = g / g.sum(-1, keepdim=True)
+        return g
     from elbokit.models.lda_gibbs import gamma_rows
 
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-    return gamma_rows(c.reshape(-1, c.shape[-1]) if c.ndim else c.reshape(1, 1),
-                      seed).reshape(c.shape)
+    return gamma_rows(c.reshape(-1, c.shape[-1]) if c.ndim else c.reshape(1, 1), seed,
+                      normalise=normalise, single=single).reshape(c.shape)
 
 
 def dirichlet(concentration: torch.Tensor, generator: torch.Generator,
@@ -235,12 +241,4 @@ def dirichlet(concentration: torch.Tensor, generator: torch.Generator,
     and normalised in threads (``single``: the gamma variates in float32, for a
     float32 consumer; the rows are normalised in float64 either way).
     """
-    c = concentration.to(torch.float64)
-    if c.device.type == "cpu" and c.ndim >= 1:
-        from elbokit.models.lda_gibbs import gamma_rows
-
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-        rows = gamma_rows(c.reshape(-1, c.shape[-1]), seed, normalise=True, single=single)
-        return rows.reshape(c.shape).to(dtype)
-    g = standard_gamma(c, generator).clamp_min(torch.finfo(torch.float64).tiny)
-    return (g / g.sum(-1, keepdim=True)).to(dtype)
+    return standard_gamma(concentration, generator, normalise=True, single=single).to(dtype)

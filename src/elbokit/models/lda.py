@@ -88,10 +88,7 @@ class LDAParams:
     def exp_elog_beta(self, dtype) -> torch.Tensor:
         """exp(E[log beta]), shape (K, V), computed in ``dtype`` and cached per dtype."""
         if dtype not in self._cache:
-            if self.concentration.dtype == torch.float64 or dtype == torch.float64:
-                self._cache[dtype] = torch.exp(self.elog_beta()).to(dtype)
-            else:
-                self._cache[dtype] = torch.exp(dirichlet_expectation(self.concentration.to(dtype)))
+            self._cache[dtype] = torch.exp(self.elog_beta()).to(dtype)
         return self._cache[dtype]
 
     def exp_elog_beta_t(self, dtype) -> torch.Tensor:
@@ -432,7 +429,7 @@ def _in_threads(job, ptr, min_entries: int = 20000) -> int:
     :func:`~elbokit.models.lda_gibbs.threads` threads (one per ``min_entries``
     non-zeros); returns the number of threads used."""
     n_docs = ptr.shape[0] - 1
-    n_threads = max(1, min(lda_gibbs.threads(), n_docs, int(ptr[-1]) // min_entries + 1))
+    n_threads = lda_gibbs.threads_for(n_docs, int(ptr[-1]), min_entries)
     if n_threads == 1:
         job(0, 0, n_docs)
     else:
@@ -447,8 +444,7 @@ def word_statistics_numba(doc, word, count, etheta, norm, n_words: int) -> torch
     kernel = _compile_local()[1]
     n_docs, K = etheta.shape
     ptr = _doc_ptr(doc, n_docs)
-    n_threads = max(1, min(lda_gibbs.threads(), n_docs, doc.shape[0] // 20000 + 1))
-    out = np.zeros((n_threads, n_words, K))
+    out = np.zeros((lda_gibbs.threads_for(n_docs, doc.shape[0]), n_words, K))
     args = (ptr.numpy(), word.numpy(), count.to(torch.float64).numpy(),
             etheta.contiguous().numpy(), norm.contiguous().numpy())
     used = _in_threads(lambda i, a, b: kernel(*args, out[i], a, b), ptr)

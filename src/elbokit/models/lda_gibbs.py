@@ -290,6 +290,12 @@ def threads() -> int:
     return _THREADS or max(1, torch.get_num_threads())
 
 
+def threads_for(n_docs: int, n_entries: int, min_entries: int = 20000) -> int:
+    """Threads for a compiled pass over ``n_docs`` documents holding ``n_entries``
+    tokens or non-zeros: up to :func:`threads`, one per ``min_entries``."""
+    return max(1, min(threads(), n_docs, n_entries // min_entries + 1))
+
+
 @contextlib.contextmanager
 def cpu_threads():
     """Run the CPU sampler's threads with torch on one thread meanwhile.
@@ -342,7 +348,7 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
     kernel = _compile()
     n_docs, K = state.ndk.shape
     ll = np.zeros(n_docs)
-    n_threads = max(1, min(threads(), n_docs, state.n_tokens // 20000 + 1))
+    n_threads = threads_for(n_docs, state.n_tokens)
     num = np.zeros((n_threads, K))
     den = np.zeros((n_threads, 1))
     V = beta_t.shape[0]
