@@ -134,6 +134,20 @@ def test_priors_options(lda_data):
     np.testing.assert_allclose(given.eta_, 0.3)
 
 
+def test_default_priors_per_method(lda_data):
+    """alpha=None, eta=None: Gibbs keeps alpha 0.05 and eta 0.05 fixed; VI learns
+    alpha (from 1/K) with eta 1/K."""
+    X = lda_data[0][:100]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gibbs = LDA(4, method="gibbs", max_iter=30, random_state=0).fit(X)
+        batch = LDA(4, method="batch", max_iter=15, random_state=0).fit(X)
+    np.testing.assert_array_equal(gibbs.alpha_, 0.05)
+    np.testing.assert_array_equal(gibbs.eta_, 0.05)
+    assert not np.allclose(batch.alpha_, 0.25)
+    np.testing.assert_array_equal(batch.eta_, 0.25)
+
+
 def test_partial_fit_streams_mini_batches(lda_data):
     X = lda_data[0]
     lda = LDA(4, total_docs=200, random_state=0, tau0=1.0, kappa=0.6)
