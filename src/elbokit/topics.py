@@ -48,7 +48,7 @@ DEFAULT_TOL = {"batch": 3e-4, "online": 1e-4, "gibbs": 1e-4}
 # than with eta learned (Minka, ~0.015-0.03 at K=50) on all six corpus/K pairs measured
 # (KJV and fortunes at K=20 and 50, man pages and changelogs at K=50), NPMI mixed
 GIBBS_ETA = 0.05
-GIBBS_ALPHA = 0.05  # alpha=None for Gibbs: fixed, symmetric (the README's measurement)
+DEFAULT_ALPHA = 0.05  # alpha=None for Gibbs and batch VI: fixed, symmetric (see the README)
 AUTO_REPEAT = 2.0  # method="auto": Gibbs up to this many tokens per non-zero count
 _CHUNK_ELEMENTS = 1 << 23  # elements of one (nnz, K) work tensor in batch mode
 
@@ -83,11 +83,11 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         start at 1/K and learn an asymmetric alpha by empirical Bayes in every
         global update (VI: Newton's method on the bound; Gibbs: Minka's fixed
         point on the sampled counts, as Mallet and tomotopy, from the 5th
-        sweep). None (default): 0.05 for every topic for Gibbs sampling (the
-        learned alpha settles far lower on short documents, and held-out
-        log-likelihood fell with it, more so the more topics: 0.1-0.35
-        nats/token at K=100), "auto" for VI (where learning it did no harm;
-        see the README).
+        sweep). None (default): 0.05 for every topic, fixed, for Gibbs sampling
+        and batch VI (on short documents the learned alpha settles far lower,
+        and held-out log-likelihood fell with it, by 0.1-0.35 nats/token at
+        K=100; on long documents it made no difference), "auto" for online VI
+        (where learning it did better); see the README.
     eta : float, array of shape (V,), "symmetric" or "auto", optional
         Topic-word prior; "symmetric": 1/K; "auto": start at 1/K and learn a
         symmetric eta alike. None (default): 0.05 for Gibbs sampling (a better
@@ -180,7 +180,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
     exp_dirichlet_component_ : array of shape (K, V)
         exp(E[log beta]) (scikit-learn's name).
     alpha_ : array of shape (K,)
-        The document-topic prior (learned when ``alpha="auto"``, and by default for VI).
+        The document-topic prior (learned when ``alpha="auto"``, and by default for online VI).
     eta_ : array of shape (V,)
     method_ : str
         The method used (``method="auto"`` resolved).
@@ -373,7 +373,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
     def _alpha_setting(self, method: str):
         if self.alpha is not None:
             return self.alpha
-        return GIBBS_ALPHA if method == "gibbs" else "auto"
+        return "auto" if method == "online" else DEFAULT_ALPHA
 
     def _prior(self, value, name, size, device, choices):
         K = self._k()
