@@ -135,16 +135,18 @@ def test_priors_options(lda_data):
 
 
 def test_default_priors_per_method(lda_data):
-    """alpha=None, eta=None: alpha 0.05 fixed for Gibbs and batch VI, learned (from
-    1/K) for online VI and partial_fit; eta 0.05 for Gibbs, 1/K for VI."""
+    """alpha=None, eta=None: alpha max(1/K, 0.05) fixed for Gibbs and batch VI, learned
+    (from 1/K) for online VI and partial_fit; eta 0.05 for Gibbs, 1/K for VI."""
     X = lda_data[0][:100]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         fits = {m: LDA(4, method=m, max_iter=15, random_state=0).fit(X)
                 for m in ("gibbs", "batch", "online")}
         streamed = LDA(4, random_state=0).partial_fit(X).partial_fit(X)
-    np.testing.assert_array_equal(fits["gibbs"].alpha_, 0.05)
-    np.testing.assert_array_equal(fits["batch"].alpha_, 0.05)
+        many = LDA(40, method="gibbs", max_iter=5, random_state=0).fit(X)
+    np.testing.assert_array_equal(fits["gibbs"].alpha_, 0.25)
+    np.testing.assert_array_equal(fits["batch"].alpha_, 0.25)
+    np.testing.assert_array_equal(many.alpha_, 0.05)
     assert not np.allclose(fits["online"].alpha_, 0.25)
     assert not np.allclose(streamed.alpha_, 0.25)
     np.testing.assert_array_equal(fits["gibbs"].eta_, 0.05)

@@ -48,7 +48,7 @@ DEFAULT_TOL = {"batch": 3e-4, "online": 1e-4, "gibbs": 1e-4}
 # than with eta learned (Minka, ~0.015-0.03 at K=50) on all six corpus/K pairs measured
 # (KJV and fortunes at K=20 and 50, man pages and changelogs at K=50), NPMI mixed
 GIBBS_ETA = 0.05
-DEFAULT_ALPHA = 0.05  # alpha=None for Gibbs and batch VI: fixed, symmetric (see the README)
+MIN_ALPHA = 0.05  # alpha=None for Gibbs and batch VI: max(1/K, MIN_ALPHA), fixed (README)
 AUTO_REPEAT = 2.0  # method="auto": Gibbs up to this many tokens per non-zero count
 _CHUNK_ELEMENTS = 1 << 23  # elements of one (nnz, K) work tensor in batch mode
 
@@ -83,11 +83,11 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         start at 1/K and learn an asymmetric alpha by empirical Bayes in every
         global update (VI: Newton's method on the bound; Gibbs: Minka's fixed
         point on the sampled counts, as Mallet and tomotopy, from the 5th
-        sweep). None (default): 0.05 for every topic, fixed, for Gibbs sampling
-        and batch VI (on short documents the learned alpha settles far lower,
-        and held-out log-likelihood fell with it, by 0.1-0.35 nats/token at
-        K=100; on long documents it made no difference), "auto" for online VI
-        (where learning it did better); see the README.
+        sweep). None (default): max(1/K, 0.05) for every topic, fixed, for Gibbs
+        sampling and batch VI (on short documents the learned alpha settles far
+        lower, and held-out log-likelihood fell with it, by 0.1-0.35 nats/token
+        at K=100; on long documents it made no difference), "auto" for online
+        VI (where learning it did better); see the README.
     eta : float, array of shape (V,), "symmetric" or "auto", optional
         Topic-word prior; "symmetric": 1/K; "auto": start at 1/K and learn a
         symmetric eta alike. None (default): 0.05 for Gibbs sampling (a better
@@ -373,7 +373,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
     def _alpha_setting(self, method: str):
         if self.alpha is not None:
             return self.alpha
-        return "auto" if method == "online" else DEFAULT_ALPHA
+        return "auto" if method == "online" else max(1.0 / self._k(), MIN_ALPHA)
 
     def _prior(self, value, name, size, device, choices):
         K = self._k()

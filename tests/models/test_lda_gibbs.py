@@ -62,6 +62,34 @@ def test_sweep_draws_the_dense_conditional_exactly(path, topics):
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("topics", [[3, 1, 1, 2, 3], [0, 0, 0, 0, 0], [2, 2, 1, 0, 2]])
+def test_sweep_draws_a_repeated_words_conditional_exactly(path, topics):
+    """The second copy of a word (the compiled sweep updates that word's document bucket
+    from the first copy's draw instead of summing it again): token 0 drawn with one
+    uniform in every copy of the document, token 1 (the same word) over a grid of
+    uniforms, lands on topic k for p_k M of the grid points given token 0's draw."""
+    K, M = 4, 4000
+    words = [2, 2, 0, 1, 2]
+    beta = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3], [0.05, 0.9, 0.05]],
+                        dtype=F64)
+    alpha = torch.tensor([0.1, 0.5, 0.05, 1.3], dtype=F64)
+    state = replicated_state(words, topics, M, K)
+    u = torch.rand(state.n_tokens, generator=torch.Generator().manual_seed(0), dtype=F64)
+    first = state.doc_ptr[:-1]
+    u[first] = 0.37
+    u[first + 1] = (torch.arange(M, dtype=F64) + 0.5) / M
+    run_path(path, state, beta.t().contiguous(), alpha, u, torch.Generator().manual_seed(1))
+    z0 = state.z[first].long()
+    assert bool((z0 == z0[0]).all())  # the same state and uniform everywhere
+    n_minus = torch.bincount(torch.tensor([int(z0[0])] + topics[2:]), minlength=K)
+    exact = lda_gibbs.draw_reference(n_minus, alpha, beta[:, words[1]])
+    freq = torch.bincount(state.z[first + 1].long(), minlength=K).to(F64) / M
+    assert torch.all((freq - exact).abs() <= 1.0 / M + 1e-12), (freq, exact)
+    torch.testing.assert_close(state.ndk, lda_gibbs.doc_topic_counts(
+        state.doc, state.z.long(), M, K))
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_sweep_leaves_the_posterior_of_a_document_invariant(path):
     """Three tokens, two topics, beta fixed: after a few sweeps the assignments of 4000
     copies of the document follow p(z | w, beta), proportional to
@@ -277,7 +305,7 @@ def test_learned_alpha_waits_for_the_chain_to_leave_its_random_start():
     from ..conftest import make_lda_corpus
 
     X, _, _ = make_lda_corpus(n_docs=400, n_words=40, n_topics=4, doc_len=60, seed=0)
-    lls = [LDA(4, method="gibbs", max_iter=40, random_state=seed, eta=0.05).fit(X)
+    lls = [LDA(4, method="gibbs", max_iter=40, random_state=seed, alpha="auto", eta=0.05).fit(X)
            .lower_bounds_[-10:].mean() for seed in (0, 2)]
     assert abs(lls[0] - lls[1]) < 0.01, lls
 

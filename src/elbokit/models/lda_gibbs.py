@@ -88,17 +88,18 @@ class TokenState:
 
 
 def token_state(batch: DocBatch, K: int, generator: torch.Generator) -> TokenState:
-    """Tokens of ``batch`` (a non-zero of count c is c tokens), shuffled within each
-    document, with topics drawn uniformly."""
+    """Tokens of ``batch`` (a non-zero of count c is c tokens), the non-zeros shuffled
+    within each document and each one's c copies adjacent (the compiled sweep then
+    updates a repeated word's document bucket instead of summing it again), with
+    topics drawn uniformly."""
     device = batch.count.device
     counts = batch.count.round().to(torch.int64)
-    token = torch.repeat_interleave(torch.arange(counts.shape[0], device=device), counts)
+    # a random order of the non-zeros within each document: sort by (document, random key)
+    key = torch.rand(counts.shape[0], generator=generator, device=device, dtype=torch.float64)
+    order = torch.argsort(batch.doc.to(torch.float64) + key * 0.5, stable=True)
+    token = torch.repeat_interleave(order, counts[order])
     doc = batch.doc[token]
     T = int(doc.shape[0])
-    # a random order within each document: sort by (document, random key)
-    key = torch.rand(T, generator=generator, device=device, dtype=torch.float64)
-    order = torch.argsort(doc.to(torch.float64) + key * 0.5, stable=True)
-    token, doc = token[order], doc[order]
     lengths = torch.bincount(doc, minlength=batch.n_docs)
     doc_ptr = torch.zeros(batch.n_docs + 1, dtype=torch.int64, device=device)
     doc_ptr[1:] = torch.cumsum(lengths, 0)
@@ -193,6 +194,8 @@ def _compile():
             norm = (hi - lo - 1) + a0
             acc = 0.0
             prod = 1.0
+            last_w = -1
+            r_all = 0.0  # the document bucket of word last_w with every count in
             for t in range(lo, hi):
                 w = words[t]
                 k = z[t]
@@ -203,10 +206,16 @@ def _compile():
                     topics[where[k]] = last
                     where[last] = where[k]
                     where[k] = -1
-                r = 0.0  # document bucket
-                for j in range(m):
-                    kk = topics[j]
-                    r += nd[kk] * beta_t[w, kk]
+                if w == last_w:  # a repeat of the word (a count's copies are adjacent):
+                    r = r_all - beta_t[w, k]  # its own count left topic k
+                else:
+                    r = 0.0  # document bucket
+                    for j in range(m):
+                        kk = topics[j]
+                        r += nd[kk] * beta_t[w, kk]
+                    last_w = w
+                if m == 0 or r < 0.0:  # empty bucket (a difference can round below 0)
+                    r = 0.0
                 s = scdf[w, K - 1]  # smoothing bucket
                 x = u[t] * (r + s)
                 if x < r:
@@ -236,6 +245,7 @@ def _compile():
                     topics[m] = new
                     m += 1
                 nd[new] += 1
+                r_all = r + beta_t[w, new]
                 z[t] = new
                 if count_words:
                     nwk[w, new] += 1
