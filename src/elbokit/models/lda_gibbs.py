@@ -17,7 +17,9 @@ partially collapsed" LDA)::
 (SparseLDA's decomposition, Yao, Mimno & McCallum 2009). One uniform per
 token picks the bucket and the topic inside it, so the draw is exact, and
 its cost per token is the number of topics the document uses plus log K:
-a short document's few topics, at most K for a long one.
+a short document's few topics, at most K for a long one. A word's copies in a
+document are adjacent, and the compiled sweep updates the document bucket from
+one copy to the next (two counts moved by one) rather than summing it again.
 
 Two implementations of the same conditional:
 
