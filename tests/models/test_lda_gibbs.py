@@ -35,6 +35,19 @@ def replicated_state(words, topics, M, K):
     return lda_gibbs.TokenState(z, word, doc_ptr, doc, ndk)
 
 
+# K=4 topics over 3 words, and an uneven alpha: the exact-conditional tests' model
+SMALL_BETA = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3], [0.05, 0.9, 0.05]],
+                          dtype=F64)
+SMALL_ALPHA = torch.tensor([0.1, 0.5, 0.05, 1.3], dtype=F64)
+
+
+def grid_frequencies(z, M, K, exact):
+    """Topic frequencies of M grid-point draws, checked against ``exact`` (one grid point
+    per boundary of slack)."""
+    freq = torch.bincount(z.long(), minlength=K).to(F64) / M
+    assert torch.all((freq - exact).abs() <= 1.0 / M + 1e-12), (freq, exact)
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("topics", [[0, 0, 0, 0, 0], [3, 1, 1, 2, 3], [0, 1, 2, 3, 1]])
 def test_sweep_draws_the_dense_conditional_exactly(path, topics):
@@ -44,18 +57,14 @@ def test_sweep_draws_the_dense_conditional_exactly(path, topics):
     order it visits the topics in (the sparse buckets' order differs from the dense one)."""
     K, M = 4, 4000
     words = [2, 0, 1, 2, 0]
-    beta = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3], [0.05, 0.9, 0.05]],
-                        dtype=F64)
-    alpha = torch.tensor([0.1, 0.5, 0.05, 1.3], dtype=F64)
+    beta, alpha = SMALL_BETA, SMALL_ALPHA
     state = replicated_state(words, topics, M, K)
     n_minus = torch.bincount(torch.tensor(topics[1:]), minlength=K)  # counts without token 0
     exact = lda_gibbs.draw_reference(n_minus, alpha, beta[:, words[0]])
     u = torch.rand(state.n_tokens, generator=torch.Generator().manual_seed(0), dtype=F64)
     u[state.doc_ptr[:-1]] = (torch.arange(M, dtype=F64) + 0.5) / M  # the first tokens' grid
     run_path(path, state, beta.t().contiguous(), alpha, u, torch.Generator().manual_seed(1))
-    first = state.z[state.doc_ptr[:-1]].long()
-    freq = torch.bincount(first, minlength=K).to(F64) / M
-    assert torch.all((freq - exact).abs() <= 1.0 / M + 1e-12), (freq, exact)
+    grid_frequencies(state.z[state.doc_ptr[:-1]], M, K, exact)
     # the counts stay consistent with the assignments
     torch.testing.assert_close(state.ndk, lda_gibbs.doc_topic_counts(
         state.doc, state.z.long(), M, K))
@@ -70,9 +79,7 @@ def test_sweep_draws_a_repeated_words_conditional_exactly(path, topics):
     uniforms, lands on topic k for p_k M of the grid points given token 0's draw."""
     K, M = 4, 4000
     words = [2, 2, 0, 1, 2]
-    beta = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3], [0.05, 0.9, 0.05]],
-                        dtype=F64)
-    alpha = torch.tensor([0.1, 0.5, 0.05, 1.3], dtype=F64)
+    beta, alpha = SMALL_BETA, SMALL_ALPHA
     state = replicated_state(words, topics, M, K)
     u = torch.rand(state.n_tokens, generator=torch.Generator().manual_seed(0), dtype=F64)
     first = state.doc_ptr[:-1]
@@ -83,8 +90,7 @@ def test_sweep_draws_a_repeated_words_conditional_exactly(path, topics):
     assert bool((z0 == z0[0]).all())  # the same state and uniform everywhere
     n_minus = torch.bincount(torch.tensor([int(z0[0])] + topics[2:]), minlength=K)
     exact = lda_gibbs.draw_reference(n_minus, alpha, beta[:, words[1]])
-    freq = torch.bincount(state.z[first + 1].long(), minlength=K).to(F64) / M
-    assert torch.all((freq - exact).abs() <= 1.0 / M + 1e-12), (freq, exact)
+    grid_frequencies(state.z[first + 1], M, K, exact)
     torch.testing.assert_close(state.ndk, lda_gibbs.doc_topic_counts(
         state.doc, state.z.long(), M, K))
 
