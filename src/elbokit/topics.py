@@ -180,7 +180,8 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
     exp_dirichlet_component_ : array of shape (K, V)
         exp(E[log beta]) (scikit-learn's name).
     alpha_ : array of shape (K,)
-        The document-topic prior (learned when ``alpha="auto"``, and by default for online VI).
+        The document-topic prior (learned when ``alpha="auto"``, and by default for
+        online VI).
     eta_ : array of shape (V,)
     method_ : str
         The method used (``method="auto"`` resolved).
@@ -422,7 +423,8 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
 
     def _model(self, method: str) -> LDAModel:
         return LDAModel(resolve_dtype(self.dtype), int(self.local_max_iter),
-                        float(self.local_tol), learn_alpha=self._learned(self._alpha_setting(method)),
+                        float(self.local_tol),
+                        learn_alpha=self._learned(self._alpha_setting(method)),
                         learn_eta=self._learned(self._eta_setting(method)))
 
     def _chunk_rows(self, counts: SparseCounts, model: LDAModel | None = None) -> int:
