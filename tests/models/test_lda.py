@@ -165,6 +165,36 @@ def test_compiled_kernel_long_document_layout_is_the_same_update(lda_data, long_
         assert int(got[3].max()) == (ref[3] if max_iter else 0)
 
 
+@pytest.mark.parametrize("long_nnz", [0, 10**9])
+def test_compiled_update_freezes_unused_topics_and_brings_them_back(long_nnz):
+    """A document's unused topics (expected count below FROZEN_BELOW * tol) are frozen.
+    Started with topic 1 frozen although the document needs it (its words belong to no
+    other topic), the check over every topic brings it back; topic 2 stays unused. Both
+    layouts end at the dense update's fixed point, within the stopping rule."""
+    from elbokit.models.lda import FROZEN_BELOW, initial_gamma, local_update, local_update_numba
+
+    beta = np.full((3, 6), 1e-3)
+    for k in range(3):
+        beta[k, 2 * k:2 * k + 2] = 1.0
+    alpha = torch.full((3,), 0.1, dtype=F64)
+    params = LDAParams(torch.tensor(beta * 100), alpha, torch.full((6,), 0.01, dtype=F64))
+    X = sp.csr_matrix(np.array([[30, 10, 5, 15, 0, 0], [0, 0, 0, 0, 3, 4]]))
+    batch = one_batch(X, F64)
+    tol = 1e-3
+    low = 0.1 + FROZEN_BELOW * tol / 2  # frozen at the start
+    starts = [torch.tensor([[60.1, low, low], [low, low, 7.1]], dtype=F64),
+              initial_gamma(2, torch.tensor([60.0, 7.0], dtype=F64), alpha, F64)]
+    B = params.exp_elog_beta_t(F64)
+    for start in starts:
+        got = local_update_numba(batch.doc, batch.word, batch.count, 2, B, alpha, start,
+                                 max_iter=1000, tol=tol, long_nnz=long_nnz)
+        ref = local_update(batch.doc, batch.count, 2, B[batch.word], alpha, start.clone(),
+                           max_iter=1000, tol=1e-12)
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(got[2], ref[2], rtol=1e-3, atol=0)
+        assert got[0][0, 1] > 19 and got[0][0, 2] < 0.1 + 1e-4  # back; still unused
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_a_fresh_re_solve_frees_a_document_held_by_its_warm_start(compiled):
     """Two topics, a document using both: started on one topic (gamma ~ (20, 0)),
