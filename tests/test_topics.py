@@ -342,8 +342,8 @@ def test_batch_vi_separates_the_topics_where_warm_starts_stall():
 
     class WarmStarts(LDAModel):  # the engine before the fix: each document goes on from
         def local_step(self, params, batch, local):  # its previous gamma, nothing else
-            g, e, n, _ = self.infer(params, batch, local)
-            return self.result(params, batch, g, e, n, g)
+            sol = self.infer(params, batch, local)
+            return self.result(params, batch, sol, sol.gamma)
 
     est = LDA(K, method="batch", alpha=0.1, eta=0.1, random_state=1)
     counts = as_counts(X)

@@ -724,9 +724,9 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         params = self._params(counts.device)
         gammas, bounds = [], []
         for batch in CountBatches(counts, self._chunk_rows(counts, model)):
-            gamma, _, norm, _ = model.infer(params, batch, max_iter=max_iter, tol=tol)
-            gammas.append(gamma)
-            bounds.append(model.doc_bounds(params, batch, gamma, norm))
+            sol = model.infer(params, batch, max_iter=max_iter, tol=tol)
+            gammas.append(sol.gamma)
+            bounds.append(sol.bound)
         gamma, bound = torch.cat(gammas), torch.cat(bounds)
         if not bool(torch.isfinite(bound).all()) or not bool(torch.isfinite(gamma).all()):
             raise FloatingPointError(

@@ -94,8 +94,8 @@ def test_one_batch_vi_iteration_agrees_with_scikit_learn(lda_data):
     skl._em_step(X, total_samples=X.shape[0], batch_update=True)
     model = LDAModel(F64, local_max_iter=60, local_tol=0.0)
     batch = one_batch(X)
-    gamma, etheta, norm, _ = model.infer(params, batch, torch.ones(X.shape[0], K, dtype=F64))
-    res = model.result(params, batch, gamma, etheta, norm, gamma)
+    sol = model.infer(params, batch, torch.ones(X.shape[0], K, dtype=F64))
+    res = model.result(params, batch, sol, sol.gamma)
     new = model.maximize(res.stats, params)
     np.testing.assert_allclose(new.concentration.numpy(), skl.components_, rtol=1e-7)
     # and the bounds agree: ours (local + global terms) vs scikit-learn's _approx_bound
@@ -211,15 +211,17 @@ def test_a_fresh_re_solve_frees_a_document_held_by_its_warm_start(compiled):
     held = torch.tensor([[20.0, 0.01], [20.0, 0.01]], dtype=F64)
     state = DocState(held, interval=torch.tensor([1, 4]), wait=torch.tensor([0, 3]))
     batch = one_batch(X)
-    gamma, _, norm, new = model.batch_local(params, batch, state)
+    sol, new = model.batch_local(params, batch, state)
+    gamma = sol.gamma
     assert gamma[1, 1] < 0.1  # warm start only: still on topic 0
     torch.testing.assert_close(gamma[0], torch.tensor([10.01, 10.01], dtype=F64), rtol=1e-3,
                                atol=0)
-    bounds = model.doc_bounds(params, batch, gamma, norm)
+    bounds = model.doc_bounds(params, batch, gamma, sol.norm)
+    torch.testing.assert_close(bounds, sol.bound, rtol=1e-12, atol=0)
     assert float(bounds[0]) > float(bounds[1]) + 5  # the mixture explains the words better
     assert new.interval.tolist() == [1, 4] and new.wait.tolist() == [0, 2]
     # a re-solve that does not beat the warm start doubles the document's interval
-    _, _, _, again = model.batch_local(params, batch, DocState(gamma, new.interval, new.wait))
+    _, again = model.batch_local(params, batch, DocState(gamma, new.interval, new.wait))
     assert again.interval.tolist() == [2, 4] and again.wait.tolist() == [1, 1]
 
 

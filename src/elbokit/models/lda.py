@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -408,14 +409,36 @@ def _compile_local():
         return it
 
     @njit(cache=True, nogil=True)
-    def local(doc_ptr, words, counts, beta_t, alpha, gamma, etheta, norm, n_iter,
-              max_iter, tol, floor, eps, frozen_below, long_nnz, first,
+    def doc_bound(lo, hi, counts, norm, gamma, d, alpha, prior_norm):  # pragma: no cover
+        """:func:`_doc_bounds` of document d, float64."""
+        K = gamma.shape[1]
+        words = 0.0
+        for i in range(lo, hi):
+            words += counts[i] * math.log(float(norm[i]))
+        total = 0.0
+        for k in range(K):
+            total += float(gamma[d, k])
+        psum = digamma(total)
+        terms = prior_norm - math.lgamma(total)
+        for k in range(K):
+            g = float(gamma[d, k])
+            terms += (alpha[k] - g) * (digamma(g) - psum) + math.lgamma(g)
+        return words + terms
+
+    @njit(cache=True, nogil=True)
+    def local(doc_ptr, words, counts, beta_t, alpha, alpha64, gamma, etheta, norm, n_iter,
+              bound, max_iter, tol, floor, eps, frozen_below, long_nnz, guard, first,
               stop):  # pragma: no cover
         K = beta_t.shape[1]
         et = np.empty(K)
         acc = np.empty(K)
         topics = np.empty(K, dtype=np.int64)
         every = np.arange(K)
+        start = np.empty(K)
+        prior_norm = 0.0
+        for k in range(K):
+            prior_norm -= math.lgamma(alpha64[k])
+        prior_norm += math.lgamma(alpha64.sum())
         widest = 0
         for d in range(first, stop):
             n = doc_ptr[d + 1] - doc_ptr[d]
@@ -426,9 +449,22 @@ def _compile_local():
         for d in range(first, stop):
             lo, hi = doc_ptr[d], doc_ptr[d + 1]
             exp_elog_theta(gamma, d, et, every, K)
+            if guard:  # the starting point's bound, to keep it if it ends higher
+                norms(lo, hi, words, beta_t, et, norm, eps)
+                b_start = doc_bound(lo, hi, counts, norm, gamma, d, alpha64, prior_norm)
+                for k in range(K):
+                    start[k] = gamma[d, k]
             n_iter[d] = solve_doc(lo, hi, words, counts, beta_t, alpha, gamma, d, et, acc,
                                   norm, max_iter, tol, floor, eps, frozen_below,
                                   hi - lo >= long_nnz, bt, dots, topics, every)
+            b = doc_bound(lo, hi, counts, norm, gamma, d, alpha64, prior_norm)
+            if guard and b_start > b + 1e-12 * abs(b):  # rounding (float32 sums)
+                for k in range(K):
+                    gamma[d, k] = start[k]
+                exp_elog_theta(gamma, d, et, every, K)
+                norms(lo, hi, words, beta_t, et, norm, eps)
+                b = b_start
+            bound[d] = b
             for k in range(K):
                 etheta[d, k] = et[k]
 
@@ -447,7 +483,7 @@ def _compile_local():
 
 
 def local_update_numba(doc, word, count, n_docs: int, beta_t, alpha, gamma, *, max_iter: int,
-                       tol: float, long_nnz: int = LONG_DOC_NNZ):
+                       tol: float, long_nnz: int = LONG_DOC_NNZ, guard: bool = False):
     """:func:`local_update` compiled, on CPU: each document's loop runs on its own
     non-zeros (no work on documents that stopped), the documents split among
     :func:`~elbokit.models.lda_gibbs.threads` threads. With ``tol > 0`` an iteration
@@ -461,12 +497,15 @@ def local_update_numba(doc, word, count, n_docs: int, beta_t, alpha, gamma, *, m
     exp(E[log beta]) transposed, instead of the gathered rows B; ``doc`` sorted.
     ``max_iter=0`` evaluates ``gamma`` as it is (its exp(E log theta) and phi normalisers).
     ``long_nnz``: documents with at least this many non-zeros work on a transposed
-    copy of their rows (the same update, summed in another order).
+    copy of their rows (the same update, summed in another order). ``guard``: a
+    document whose starting point has the higher bound (float32 rounding) keeps it.
 
     Returns
     -------
     gamma, exp_elog_theta, norm, n_iter : as :func:`local_update`, ``n_iter`` per
     document (LongTensor, shape (n_docs,)).
+    bound : Tensor, shape (n_docs,)
+        :func:`_doc_bounds` of the returned state, float64.
     """
     kernel = _compile_local()[0]
     dt = beta_t.dtype
@@ -475,12 +514,14 @@ def local_update_numba(doc, word, count, n_docs: int, beta_t, alpha, gamma, *, m
     etheta = torch.empty_like(gamma)
     norm = torch.empty(doc.shape[0], dtype=dt)
     n_iter = torch.zeros(n_docs, dtype=torch.int64)
+    bound = torch.empty(n_docs, dtype=torch.float64)
     eps = float(torch.finfo(dt).eps)
     args = (ptr.numpy(), word.numpy(), count.to(dt).numpy(), beta_t.contiguous().numpy(),
-            alpha.to(dt).numpy(), gamma.numpy(), etheta.numpy(), norm.numpy(), n_iter.numpy(),
-            int(max_iter), float(tol), 64 * eps, eps, float(tol) * FROZEN_BELOW, int(long_nnz))
+            alpha.to(dt).numpy(), alpha.to(torch.float64).numpy(), gamma.numpy(), etheta.numpy(), norm.numpy(), n_iter.numpy(),
+            bound.numpy(), int(max_iter), float(tol), 64 * eps, eps,
+            float(tol) * FROZEN_BELOW, int(long_nnz), bool(guard))
     _in_threads(lambda i, a, b: kernel(*args, a, b), ptr)
-    return gamma, etheta, norm, n_iter
+    return gamma, etheta, norm, n_iter, bound
 
 
 def _doc_ptr(doc, n_docs: int) -> torch.Tensor:
@@ -667,6 +708,28 @@ class DocState:
         return cls(gamma, ones, ones - 1)
 
 
+class LocalSolution(NamedTuple):
+    """Documents' local state after their updates.
+
+    Attributes
+    ----------
+    gamma, etheta : Tensor, shape (n_docs, K)
+        q(theta)'s concentrations and exp(E[log theta]) at them.
+    norm : Tensor, shape (nnz,)
+        phi's normalisers at ``gamma``.
+    n_iter : int
+        Iterations of the longest-running document.
+    bound : Tensor, shape (n_docs,)
+        Each document's bound terms at that state (:meth:`LDAModel.doc_bounds`), float64.
+    """
+
+    gamma: torch.Tensor
+    etheta: torch.Tensor
+    norm: torch.Tensor
+    n_iter: int
+    bound: torch.Tensor
+
+
 class LDAModel:
     """The LDA math the engines call.
 
@@ -713,23 +776,40 @@ class LDAModel:
         return bool(self.use_numba)
 
     def solve(self, params: LDAParams, doc, word, count, n_docs: int, gamma, *, max_iter=None,
-              tol=None):
+              tol=None, guard: bool = False) -> LocalSolution:
         """:func:`local_update` of documents from their starting ``gamma`` (compiled on
-        CPU, :func:`local_update_numba`); returns (gamma, exp_elog_theta, norm, n_iter)
-        with ``n_iter`` the iterations of the longest-running document."""
+        CPU, :func:`local_update_numba`), with each document's bound. ``guard``: a
+        document whose start has the higher bound (float32 rounding) keeps it, so that
+        the bound never decreases."""
         max_iter = self.local_max_iter if max_iter is None else max_iter
         tol = self.local_tol if tol is None else tol
         if self._compiled(count.device):
-            g, e, n, its = local_update_numba(doc, word, count, n_docs,
-                                              params.exp_elog_beta_t(self.dtype), params.alpha,
-                                              gamma, max_iter=max_iter, tol=tol)
-            return g, e, n, int(its.max()) if n_docs else 0
+            g, e, n, its, b = local_update_numba(
+                doc, word, count, n_docs, params.exp_elog_beta_t(self.dtype), params.alpha,
+                gamma, max_iter=max_iter, tol=tol, guard=guard)
+            return LocalSolution(g, e, n, int(its.max()) if n_docs else 0, b)
         B = params.exp_elog_beta_t(self.dtype)[word]
-        return local_update(doc, count.to(self.dtype), n_docs, B, params.alpha,
-                            gamma.to(self.dtype).clone(), max_iter=max_iter, tol=tol)
+        start = gamma.to(self.dtype)
 
-    def infer(self, params: LDAParams, batch: DocBatch, gamma=None, *, max_iter=None, tol=None):
-        """Local update of one batch; returns (gamma, exp_elog_theta, norm, n_iter).
+        def run(n):
+            g, e, nm, its = local_update(doc, count.to(self.dtype), n_docs, B, params.alpha,
+                                         start.clone(), max_iter=n, tol=tol)
+            return LocalSolution(g, e, nm, its, _doc_bounds(doc, count, n_docs, g, nm,
+                                                            params.alpha))
+
+        out = run(max_iter)
+        if not guard:
+            return out
+        first = run(0)
+        keep = first.bound > out.bound + 1e-12 * out.bound.abs()
+        return LocalSolution(torch.where(keep[:, None], first.gamma, out.gamma),
+                             torch.where(keep[:, None], first.etheta, out.etheta),
+                             torch.where(keep[doc], first.norm, out.norm), out.n_iter,
+                             torch.maximum(out.bound, first.bound))
+
+    def infer(self, params: LDAParams, batch: DocBatch, gamma=None, *, max_iter=None, tol=None,
+              guard: bool = False) -> LocalSolution:
+        """Local update of one batch (see :meth:`solve`).
 
         Without ``gamma`` every document starts from Blei et al.'s
         deterministic point alpha + N_d / K, so its result is its own alone.
@@ -737,7 +817,7 @@ class LDAModel:
         if gamma is None:
             gamma = initial_gamma(batch.n_docs, self._lengths(batch), params.alpha, self.dtype)
         return self.solve(params, batch.doc, batch.word, batch.count, batch.n_docs, gamma,
-                          max_iter=max_iter, tol=tol)
+                          max_iter=max_iter, tol=tol, guard=guard)
 
     def doc_bounds(self, params: LDAParams, batch: DocBatch, gamma, norm) -> torch.Tensor:
         """Per-document local ELBO terms (float64, shape (n_docs,)).
@@ -756,18 +836,18 @@ class LDAModel:
         updated). Batch VI: see :meth:`batch_local`.
         """
         if isinstance(local, DocState):
-            gamma, etheta, norm, state = self.batch_local(params, batch, local)
-            return self.result(params, batch, gamma, etheta, norm, state)
+            sol, state = self.batch_local(params, batch, local)
+            return self.result(params, batch, sol, state)
         table = local if isinstance(local, GammaTable) else None
         start = None
         if table is not None:
             start = table.start(batch.rows, initial_gamma(batch.n_docs, self._lengths(batch),
                                                           params.alpha, self.dtype))
-        gamma, etheta, norm, _ = self.infer(params, batch, start)
+        sol = self.infer(params, batch, start)
         if table is not None:
-            table.store(batch.rows, gamma)
-            return self.result(params, batch, gamma, etheta, norm, table)
-        return self.result(params, batch, gamma, etheta, norm, DocState.fresh(gamma))
+            table.store(batch.rows, sol.gamma)
+            return self.result(params, batch, sol, table)
+        return self.result(params, batch, sol, DocState.fresh(sol.gamma))
 
     def batch_local(self, params: LDAParams, batch: DocBatch, state: "DocState"):
         """Batch VI's local step: warm starts, with scheduled fresh re-solves per document.
@@ -789,22 +869,13 @@ class LDAModel:
 
         Returns
         -------
-        gamma, exp_elog_theta : Tensor, shape (n_docs, K)
-        norm : Tensor, shape (nnz,)
+        solution : LocalSolution
+            The kept state of every document (``n_iter`` 0: not tracked).
         state : DocState
         """
         dt = self.dtype
-        prev = state.gamma.to(dt)
-        gamma, etheta, norm, _ = self.infer(params, batch, prev)
-        best = self.doc_bounds(params, batch, gamma, norm)
-        # rounding guard: the previous gamma where the warm start ended lower (float32 sums)
-        _, e_prev, n_prev, _ = self.infer(params, batch, prev, max_iter=0)
-        b_prev = self.doc_bounds(params, batch, prev, n_prev)
-        keep = b_prev > best + 1e-12 * best.abs()
-        gamma = torch.where(keep[:, None], prev, gamma)
-        etheta = torch.where(keep[:, None], e_prev, etheta)
-        norm = torch.where(keep[batch.doc], n_prev, norm)
-        best = torch.maximum(best, b_prev)
+        # the previous gamma where the warm start ended lower (float32 sums)
+        gamma, etheta, norm, _, best = self.infer(params, batch, state.gamma.to(dt), guard=True)
         interval, wait = state.interval.clone(), state.wait - 1
         due = state.wait <= 0
         if bool(due.any()):
@@ -812,25 +883,25 @@ class LDAModel:
             sel = due[batch.doc]
             sub_doc = (torch.cumsum(due, 0) - 1)[batch.doc[sel]]
             start = initial_gamma(rows.shape[0], self._lengths(batch)[rows], params.alpha, dt)
-            g_f, e_f, n_f, _ = self.solve(params, sub_doc, batch.word[sel], batch.count[sel],
-                                          rows.shape[0], start)
-            b_f = _doc_bounds(sub_doc, batch.count[sel], rows.shape[0], g_f, n_f, params.alpha)
+            g_f, e_f, n_f, _, b_f = self.solve(params, sub_doc, batch.word[sel],
+                                               batch.count[sel], rows.shape[0], start)
             b_old = best[rows]
             take = b_f > b_old + 1e-12 * b_old.abs()
             won = b_f > b_old + FRESH_MARGIN * b_old.abs()
             gamma[rows] = torch.where(take[:, None], g_f, gamma[rows])
             etheta[rows] = torch.where(take[:, None], e_f, etheta[rows])
             norm[sel] = torch.where(take[sub_doc], n_f, norm[sel])
+            best[rows] = torch.maximum(b_f, b_old)
             step = torch.where(won, torch.ones_like(interval[rows]),
                                torch.clamp(2 * interval[rows], max=self.fresh_max_interval))
             interval[rows] = step
             wait[rows] = step - 1
-        return gamma, etheta, norm, DocState(gamma, interval, wait)
+        return LocalSolution(gamma, etheta, norm, 0, best), DocState(gamma, interval, wait)
 
-    def result(self, params: LDAParams, batch: DocBatch, gamma, etheta, norm,
+    def result(self, params: LDAParams, batch: DocBatch, sol: LocalSolution,
                local=None) -> LocalResult:
-        """The statistics and bound terms of a batch's local state (gamma and the
-        matching exp(E log theta) and phi normalisers)."""
+        """The statistics and bound terms of a batch's local state ``sol``."""
+        gamma, etheta, norm = sol.gamma, sol.etheta, sol.norm
         V, K = params.concentration.shape[1], params.concentration.shape[0]
         if self._compiled(norm.device):
             sw = word_statistics_numba(batch.doc, batch.word, batch.count, etheta, norm, V)
@@ -843,8 +914,7 @@ class LDAModel:
             stats["elog_theta"] = dirichlet_expectation(gamma.to(torch.float64)).sum(0)
             stats["n_docs"] = torch.tensor(float(batch.n_docs), dtype=torch.float64,
                                            device=norm.device)
-        bound = self.doc_bounds(params, batch, gamma, norm).sum()
-        return LocalResult(stats, bound, batch.n_docs, batch.n_words, local)
+        return LocalResult(stats, sol.bound.sum(), batch.n_docs, batch.n_words, local)
 
     # ------------------------------------------------------------ global
     def zero_statistics(self, params) -> dict:
