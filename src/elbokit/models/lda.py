@@ -251,6 +251,9 @@ LONG_DOC_NNZ = 32
 # the fitted optimum (K=50, alpha=0.05) the unused ones sit at alpha + 1e-9, and 3.0
 # (changelogs), 5.2 (man pages), 1.9 (fortunes) topics per non-zero are in use.
 FROZEN_BELOW = 0.1
+# compiled local update: runs of documents per thread, taken by whichever thread is free
+# (a document's iterations, not its size, set its cost)
+LOCAL_PIECES = 4
 
 
 def _compile_local():
@@ -520,7 +523,7 @@ def local_update_numba(doc, word, count, n_docs: int, beta_t, alpha, gamma, *, m
             alpha.to(dt).numpy(), alpha.to(torch.float64).numpy(), gamma.numpy(), etheta.numpy(), norm.numpy(), n_iter.numpy(),
             bound.numpy(), int(max_iter), float(tol), 64 * eps, eps,
             float(tol) * FROZEN_BELOW, int(long_nnz), bool(guard))
-    _in_threads(lambda i, a, b: kernel(*args, a, b), ptr)
+    _in_threads(lambda i, a, b: kernel(*args, a, b), ptr, pieces=LOCAL_PIECES)
     return gamma, etheta, norm, n_iter, bound
 
 
@@ -531,17 +534,18 @@ def _doc_ptr(doc, n_docs: int) -> torch.Tensor:
     return ptr
 
 
-def _in_threads(job, ptr, min_entries: int = 20000) -> int:
+def _in_threads(job, ptr, min_entries: int = 20000, pieces: int = 1) -> int:
     """``job(i, first, stop)`` over runs of documents, in up to
     :func:`~elbokit.models.lda_gibbs.threads` threads (one per ``min_entries``
-    non-zeros); returns the number of threads used."""
+    non-zeros; ``pieces`` as :func:`~elbokit.models.lda_gibbs.run_in_threads`);
+    returns the number of threads used."""
     n_docs = ptr.shape[0] - 1
     n_threads = lda_gibbs.threads_for(n_docs, int(ptr[-1]), min_entries)
     if n_threads == 1:
         job(0, 0, n_docs)
     else:
         with lda_gibbs.cpu_threads():
-            lda_gibbs.run_in_threads(job, ptr, n_threads)
+            lda_gibbs.run_in_threads(job, ptr, n_threads, pieces)
     return n_threads
 
 

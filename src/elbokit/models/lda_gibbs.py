@@ -279,12 +279,15 @@ def _pool(threads: int):
     return _POOL
 
 
-def run_in_threads(job, doc_ptr: torch.Tensor, n_threads: int):
+def run_in_threads(job, doc_ptr: torch.Tensor, n_threads: int, pieces: int = 1):
     """Call ``job(i, first, stop)`` for runs [first, stop) of documents holding about
-    equal numbers of entries (``doc_ptr``: CSR row pointers), in ``n_threads`` threads."""
+    equal numbers of entries (``doc_ptr``: CSR row pointers), in ``n_threads`` threads.
+    ``pieces`` runs per thread, taken by whichever thread is free (for work that is not
+    proportional to the entries); ``i`` is then the run's index, not the thread's."""
     n_docs = doc_ptr.shape[0] - 1
     total = int(doc_ptr[-1])
-    cuts = torch.searchsorted(doc_ptr, torch.linspace(0, total, n_threads + 1,
+    n_runs = n_threads * pieces
+    cuts = torch.searchsorted(doc_ptr, torch.linspace(0, total, n_runs + 1,
                                                       dtype=torch.float64).to(doc_ptr.dtype))
     cuts = cuts.clamp_(max=n_docs).tolist()
     cuts[0], cuts[-1] = 0, n_docs
