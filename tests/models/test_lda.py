@@ -196,6 +196,26 @@ def test_compiled_update_freezes_unused_topics_and_brings_them_back(long_nnz):
 
 
 @pytest.mark.parametrize("compiled", [True, False])
+def test_guarded_solve_never_ends_below_its_start(lda_data, compiled):
+    """``solve(guard=True)`` (batch VI's warm starts): every document's returned bound is
+    its returned state's (:meth:`LDAModel.doc_bounds`) and at least its start's, float32,
+    from random starts and from the last solve's state under new topics."""
+    X = lda_data[0][:60]
+    _, params = params_for(4, X.shape[1], alpha=0.05, eta=0.1, seed=3)
+    _, moved = params_for(4, X.shape[1], alpha=0.05, eta=0.1, seed=4)
+    batch = one_batch(X, torch.float32)
+    model = LDAModel(torch.float32, use_numba=compiled)
+    start = torch.distributions.Gamma(2.0, 0.2).sample((batch.n_docs, 4)).to(torch.float32)
+    for p in (params, moved):
+        sol = model.infer(p, batch, start, guard=True)
+        first = model.infer(p, batch, start, max_iter=0)
+        assert bool((sol.bound >= first.bound).all())
+        torch.testing.assert_close(sol.bound, model.doc_bounds(p, batch, sol.gamma, sol.norm),
+                                   rtol=1e-9, atol=1e-9)
+        start = sol.gamma
+
+
+@pytest.mark.parametrize("compiled", [True, False])
 def test_a_fresh_re_solve_frees_a_document_held_by_its_warm_start(compiled):
     """Two topics, a document using both: started on one topic (gamma ~ (20, 0)),
     its warm-started updates stay there; the fresh re-solve due for it finds the

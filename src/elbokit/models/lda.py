@@ -419,14 +419,14 @@ def _compile_local():
         K = gamma.shape[1]
         words = 0.0
         for i in range(lo, hi):
-            words += counts[i] * math.log(float(norm[i]))
+            words += counts[i] * math.log(np.float64(norm[i]))  # float64 log of float32
         total = 0.0
         for k in range(K):
-            total += float(gamma[d, k])
+            total += np.float64(gamma[d, k])
         psum = digamma(total)
         terms = prior_norm - math.lgamma(total)
         for k in range(K):
-            g = float(gamma[d, k])
+            g = np.float64(gamma[d, k])
             terms += (alpha[k] - g) * (digamma(g) - psum) + math.lgamma(g)
         return words + terms
 
