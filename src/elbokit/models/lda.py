@@ -877,12 +877,14 @@ class LDAModel:
         Returns
         -------
         solution : LocalSolution
-            The kept state of every document (``n_iter`` 0: not tracked).
+            The kept state of every document (``n_iter``: of the warm or fresh solve
+            that ran longest).
         state : DocState
         """
         dt = self.dtype
         # the previous gamma where the warm start ended lower (float32 sums)
-        gamma, etheta, norm, _, best = self.infer(params, batch, state.gamma.to(dt), guard=True)
+        gamma, etheta, norm, n_iter, best = self.infer(params, batch, state.gamma.to(dt),
+                                                       guard=True)
         interval, wait = state.interval.clone(), state.wait - 1
         due = state.wait <= 0
         if bool(due.any()):
@@ -890,8 +892,9 @@ class LDAModel:
             sel = due[batch.doc]
             sub_doc = (torch.cumsum(due, 0) - 1)[batch.doc[sel]]
             start = initial_gamma(rows.shape[0], self._lengths(batch)[rows], params.alpha, dt)
-            g_f, e_f, n_f, _, b_f = self.solve(params, sub_doc, batch.word[sel],
-                                               batch.count[sel], rows.shape[0], start)
+            g_f, e_f, n_f, its, b_f = self.solve(params, sub_doc, batch.word[sel],
+                                                 batch.count[sel], rows.shape[0], start)
+            n_iter = max(n_iter, its)
             b_old = best[rows]
             take = b_f > b_old + 1e-12 * b_old.abs()
             won = b_f > b_old + FRESH_MARGIN * b_old.abs()
@@ -903,7 +906,7 @@ class LDAModel:
                                torch.clamp(2 * interval[rows], max=self.fresh_max_interval))
             interval[rows] = step
             wait[rows] = step - 1
-        return LocalSolution(gamma, etheta, norm, 0, best), DocState(gamma, interval, wait)
+        return LocalSolution(gamma, etheta, norm, n_iter, best), DocState(gamma, interval, wait)
 
     def result(self, params: LDAParams, batch: DocBatch, sol: LocalSolution,
                local=None) -> LocalResult:
