@@ -136,7 +136,8 @@ def test_priors_options(lda_data):
 
 def test_default_priors_per_method(lda_data):
     """alpha=None, eta=None: alpha max(1/K, 0.05) fixed for Gibbs and batch VI, learned
-    (from 1/K) for online VI and partial_fit; eta 0.05 for Gibbs, 1/K for VI."""
+    (from 1/K) for online VI and partial_fit; eta 0.05 for Gibbs, 1/K for online VI
+    (batch VI: the next test)."""
     X = lda_data[0][:100]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -150,8 +151,34 @@ def test_default_priors_per_method(lda_data):
     assert not np.allclose(fits["online"].alpha_, 0.25)
     assert not np.allclose(streamed.alpha_, 0.25)
     np.testing.assert_array_equal(fits["gibbs"].eta_, 0.05)
-    for m in ("batch", "online"):
-        np.testing.assert_array_equal(fits[m].eta_, 0.25)
+    np.testing.assert_array_equal(fits["online"].eta_, 0.25)
+    np.testing.assert_array_equal(fits["batch"].eta_, 0.002)  # 3.5 tokens per non-zero here
+
+
+def test_default_eta_of_batch_vi_follows_repeated_words(lda_data):
+    """eta=None with batch VI: REPEAT_ETA where documents repeat their words (more than
+    AUTO_REPEAT tokens per non-zero count), 1/K where they use a word about once; the
+    other methods and a given eta do not look at the counts' shape."""
+    from elbokit.topics import AUTO_REPEAT, GIBBS_ETA, REPEAT_ETA
+
+    X = sp.csr_matrix(lda_data[0][:100])
+    long = X * int(np.ceil(AUTO_REPEAT + 1))  # every word used 3x as often
+    once = X.copy()
+    once.data = np.ones_like(once.data)  # one token per non-zero
+    assert long.sum() > AUTO_REPEAT * long.nnz and once.sum() <= AUTO_REPEAT * once.nnz
+
+    def eta(Y, **kw):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return LDA(4, max_iter=2, random_state=0, **kw).fit(Y).eta_
+
+    np.testing.assert_array_equal(eta(long), REPEAT_ETA)  # auto: batch VI on long documents
+    np.testing.assert_array_equal(eta(long, method="batch"), REPEAT_ETA)
+    np.testing.assert_array_equal(eta(once, method="batch"), 0.25)
+    np.testing.assert_array_equal(eta(long.astype(np.float64) * 0.5, method="batch"), 0.25)
+    np.testing.assert_array_equal(eta(long, method="online"), 0.25)
+    np.testing.assert_array_equal(eta(long, method="gibbs"), GIBBS_ETA)
+    np.testing.assert_array_equal(eta(long, method="batch", eta=0.3), 0.3)
 
 
 def test_partial_fit_streams_mini_batches(lda_data):

@@ -48,6 +48,13 @@ DEFAULT_TOL = {"batch": 3e-4, "online": 1e-4, "gibbs": 1e-4}
 # than with eta learned (Minka, ~0.015-0.03 at K=50) on all six corpus/K pairs measured
 # (KJV and fortunes at K=20 and 50, man pages and changelogs at K=50), NPMI mixed
 GIBBS_ETA = 0.05
+# eta=None with batch VI on documents that repeat their words (more than AUTO_REPEAT tokens
+# per non-zero count): 1/K (0.02 at K=50) left more dead and incoherent topics; 0.002 gave
+# a higher NPMI on the changelogs, licences and man pages and a higher held-out
+# log-likelihood on the changelogs and man pages (within the seed spread on the licences),
+# at K=20, 50 and 100 (README); on short documents it lowered the log-likelihood (KJV,
+# fortunes), so they keep 1/K
+REPEAT_ETA = 0.002
 MIN_ALPHA = 0.05  # alpha=None for Gibbs and batch VI: max(1/K, MIN_ALPHA), fixed (README)
 AUTO_REPEAT = 2.0  # method="auto": Gibbs up to this many tokens per non-zero count
 _CHUNK_ELEMENTS = 1 << 23  # elements of one (nnz, K) work tensor in batch mode
@@ -92,8 +99,12 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         Topic-word prior; "symmetric": 1/K; "auto": start at 1/K and learn a
         symmetric eta alike. None (default): 0.05 for Gibbs sampling (a better
         held-out log-likelihood than learning eta, which settles at a smaller
-        value, on every corpus measured), "symmetric" for VI (where neither
-        learning it nor a larger value helped held-out quality; see the README).
+        value, on every corpus measured); for batch VI 0.002 on documents that
+        repeat their words (more than ``AUTO_REPEAT`` = 2 tokens per non-zero
+        count: licence texts, man pages, changelogs, where 1/K left more dead
+        and incoherent topics) and "symmetric" on others (short documents,
+        where a smaller eta lowered the held-out log-likelihood, and real-valued
+        weights); "symmetric" for online VI. See the README.
     method : {"auto", "batch", "online", "gibbs"}, default="auto"
         ``batch``: variational EM (Blei et al. 2003): every iteration
         continues each document's local updates from its previous state and,
@@ -313,22 +324,28 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
             return DEFAULT_MAX_ITER[method]
         return check_positive_int(self.max_iter, "max_iter")
 
-    def _resolve_method(self, counts: SparseCounts, reducer) -> str:
+    @staticmethod
+    def _shape(counts: SparseCounts, reducer) -> tuple[bool, bool]:
+        """``(fractional, repeated)`` of the counts (over every rank): real-valued
+        weights anywhere; integer counts with more than AUTO_REPEAT tokens per non-zero
+        (long documents, which use their words many times each)."""
+        d = counts.data.to(torch.float64)
+        sums = [float((d != d.round()).sum()), float(d.sum()), float(d.numel())]
+        if reducer is not None:
+            sums = [reducer.sum(v) for v in sums]
+        fractional, tokens, nnz = sums
+        return fractional > 0, fractional == 0 and tokens > AUTO_REPEAT * max(nnz, 1.0)
+
+    def _resolve_method(self, shape: tuple[bool, bool]) -> str:
         """``auto``: Gibbs for integer counts of documents that use a word about once
         (tokens per non-zero up to AUTO_REPEAT: short documents, where sampling gave
         the best topics), batch VI for long documents (where VI's cost follows the
-        distinct words, the sampler's every token) and for real-valued weights."""
+        distinct words, the sampler's every token) and for real-valued weights.
+        ``shape``: :meth:`_shape` of the counts."""
         if self.method != "auto":
             return self.method
-        d = counts.data.to(torch.float64)
-        sums = torch.tensor([float((d != d.round()).sum()), float(d.sum()), float(d.numel())],
-                            dtype=torch.float64)
-        if reducer is not None:
-            sums = torch.tensor([reducer.sum(float(v)) for v in sums], dtype=torch.float64)
-        fractional, tokens, nnz = sums.tolist()
-        if fractional > 0 or tokens > AUTO_REPEAT * max(nnz, 1.0):
-            return "batch"
-        return "gibbs"
+        fractional, repeated = shape
+        return "batch" if fractional or repeated else "gibbs"
 
     def _check_hyperparameters(self):
         self._k()
@@ -366,10 +383,14 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
     def _learned(self, value) -> bool:
         return isinstance(value, str) and value == "auto"
 
-    def _eta_setting(self, method: str):
+    def _eta_setting(self, method: str, repeated: bool = False):
+        """eta as given, else the default of ``method`` (``repeated``: the counts repeat
+        their words, :meth:`_shape`)."""
         if self.eta is not None:
             return self.eta
-        return GIBBS_ETA if method == "gibbs" else "symmetric"
+        if method == "gibbs":
+            return GIBBS_ETA
+        return REPEAT_ETA if method == "batch" and repeated else "symmetric"
 
     def _alpha_setting(self, method: str):
         if self.alpha is not None:
@@ -449,7 +470,8 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         return LDAParams(t(self.components_), t(self.alpha_), t(self.eta_))
 
     def _initial_params(self, counts: SparseCounts, gen, reducer=None,
-                        seeded: bool = False, method: str = "batch") -> LDAParams:
+                        seeded: bool = False, method: str = "batch",
+                        repeated: bool = False) -> LDAParams:
         """Priors and initial topics: lambda ~ Gamma(100, 1/100) (Hoffman et al., as
         scikit-learn and gensim), plus, when ``seeded``, the counts of one random
         document per topic (Blei et al.'s "seeded" start), scaled down to the
@@ -458,7 +480,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         K, V = self._k(), counts.n_features
         device = counts.device
         alpha = self._prior(self._alpha_setting(method), "alpha", K, device, ("asymmetric",))
-        eta = self._prior(self._eta_setting(method), "eta", V, device, ())
+        eta = self._prior(self._eta_setting(method, repeated), "eta", V, device, ())
         lam = standard_gamma(torch.full((K, V), 100.0, dtype=torch.float64, device=device),
                              gen) / 100.0
         if seeded:
@@ -565,7 +587,8 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         n_words = counts.n_words if reducer is None else reducer.sum(counts.n_words)
         if n_words <= 0:
             raise ValueError("X has no words (every count is 0): there is nothing to fit.")
-        method = self._resolve_method(counts, reducer)
+        shape = self._shape(counts, reducer)
+        method = self._resolve_method(shape)
         if method == "gibbs":
             distributed.checked(reducer, lambda: self._check_integer(counts))
         max_iter = self._max_iter(method)
@@ -579,7 +602,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
             sizes = reducer.sizes(counts.n_docs)
             shard = (sum(sizes[:reducer.rank]), sum(sizes))
         params = self._initial_params(counts, gen, reducer, seeded=method != "gibbs",
-                                      method=method)
+                                      method=method, repeated=shape[1])
         if method == "batch":
             model = self._model(method)
             source = CountBatches(counts, self._chunk_rows(counts, model))
