@@ -138,6 +138,8 @@ def test_default_priors_per_method(lda_data):
     """alpha=None, eta=None: alpha max(1/K, 0.05) fixed for Gibbs and batch VI, learned
     (from 1/K) for online VI and partial_fit; eta 0.05 for Gibbs, 1/K for online VI
     (batch VI: the next test)."""
+    from elbokit.topics import REPEAT_ETA
+
     X = lda_data[0][:100]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -152,7 +154,7 @@ def test_default_priors_per_method(lda_data):
     assert not np.allclose(streamed.alpha_, 0.25)
     np.testing.assert_array_equal(fits["gibbs"].eta_, 0.05)
     np.testing.assert_array_equal(fits["online"].eta_, 0.25)
-    np.testing.assert_array_equal(fits["batch"].eta_, 0.002)  # 3.5 tokens per non-zero here
+    np.testing.assert_array_equal(fits["batch"].eta_, REPEAT_ETA)  # 3.5 tokens per non-zero
 
 
 def test_default_eta_of_batch_vi_follows_repeated_words(lda_data):
