@@ -139,10 +139,14 @@ def test_minka_fixed_point_recovers_a_known_asymmetric_alpha():
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_sweep_statistics_are_minkas_sums(path):
-    """The sweep's alpha statistics equal the sums recomputed from its final counts."""
+@pytest.mark.parametrize("copies", [1, 80])
+def test_sweep_statistics_are_minkas_sums(path, copies):
+    """The sweep's alpha statistics equal the sums recomputed from its final counts: small
+    counts (the table of psi differences) and, with the document repeated, counts past it."""
     K = 4
-    state = replicated_state([2, 0, 1, 2, 0, 1, 1], [0, 1, 1, 3, 0, 2, 2], 50, K)
+    words, topics = [2, 0, 1, 2, 0, 1, 1] * copies, [0, 1, 1, 3, 0, 2, 2] * copies
+    assert copies == 1 or len(words) > lda_gibbs.PSI_TABLE
+    state = replicated_state(words, topics, 50, K)
     beta = torch.tensor(np.random.default_rng(0).dirichlet(np.ones(3), K))
     alpha = torch.tensor([0.1, 0.5, 0.05, 1.3], dtype=F64)
     u = torch.rand(state.n_tokens, generator=torch.Generator().manual_seed(0), dtype=F64)

@@ -998,7 +998,7 @@ class LDAModel:
             local = lda_gibbs.token_state(batch, K, generator)
         beta_t = draw.topic_word.t().contiguous().to(self.dtype)
         ll, num, den, nkw = lda_gibbs.sweep(local, beta_t, draw.alpha, generator,
-                                            self.use_numba)
+                                            self.use_numba, alpha_stats=self.learn_alpha)
         stats = {"topic_word": nkw.to(draw.topic_word.device)}
         if self.learn_alpha:
             stats["alpha_num"], stats["alpha_den"] = num, den

@@ -168,10 +168,11 @@ def _compile():
     digamma = numba_digamma()
 
     @njit(cache=True, nogil=True)
-    def sweep(doc_ptr, words, z, u, beta_t, scdf, alpha, ndk, ll, num, den, nwk,
+    def sweep(doc_ptr, words, z, u, beta_t, scdf, alpha, ndk, ll, psi_tab, num, den, nwk,
               first, stop):  # pragma: no cover
         K = beta_t.shape[1]
         count_words = nwk.shape[0] > 0  # (V, K) word-topic counts of the new draws, or none
+        n_tab = psi_tab.shape[1]  # Minka's statistics wanted when the table is not empty
         a0 = 0.0
         for k in range(K):
             a0 += alpha[k]
@@ -180,7 +181,8 @@ def _compile():
             psi_a[k] = digamma(alpha[k])
         psi_a0 = digamma(a0)
         topics = np.empty(K, np.int32)   # the document's topics in use ...
-        where = np.full(K, -1, np.int32)  # ... and each one's slot in that list
+        where = np.full(K, -1, np.int32)  # ... each one's slot in that list ...
+        p = np.zeros(K)                   # ... and its term n_dk beta_kw of the bucket
         for d in range(first, stop):
             lo, hi = doc_ptr[d], doc_ptr[d + 1]
             if hi == lo:
@@ -202,19 +204,26 @@ def _compile():
                 w = words[t]
                 k = z[t]
                 nd[k] -= 1
+                repeat = w == last_w  # a repeat of the word (a count's copies are adjacent)
+                if repeat:  # its own count left topic k: one term moves
+                    p[where[k]] -= beta_t[w, k]
                 if nd[k] == 0:  # drop k from the topics in use
                     m -= 1
                     last = topics[m]
-                    topics[where[k]] = last
-                    where[last] = where[k]
+                    slot = where[k]
+                    topics[slot] = last
+                    p[slot] = p[m]
+                    where[last] = slot
                     where[k] = -1
-                if w == last_w:  # a repeat of the word (a count's copies are adjacent):
-                    r = r_all - beta_t[w, k]  # its own count left topic k
+                if repeat:
+                    r = r_all - beta_t[w, k]
                 else:
-                    r = 0.0  # document bucket
+                    r = 0.0  # document bucket, its terms kept for the draw below
                     for j in range(m):
                         kk = topics[j]
-                        r += nd[kk] * beta_t[w, kk]
+                        q = nd[kk] * beta_t[w, kk]
+                        p[j] = q
+                        r += q
                     last_w = w
                 if m == 0 or r < 0.0:  # empty bucket (a difference can round below 0)
                     r = 0.0
@@ -223,10 +232,9 @@ def _compile():
                 if x < r:
                     new = topics[m - 1]
                     for j in range(m):
-                        kk = topics[j]
-                        x -= nd[kk] * beta_t[w, kk]
+                        x -= p[j]
                         if x < 0.0:
-                            new = kk
+                            new = topics[j]
                             break
                 else:
                     x -= r
@@ -245,19 +253,33 @@ def _compile():
                 if nd[new] == 0:
                     where[new] = m
                     topics[m] = new
+                    p[m] = 0.0
                     m += 1
                 nd[new] += 1
-                r_all = r + beta_t[w, new]
+                b_new = beta_t[w, new]
+                p[where[new]] += b_new
+                r_all = r + b_new
                 z[t] = new
                 if count_words:
                     nwk[w, new] += 1
             ll[d] = acc + math.log(prod)
-            # Minka's statistics: sum_d psi(n_dk + alpha_k) - psi(alpha_k), psi(N_d + a0) - psi(a0)
+            # Minka's statistics: sum_d psi(n_dk + alpha_k) - psi(alpha_k), psi(N_d + a0) - psi(a0),
+            # small counts from the table of those differences (sums of 1 / (alpha_k + i))
             for j in range(m):
                 kk = topics[j]
-                num[kk] += digamma(nd[kk] + alpha[kk]) - psi_a[kk]
                 where[kk] = -1
-            den[0] += digamma((hi - lo) + a0) - psi_a0
+                if n_tab:
+                    c = nd[kk]
+                    if c < n_tab:
+                        num[kk] += psi_tab[kk, c]
+                    else:
+                        num[kk] += digamma(c + alpha[kk]) - psi_a[kk]
+            if n_tab:
+                c = hi - lo
+                if c < n_tab:
+                    den[0] += psi_tab[K, c]
+                else:
+                    den[0] += digamma(c + a0) - psi_a0
 
     _NUMBA_SWEEP = sweep
     return sweep
@@ -334,8 +356,20 @@ def cpu_threads():
         _THREADS = outer
 
 
+PSI_TABLE = 128  # counts below this read Minka's differences psi(n + a) - psi(a) from a table
+
+
+def psi_table(alpha: np.ndarray, n: int = PSI_TABLE) -> np.ndarray:
+    """psi(c + alpha_k) - psi(alpha_k) for c < n, shape (K + 1, n): row k for alpha_k, the
+    last row for alpha_0 = sum_k alpha_k; each the sum over i < c of 1 / (alpha + i)."""
+    a = np.append(alpha, alpha.sum())[:, None]
+    tab = np.zeros((a.shape[0], n))
+    np.cumsum(1.0 / (a + np.arange(n - 1)[None, :]), axis=1, out=tab[:, 1:])
+    return tab
+
+
 def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
-                u: torch.Tensor, word_counts: bool = False):
+                u: torch.Tensor, word_counts: bool = False, alpha_stats: bool = True):
     """One sweep over a CPU batch, each token drawn from :func:`draw_reference`'s
     conditional; updates ``state``.
 
@@ -346,15 +380,20 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
     alpha : Tensor, shape (K,)
     u : float64 Tensor, shape (T,)
         One uniform per token.
+    word_counts : bool
+        Also return the new assignments' topic-word counts.
+    alpha_stats : bool
+        Compute Minka's sums (for a learned alpha); small counts read them from
+        :func:`psi_table`.
 
     Returns
     -------
     ll : float64 Tensor, shape (n_docs,)
         Per document, sum over its tokens of log p(w_i | z_-i, beta): the
         log of each token's predictive probability at its draw.
-    num : float64 Tensor, shape (K,)
+    num : float64 Tensor, shape (K,), or None without ``alpha_stats``
         sum over documents of psi(n_dk + alpha_k) - psi(alpha_k) after the sweep.
-    den : float64 Tensor, shape ()
+    den : float64 Tensor, shape (), or None without ``alpha_stats``
         sum over non-empty documents of psi(N_d + alpha_0) - psi(alpha_0).
     topic_word : float64 Tensor, shape (K, V), with ``word_counts`` only
         The new assignments' topic-word counts, tallied during the sweep (each
@@ -371,9 +410,10 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
     if state.n_tokens:
         bt = np.ascontiguousarray(beta_t.numpy())
         scdf = np.ascontiguousarray(smoothing_cdf(beta_t, alpha).numpy())
+        a = np.ascontiguousarray(alpha.to(torch.float64).numpy())
+        tab = psi_table(a) if alpha_stats else np.zeros((K + 1, 0))
         args = (state.doc_ptr.numpy(), state.word.numpy(), state.z.numpy(), u.numpy(), bt,
-                scdf, np.ascontiguousarray(alpha.to(torch.float64).numpy()),
-                state.ndk.numpy(), ll)
+                scdf, a, state.ndk.numpy(), ll, tab)
         if n_threads == 1:
             kernel(*args, num[0], den[0], nwk[0], 0, n_docs)
         else:
@@ -381,6 +421,8 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
                            state.doc_ptr, n_threads)
     out = (torch.from_numpy(ll), torch.from_numpy(num.sum(0)),
            torch.tensor(float(den.sum()), dtype=torch.float64))
+    if not alpha_stats:
+        out = (out[0], None, None)
     if not word_counts:
         return out
     counts = nwk[0] if n_threads == 1 else nwk.sum(0, dtype=np.int64)
@@ -520,16 +562,17 @@ def alpha_statistics(ndk: torch.Tensor, lengths: torch.Tensor, alpha: torch.Tens
 
 
 def sweep(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
-          generator: torch.Generator, use_numba: bool | None = None):
+          generator: torch.Generator, use_numba: bool | None = None, alpha_stats: bool = True):
     """One local sweep: numba on CPU (when available), the vectorised torch sweep
     elsewhere. Returns (per-document log predictive, Minka's alpha numerators and
-    denominator, the new assignments' topic-word counts (K, V) float64), see
-    :func:`sweep_numba`."""
+    denominator (None on CPU without ``alpha_stats``), the new assignments' topic-word
+    counts (K, V) float64), see :func:`sweep_numba`."""
     u = uniforms(state.n_tokens, generator, state.z.device)
     if use_numba is None:
         use_numba = state.z.device.type == "cpu" and numba_available()
     if use_numba:
-        return sweep_numba(state, beta_t.contiguous(), alpha, u, word_counts=True)
+        return sweep_numba(state, beta_t.contiguous(), alpha, u, word_counts=True,
+                           alpha_stats=alpha_stats)
     out = sweep_torch(state, beta_t, alpha, u, generator)
     V, K = beta_t.shape
     nkw = torch.bincount(state.z.to(torch.int64) * V + state.word.to(torch.int64),
