@@ -429,27 +429,84 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
     return out + (torch.from_numpy(np.ascontiguousarray(counts.T, dtype=np.float64)),)
 
 
-def gamma_rows(concentration: torch.Tensor, seed: int, rows_per_task: int = 8, *,
+_NUMBA_GAMMA = None
+
+
+def _compile_gamma():
+    """The numba gamma kernel, compiled on first use (and cached on disk by numba)."""
+    global _NUMBA_GAMMA
+    if _NUMBA_GAMMA is not None:
+        return _NUMBA_GAMMA
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def gamma_block(rng, shape, out, normalise):  # pragma: no cover
+        """Marsaglia & Tsang's (2000) squeeze-and-reject draw of Gamma(a) for a >= 1;
+        for a < 1 Gamma(a + 1) U^(1/a), with U^(1/a) = exp(-E / a), E ~ Exp(1)."""
+        tiny = np.finfo(np.float64).tiny
+        for i in range(shape.shape[0]):
+            total = 0.0
+            for j in range(shape.shape[1]):
+                a = shape[i, j]
+                boost = a < 1.0
+                d = (a + 1.0 if boost else a) - 1.0 / 3.0
+                c = 1.0 / math.sqrt(9.0 * d)
+                while True:
+                    x = rng.standard_normal()
+                    v = 1.0 + c * x
+                    if v <= 0.0:
+                        continue
+                    v = v * v * v
+                    uu = rng.random()
+                    x2 = x * x
+                    if uu < 1.0 - 0.0331 * x2 * x2:
+                        break
+                    if math.log(uu) < 0.5 * x2 + d * (1.0 - v + math.log(v)):
+                        break
+                g = d * v
+                if boost:
+                    g *= math.exp(-rng.standard_exponential() / a)
+                if normalise and g < tiny:
+                    g = tiny
+                out[i, j] = g
+                total += g
+            if normalise:
+                for j in range(shape.shape[1]):
+                    out[i, j] /= total
+
+    _NUMBA_GAMMA = gamma_block
+    return gamma_block
+
+
+def gamma_rows(concentration: torch.Tensor, seed: int, rows_per_task: int = 2, *,
                normalise: bool = False, single: bool = False) -> torch.Tensor:
     """Gamma(concentration, 1) variates (float64) of a CPU matrix, blocks of rows drawn
     in parallel threads, each block from its own NumPy stream spawned from ``seed``
     (so the draws do not depend on the number of threads).
 
+    With numba, a compiled Marsaglia-Tsang kernel fed by each block's NumPy generator
+    (measured: 24 ns a draw for concentrations below 1, against NumPy's 35 in float64
+    and 47 in float32; 12 against 28 ns at 5). Without it NumPy's ``standard_gamma``,
+    in float32 with ``single`` (a sampler that computes in float32; a draw below
+    float32's range is then the clamp's smallest normal float64).
+
     ``normalise``: each row clamped at the smallest normal float64 and divided by its
-    sum in its thread (Dirichlet rows). ``single``: drawn in float32 (NumPy's float32
-    generators: 15 against 21 ns a draw), for a sampler that computes in float32;
-    a draw below float32's range is then the clamp's smallest normal float64.
+    sum in its thread (Dirichlet rows).
     """
     c = np.ascontiguousarray(concentration.to(torch.float64).numpy())
     out = np.empty_like(c)
     blocks = list(range(0, c.shape[0], rows_per_task))
     seeds = np.random.SeedSequence(seed).spawn(len(blocks))
     tiny = np.finfo(np.float64).tiny
+    kernel = _compile_gamma() if numba_available() else None
 
     def draw(i):
         lo = blocks[i]
         part, shape = out[lo:lo + rows_per_task], c[lo:lo + rows_per_task]
         rng = np.random.default_rng(seeds[i])
+        if kernel is not None:
+            kernel(rng, shape, part, normalise)
+            return
         if single:
             part[...] = rng.standard_gamma(shape.astype(np.float32), dtype=np.float32)
         else:
