@@ -362,3 +362,26 @@ def test_gamma_rows_match_the_gamma_density(shape):
     g = lda_gibbs.gamma_rows(torch.full((8, 5000), shape, dtype=F64), 11).numpy().ravel()
     assert stats.kstest(g, stats.gamma(shape).cdf).pvalue > 1e-3
     assert abs(g.mean() - shape) < 5 * np.sqrt(shape / g.size)
+
+
+def test_counter_uniforms_are_uniform_and_drive_the_sweep():
+    """SplitMix64's outputs on [0, 1): uniform (Kolmogorov-Smirnov), uncorrelated with
+    the next token's, another stream for another seed; and a sweep given no uniforms
+    draws exactly what it draws given those of its seed."""
+    from scipy import stats
+
+    u = lda_gibbs.counter_uniforms(12345, 200000)
+    assert float(u.min()) >= 0 and float(u.max()) < 1
+    assert stats.kstest(u, "uniform").pvalue > 1e-3
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 5 / np.sqrt(u.size)
+    assert not np.array_equal(u[:1000], lda_gibbs.counter_uniforms(12346, 1000))
+    K = 4
+    words, topics = [2, 0, 1, 2, 0, 1, 1], [0, 1, 1, 3, 0, 2, 2]
+    a, b = (replicated_state(words, topics, 300, K) for _ in range(2))
+    beta_t = SMALL_BETA.t().contiguous()
+    given = torch.from_numpy(lda_gibbs.counter_uniforms(99, a.n_tokens))
+    out_a = lda_gibbs.sweep_numba(a, beta_t, SMALL_ALPHA, given)
+    out_b = lda_gibbs.sweep_numba(b, beta_t, SMALL_ALPHA, None, seed=99)
+    assert torch.equal(a.z, b.z) and torch.equal(out_a[0], out_b[0])
+    with pytest.raises(ValueError, match="seed"):
+        lda_gibbs.sweep_numba(b, beta_t, SMALL_ALPHA, None)

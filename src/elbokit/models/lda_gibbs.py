@@ -37,8 +37,10 @@ Two implementations of the same conditional:
   model with theta kept), so the number of sequential steps is bounded
   whatever the documents' lengths.
 
-The uniforms come from the estimator's ``torch.Generator`` (one per token
-per sweep), so a seed repeats the chain on every path and thread count.
+The uniforms (one per token per sweep) are seeded from the estimator's
+``torch.Generator``, so a seed repeats the chain on every thread count: the
+compiled sweep computes token t's from (seed, t) by SplitMix64, the torch sweep
+draws them from the generator.
 """
 
 from __future__ import annotations
@@ -158,6 +160,49 @@ def numba_digamma():
     return digamma
 
 
+_NUMBA_UNIFORM = None
+GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment: 2^64 / the golden ratio
+
+
+def numba_uniform():
+    """u(seed, t): the t-th output of the SplitMix64 generator started at ``seed`` (Steele,
+    Lea & Flood 2014, Java's SplittableRandom; it passes BigCrush), as a float64 on
+    [0, 1) from its top 53 bits. A counter-based draw: token t's uniform is computed
+    where it is used, from (seed, t) alone, so a sweep needs no array of uniforms and
+    its draws do not depend on how the tokens are split between threads."""
+    global _NUMBA_UNIFORM
+    if _NUMBA_UNIFORM is not None:
+        return _NUMBA_UNIFORM
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def uniform(seed, t):  # pragma: no cover
+        z = np.uint64(seed) + np.uint64(t + 1) * np.uint64(GOLDEN)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+        return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+    _NUMBA_UNIFORM = uniform
+    return uniform
+
+
+def counter_uniforms(seed: int, n: int) -> np.ndarray:
+    """The uniforms of tokens 0..n-1 for ``seed`` (float64, shape (n,)): what the compiled
+    sweep draws when it is given no uniforms (for tests)."""
+    uniform = numba_uniform()
+    from numba import njit
+
+    @njit
+    def fill(seed, out):  # pragma: no cover
+        for t in range(out.shape[0]):
+            out[t] = uniform(seed, t)
+
+    out = np.empty(n)
+    fill(np.uint64(seed), out)
+    return out
+
+
 def _compile():
     """The numba sweep, compiled on first use (and cached on disk by numba)."""
     global _NUMBA_SWEEP
@@ -166,13 +211,15 @@ def _compile():
     from numba import njit
 
     digamma = numba_digamma()
+    uniform = numba_uniform()
 
     @njit(cache=True, nogil=True)
-    def sweep(doc_ptr, words, z, u, beta_t, scdf, alpha, ndk, ll, psi_tab, num, den, nwk,
-              first, stop):  # pragma: no cover
+    def sweep(doc_ptr, words, z, u, seed, beta_t, scdf, alpha, ndk, ll, psi_tab, num, den,
+              nwk, first, stop):  # pragma: no cover
         K = beta_t.shape[1]
         count_words = nwk.shape[0] > 0  # (V, K) word-topic counts of the new draws, or none
         n_tab = psi_tab.shape[1]  # Minka's statistics wanted when the table is not empty
+        given = u.shape[0] > 0  # the uniforms given, or drawn from (seed, token)
         a0 = 0.0
         for k in range(K):
             a0 += alpha[k]
@@ -228,7 +275,7 @@ def _compile():
                 if m == 0 or r < 0.0:  # empty bucket (a difference can round below 0)
                     r = 0.0
                 s = scdf[w, K - 1]  # smoothing bucket
-                x = u[t] * (r + s)
+                x = (u[t] if given else uniform(seed, t)) * (r + s)
                 if x < r:
                     new = topics[m - 1]
                     for j in range(m):
@@ -369,7 +416,8 @@ def psi_table(alpha: np.ndarray, n: int = PSI_TABLE) -> np.ndarray:
 
 
 def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
-                u: torch.Tensor, word_counts: bool = False, alpha_stats: bool = True):
+                u: torch.Tensor | None, word_counts: bool = False, alpha_stats: bool = True,
+                seed: int | None = None):
     """One sweep over a CPU batch, each token drawn from :func:`draw_reference`'s
     conditional; updates ``state``.
 
@@ -378,8 +426,11 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
     beta_t : Tensor, shape (V, K)
         beta transposed (float32 or float64), contiguous.
     alpha : Tensor, shape (K,)
-    u : float64 Tensor, shape (T,)
-        One uniform per token.
+    u : float64 Tensor, shape (T,), or None
+        One uniform per token; None: token t's is :func:`numba_uniform`'s
+        ``u(seed, t)``, computed in the sweep (no pass over an array of them).
+    seed : int, with ``u=None``
+        In [0, 2^63).
     word_counts : bool
         Also return the new assignments' topic-word counts.
     alpha_stats : bool
@@ -412,7 +463,13 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
         scdf = np.ascontiguousarray(smoothing_cdf(beta_t, alpha).numpy())
         a = np.ascontiguousarray(alpha.to(torch.float64).numpy())
         tab = psi_table(a) if alpha_stats else np.zeros((K + 1, 0))
-        args = (state.doc_ptr.numpy(), state.word.numpy(), state.z.numpy(), u.numpy(), bt,
+        if u is None:
+            if seed is None:
+                raise ValueError("sweep_numba: pass the uniforms u, or u=None and a seed")
+            u_arr, seed = np.zeros(0), np.uint64(seed)
+        else:
+            u_arr, seed = u.numpy(), np.uint64(0)
+        args = (state.doc_ptr.numpy(), state.word.numpy(), state.z.numpy(), u_arr, seed, bt,
                 scdf, a, state.ndk.numpy(), ll, tab)
         if n_threads == 1:
             kernel(*args, num[0], den[0], nwk[0], 0, n_docs)
@@ -624,12 +681,13 @@ def sweep(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
     elsewhere. Returns (per-document log predictive, Minka's alpha numerators and
     denominator (None on CPU without ``alpha_stats``), the new assignments' topic-word
     counts (K, V) float64), see :func:`sweep_numba`."""
-    u = uniforms(state.n_tokens, generator, state.z.device)
     if use_numba is None:
         use_numba = state.z.device.type == "cpu" and numba_available()
     if use_numba:
-        return sweep_numba(state, beta_t.contiguous(), alpha, u, word_counts=True,
-                           alpha_stats=alpha_stats)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        return sweep_numba(state, beta_t.contiguous(), alpha, None, word_counts=True,
+                           alpha_stats=alpha_stats, seed=seed)
+    u = uniforms(state.n_tokens, generator, state.z.device)
     out = sweep_torch(state, beta_t, alpha, u, generator)
     V, K = beta_t.shape
     nkw = torch.bincount(state.z.to(torch.int64) * V + state.word.to(torch.int64),
