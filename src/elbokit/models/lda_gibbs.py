@@ -482,7 +482,8 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
         out = (out[0], None, None)
     if not word_counts:
         return out
-    counts = nwk[0] if n_threads == 1 else nwk.sum(0, dtype=np.int64)
+    # summed in int32 (a cell counts at most the batch's tokens), then transposed to float64
+    counts = nwk.sum(0, dtype=np.int32 if state.n_tokens < 2**31 else np.int64)
     return out + (torch.from_numpy(np.ascontiguousarray(counts.T, dtype=np.float64)),)
 
 
