@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -344,15 +345,33 @@ def _pool(threads: int):
     if _POOL is None or _POOL._max_workers != threads:
         if _POOL is not None:
             _POOL.shutdown(wait=True)
-        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="elbokit-gibbs")
+        slots = iter(range(threads))
+        lock = threading.Lock()
+
+        def name_slot():
+            with lock:
+                _SLOT.index = next(slots)
+
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="elbokit-gibbs",
+                                   initializer=name_slot)
     return _POOL
+
+
+_SLOT = threading.local()
+
+
+def worker_slot() -> int:
+    """The calling thread's index in the pool, 0 to threads - 1 (0 outside it): for
+    tables each thread adds to, whichever runs it takes."""
+    return getattr(_SLOT, "index", 0)
 
 
 def run_in_threads(job, doc_ptr: torch.Tensor, n_threads: int, pieces: int = 1):
     """Call ``job(i, first, stop)`` for runs [first, stop) of documents holding about
     equal numbers of entries (``doc_ptr``: CSR row pointers), in ``n_threads`` threads.
     ``pieces`` runs per thread, taken by whichever thread is free (for work that is not
-    proportional to the entries); ``i`` is then the run's index, not the thread's."""
+    proportional to the entries, or that one long document makes uneven), the longest
+    first; ``i`` is then the run's index, not the thread's (:func:`worker_slot` is)."""
     n_docs = doc_ptr.shape[0] - 1
     total = int(doc_ptr[-1])
     n_runs = n_threads * pieces
@@ -360,8 +379,11 @@ def run_in_threads(job, doc_ptr: torch.Tensor, n_threads: int, pieces: int = 1):
                                                       dtype=torch.float64).to(doc_ptr.dtype))
     cuts = cuts.clamp_(max=n_docs).tolist()
     cuts[0], cuts[-1] = 0, n_docs
-    jobs = [_pool(n_threads).submit(job, i, a, b)
-            for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]
+    runs = [(i, a, b) for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]
+    # the runs with most entries first (one long document can make a run long): the
+    # threads then end close together
+    runs.sort(key=lambda r: -int(doc_ptr[r[2]] - doc_ptr[r[1]]))
+    jobs = [_pool(n_threads).submit(job, i, a, b) for i, a, b in runs]
     for j in jobs:
         j.result()
 
@@ -403,6 +425,7 @@ def cpu_threads():
         _THREADS = outer
 
 
+SWEEP_PIECES = 4  # runs of documents per thread, taken by the first thread free
 PSI_TABLE = 128  # counts below this read Minka's differences psi(n + a) - psi(a) from a table
 
 
@@ -454,8 +477,9 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
     n_docs, K = state.ndk.shape
     ll = np.zeros(n_docs)
     n_threads = threads_for(n_docs, state.n_tokens)
-    num = np.zeros((n_threads, K))
-    den = np.zeros((n_threads, 1))
+    pieces = SWEEP_PIECES if n_threads > 1 else 1
+    num = np.zeros((n_threads * pieces, K))  # per run: summed in order, the same on any threads
+    den = np.zeros((n_threads * pieces, 1))
     V = beta_t.shape[0]
     nwk = np.zeros((n_threads, V if word_counts else 0, K), np.int32)
     if state.n_tokens:
@@ -474,8 +498,8 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
         if n_threads == 1:
             kernel(*args, num[0], den[0], nwk[0], 0, n_docs)
         else:
-            run_in_threads(lambda i, a, b: kernel(*args, num[i], den[i], nwk[i], a, b),
-                           state.doc_ptr, n_threads)
+            run_in_threads(lambda i, a, b: kernel(*args, num[i], den[i], nwk[worker_slot()],
+                                                  a, b), state.doc_ptr, n_threads, pieces)
     out = (torch.from_numpy(ll), torch.from_numpy(num.sum(0)),
            torch.tensor(float(den.sum()), dtype=torch.float64))
     if not alpha_stats:
