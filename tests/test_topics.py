@@ -19,7 +19,7 @@ SETTINGS = {
     # alpha fixed: learning it from mini-batches of 50 short documents is too noisy here
     "online": dict(method="online", max_iter=30, batch_size=50, tau0=1.0, kappa=0.6, tol=0.0,
                    alpha="symmetric"),
-    "gibbs": dict(method="gibbs", max_iter=60),
+    "gibbs": dict(method="gibbs", max_iter=150),  # seed 0 leaves a slow mode after sweep 60
 }
 
 
@@ -118,7 +118,8 @@ def test_bound_history(fitted):
     assert fitted["batch"].n_iter_ == len(b) - 1
     assert len(fitted["online"].lower_bounds_) == fitted["online"].n_iter_ == 30
     assert fitted["online"].n_batch_iter_ == 30 * 4
-    assert len(fitted["gibbs"].lower_bounds_) == 60
+    gibbs = fitted["gibbs"]  # the sampler stops once its bound has stopped rising
+    assert len(gibbs.lower_bounds_) == gibbs.n_iter_ <= SETTINGS["gibbs"]["max_iter"]
 
 
 def test_priors_options(lda_data):
