@@ -46,6 +46,7 @@ draws them from the generator.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from dataclasses import dataclass
@@ -126,9 +127,6 @@ def smoothing_cdf(beta_t: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- CPU: numba
-_NUMBA_SWEEP = None
-
-
 def numba_available() -> bool:
     try:
         import numba  # noqa: F401
@@ -137,14 +135,9 @@ def numba_available() -> bool:
     return True
 
 
-_NUMBA_DIGAMMA = None
-
-
+@functools.cache
 def numba_digamma():
     """psi(x) for x > 0 as a numba function (float64), for the compiled kernels."""
-    global _NUMBA_DIGAMMA
-    if _NUMBA_DIGAMMA is not None:
-        return _NUMBA_DIGAMMA
     from numba import njit
 
     @njit(cache=True, nogil=True)
@@ -157,23 +150,19 @@ def numba_digamma():
         return r + math.log(x) - 0.5 / x - f * (1.0 / 12 - f * (1.0 / 120 - f * (
             1.0 / 252 - f * (1.0 / 240 - f / 132))))
 
-    _NUMBA_DIGAMMA = digamma
     return digamma
 
 
-_NUMBA_UNIFORM = None
 GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment: 2^64 / the golden ratio
 
 
+@functools.cache
 def numba_uniform():
     """u(seed, t): the t-th output of the SplitMix64 generator started at ``seed`` (Steele,
     Lea & Flood 2014, Java's SplittableRandom; it passes BigCrush), as a float64 on
     [0, 1) from its top 53 bits. A counter-based draw: token t's uniform is computed
     where it is used, from (seed, t) alone, so a sweep needs no array of uniforms and
     its draws do not depend on how the tokens are split between threads."""
-    global _NUMBA_UNIFORM
-    if _NUMBA_UNIFORM is not None:
-        return _NUMBA_UNIFORM
     from numba import njit
 
     @njit(cache=True, nogil=True)
@@ -184,7 +173,6 @@ def numba_uniform():
         z = z ^ (z >> np.uint64(31))
         return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
-    _NUMBA_UNIFORM = uniform
     return uniform
 
 
@@ -204,11 +192,9 @@ def counter_uniforms(seed: int, n: int) -> np.ndarray:
     return out
 
 
+@functools.cache
 def _compile():
     """The numba sweep, compiled on first use (and cached on disk by numba)."""
-    global _NUMBA_SWEEP
-    if _NUMBA_SWEEP is not None:
-        return _NUMBA_SWEEP
     from numba import njit
 
     digamma = numba_digamma()
@@ -329,7 +315,6 @@ def _compile():
                 else:
                     den[0] += digamma(c + a0) - psi_a0
 
-    _NUMBA_SWEEP = sweep
     return sweep
 
 
@@ -511,14 +496,9 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
     return out + (torch.from_numpy(np.ascontiguousarray(counts.T, dtype=np.float64)),)
 
 
-_NUMBA_GAMMA = None
-
-
+@functools.cache
 def _compile_gamma():
     """The numba gamma kernel, compiled on first use (and cached on disk by numba)."""
-    global _NUMBA_GAMMA
-    if _NUMBA_GAMMA is not None:
-        return _NUMBA_GAMMA
     from numba import njit
 
     @njit(cache=True, nogil=True)
@@ -556,7 +536,6 @@ def _compile_gamma():
                 for j in range(shape.shape[1]):
                     out[i, j] /= total
 
-    _NUMBA_GAMMA = gamma_block
     return gamma_block
 
 
