@@ -49,15 +49,15 @@ def available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-def jit(fn):
-    """``numba.njit(cache=True, nogil=True)``, or without the disk cache where numba finds
-    no writable place for it (it refuses ``cache=True`` there)."""
+def jit(fn, **options):
+    """``numba.njit(cache=True, nogil=True, **options)``, or without the disk cache where
+    numba finds no writable place for it (it refuses ``cache=True`` there)."""
     from numba import njit
 
     try:
-        return njit(cache=True, nogil=True)(fn)
+        return njit(cache=True, nogil=True, **options)(fn)
     except RuntimeError:  # "cannot cache function ...: no locator available"
-        return njit(cache=False, nogil=True)(fn)
+        return njit(cache=False, nogil=True, **options)(fn)
 
 
 def _shift(lb, r0, r1, gamma, shift):  # pragma: no cover - compiled by numba

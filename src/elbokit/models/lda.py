@@ -42,7 +42,6 @@ term of the bound at the optimal phi.  Compute is in the estimator's dtype
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -258,233 +257,6 @@ FROZEN_BELOW = 0.1
 LOCAL_PIECES = 4
 
 
-@functools.cache
-def _compile_local():
-    """The compiled local update (numba, cached on disk): one document at a time."""
-    from numba import njit
-
-    digamma = lda_gibbs.numba_digamma()
-
-    fast = {"reassoc", "contract"}  # SIMD dot products: sums may reassociate
-
-    @njit(cache=True, nogil=True, fastmath=fast)
-    def exp_elog_theta(gamma, d, et, topics, m):  # pragma: no cover
-        """et[k] = exp(E[log theta_dk]) for the m topics ``topics[:m]``; returns sum_k gamma_dk."""
-        K = gamma.shape[1]
-        total = 0.0
-        for k in range(K):
-            total += gamma[d, k]
-        psum = digamma(total)
-        for j in range(m):
-            k = topics[j]
-            et[k] = math.exp(digamma(gamma[d, k]) - psum)
-        return total
-
-    @njit(cache=True, nogil=True, fastmath=fast)
-    def settle(gamma, d, et, acc, alpha, topics, m, tol, floor):  # pragma: no cover
-        """gamma_dk = alpha_k + et_k acc_k for the m topics; True when the mean absolute
-        change over all K topics is below tol (or the float resolution at gamma's scale)."""
-        K = gamma.shape[1]
-        change = 0.0
-        for j in range(m):
-            k = topics[j]
-            g = alpha[k] + et[k] * acc[k]
-            change += abs(g - gamma[d, k])
-            gamma[d, k] = g
-        total = exp_elog_theta(gamma, d, et, topics, m)
-        return tol > 0 and change / K < max(tol, total / K * floor)
-
-    @njit(cache=True, nogil=True)
-    def active_topics(gamma, d, alpha, topics, frozen_below):  # pragma: no cover
-        """topics[:m] = the topics whose expected count gamma_dk - alpha_k in document d is
-        at least ``frozen_below``; returns m (all K if none is)."""
-        K = gamma.shape[1]
-        m = 0
-        for k in range(K):
-            if gamma[d, k] - alpha[k] >= frozen_below:
-                topics[m] = k
-                m += 1
-        if m == 0:
-            for k in range(K):
-                topics[k] = k
-            m = K
-        return m
-
-    @njit(cache=True, nogil=True, fastmath=fast)
-    def row_pass(lo, hi, words, counts, beta_t, et, acc, topics, m, eps):  # pragma: no cover
-        """acc_k = sum_i n_i beta_ik / (sum_j et_j beta_ij + eps) over the m topics, row by
-        row of beta_t: cheapest for a few non-zeros. All K topics: contiguous (SIMD) loops."""
-        K = et.shape[0]
-        for j in range(m):
-            acc[topics[j]] = 0.0
-        for i in range(lo, hi):
-            row = beta_t[words[i]]
-            dot = 0.0
-            if m == K:
-                for k in range(K):
-                    dot += et[k] * row[k]
-                r = counts[i] / (dot + eps)
-                for k in range(K):
-                    acc[k] += r * row[k]
-            else:
-                for j in range(m):
-                    k = topics[j]
-                    dot += et[k] * row[k]
-                r = counts[i] / (dot + eps)
-                for j in range(m):
-                    k = topics[j]
-                    acc[k] += r * row[k]
-
-    @njit(cache=True, nogil=True, fastmath=fast)
-    def column_pass(lo, n, counts, bt, et, acc, topics, m, eps, dots):  # pragma: no cover
-        """:func:`row_pass` on the transposed rows ``bt`` (K, n): both products run along
-        contiguous memory."""
-        dots[:n] = 0.0
-        for j in range(m):
-            k = topics[j]
-            e = et[k]
-            for i in range(n):
-                dots[i] += e * bt[k, i]
-        for i in range(n):
-            dots[i] = counts[lo + i] / (dots[i] + eps)
-        for j in range(m):
-            k = topics[j]
-            a = 0.0
-            for i in range(n):
-                a += bt[k, i] * dots[i]
-            acc[k] = a
-
-    @njit(cache=True, nogil=True, fastmath=fast)
-    def norms(lo, hi, words, beta_t, et, norm, eps):  # pragma: no cover
-        """phi's normalisers sum_k et_k beta_ik + eps of the document's non-zeros."""
-        K = et.shape[0]
-        for i in range(lo, hi):
-            row = beta_t[words[i]]
-            dot = 0.0
-            for k in range(K):
-                dot += et[k] * row[k]
-            norm[i] = dot + eps
-
-    @njit(cache=True, nogil=True)
-    def solve_doc(lo, hi, words, counts, beta_t, alpha, gamma, d, et, acc, norm, max_iter,
-                  tol, floor, eps, frozen_below, transposed, bt, dots, topics,
-                  every):  # pragma: no cover
-        """One document's fixed-point iterations; returns their number.
-
-        Sparse in the topics: a topic whose expected count in the document is below
-        ``frozen_below`` is frozen (its gamma kept, left out of the products), so an
-        iteration costs O(nnz_d m) for the m topics in use (a few of K once a document
-        settles). When the active topics settle, one iteration over every topic checks
-        the stopping rule (frozen topics can come back there): the document stops only
-        on an update of all K topics, as the dense iteration would (``frozen_below=0``,
-        with ``tol=0``: every iteration is dense)."""
-        K = et.shape[0]
-        n = hi - lo
-        if transposed:
-            for i in range(n):
-                row = beta_t[words[lo + i]]
-                for k in range(K):
-                    bt[k, i] = row[k]
-        m = active_topics(gamma, d, alpha, topics, frozen_below) if frozen_below > 0 else K
-        sparse = m < K
-        it = 0
-        while it < max_iter:
-            it += 1
-            use = topics if sparse else every
-            size = m if sparse else K
-            if transposed:
-                column_pass(lo, n, counts, bt, et, acc, use, size, eps, dots)
-            else:
-                row_pass(lo, hi, words, counts, beta_t, et, acc, use, size, eps)
-            settled = settle(gamma, d, et, acc, alpha, use, size, tol, floor)
-            if settled and not sparse:
-                break
-            if frozen_below > 0:
-                if settled:  # settled on the active topics: check all K next
-                    sparse = False
-                    exp_elog_theta(gamma, d, et, every, K)
-                else:
-                    m = active_topics(gamma, d, alpha, topics, frozen_below)
-                    sparse = m < K
-        if sparse:
-            exp_elog_theta(gamma, d, et, every, K)
-        norms(lo, hi, words, beta_t, et, norm, eps)
-        return it
-
-    @njit(cache=True, nogil=True)
-    def doc_bound(lo, hi, counts, norm, gamma, d, alpha, prior_norm):  # pragma: no cover
-        """:func:`_doc_bounds` of document d, float64."""
-        K = gamma.shape[1]
-        words = 0.0
-        for i in range(lo, hi):
-            words += counts[i] * math.log(np.float64(norm[i]))  # float64 log of float32
-        total = 0.0
-        for k in range(K):
-            total += np.float64(gamma[d, k])
-        psum = digamma(total)
-        terms = prior_norm - math.lgamma(total)
-        for k in range(K):
-            g = np.float64(gamma[d, k])
-            terms += (alpha[k] - g) * (digamma(g) - psum) + math.lgamma(g)
-        return words + terms
-
-    @njit(cache=True, nogil=True)
-    def local(doc_ptr, words, counts, beta_t, alpha, alpha64, gamma, etheta, norm, n_iter,
-              bound, max_iter, tol, floor, eps, frozen_below, long_nnz, guard, first,
-              stop):  # pragma: no cover
-        K = beta_t.shape[1]
-        et = np.empty(K)
-        acc = np.empty(K)
-        topics = np.empty(K, dtype=np.int64)
-        every = np.arange(K)
-        start = np.empty(K)
-        b_start = 0.0
-        prior_norm = 0.0
-        for k in range(K):
-            prior_norm -= math.lgamma(alpha64[k])
-        prior_norm += math.lgamma(alpha64.sum())
-        widest = 0
-        for d in range(first, stop):
-            n = doc_ptr[d + 1] - doc_ptr[d]
-            if n >= long_nnz:
-                widest = max(widest, n)
-        bt = np.empty((K, widest), dtype=beta_t.dtype)
-        dots = np.empty(widest, dtype=beta_t.dtype)
-        for d in range(first, stop):
-            lo, hi = doc_ptr[d], doc_ptr[d + 1]
-            exp_elog_theta(gamma, d, et, every, K)
-            if guard:  # the starting point's bound, to keep it if it ends higher
-                norms(lo, hi, words, beta_t, et, norm, eps)
-                b_start = doc_bound(lo, hi, counts, norm, gamma, d, alpha64, prior_norm)
-                for k in range(K):
-                    start[k] = gamma[d, k]
-            n_iter[d] = solve_doc(lo, hi, words, counts, beta_t, alpha, gamma, d, et, acc,
-                                  norm, max_iter, tol, floor, eps, frozen_below,
-                                  hi - lo >= long_nnz, bt, dots, topics, every)
-            b = doc_bound(lo, hi, counts, norm, gamma, d, alpha64, prior_norm)
-            if guard and b_start > b + 1e-12 * abs(b):  # rounding (float32 sums)
-                for k in range(K):
-                    gamma[d, k] = start[k]
-                exp_elog_theta(gamma, d, et, every, K)
-                norms(lo, hi, words, beta_t, et, norm, eps)
-                b = b_start
-            bound[d] = b
-            for k in range(K):
-                etheta[d, k] = et[k]
-
-    @njit(cache=True, nogil=True)
-    def word_stats(doc_ptr, words, counts, etheta, norm, out, first, stop):  # pragma: no cover
-        K = etheta.shape[1]
-        for d in range(first, stop):
-            for i in range(doc_ptr[d], doc_ptr[d + 1]):
-                r = counts[i] / float(norm[i])
-                row = out[words[i]]
-                for k in range(K):
-                    row[k] += r * etheta[d, k]
-
-    return local, word_stats
-
-
 def local_update_numba(doc, word, count, n_docs: int, beta_t, alpha, gamma, *, max_iter: int,
                        tol: float, long_nnz: int = LONG_DOC_NNZ, guard: bool = False):
     """:func:`local_update` compiled, on CPU: each document's loop runs on its own
@@ -510,7 +282,9 @@ def local_update_numba(doc, word, count, n_docs: int, beta_t, alpha, gamma, *, m
     bound : Tensor, shape (n_docs,)
         :func:`_doc_bounds` of the returned state, float64.
     """
-    kernel = _compile_local()[0]
+    from elbokit.models import lda_kernels
+
+    kernel = lda_kernels.local
     dt = beta_t.dtype
     ptr = _doc_ptr(doc, n_docs)
     gamma = gamma.to(dt).contiguous().clone()
@@ -552,7 +326,9 @@ def _in_threads(job, ptr, min_entries: int = 20000, pieces: int = 1) -> int:
 def word_statistics_numba(doc, word, count, etheta, norm, n_words: int) -> torch.Tensor:
     """sum over non-zeros (d, w) of n_dw exp(E log theta_d) / norm_dw, per word, float64,
     shape (V, K): the topic-word statistics before the factor exp(E log beta)."""
-    kernel = _compile_local()[1]
+    from elbokit.models import lda_kernels
+
+    kernel = lda_kernels.word_stats
     n_docs, K = etheta.shape
     ptr = _doc_ptr(doc, n_docs)
     out = np.zeros((lda_gibbs.threads_for(n_docs, doc.shape[0]), n_words, K))

@@ -46,7 +46,6 @@ draws them from the generator.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import threading
 from dataclasses import dataclass
@@ -135,187 +134,15 @@ def numba_available() -> bool:
     return True
 
 
-@functools.cache
-def numba_digamma():
-    """psi(x) for x > 0 as a numba function (float64), for the compiled kernels."""
-    from numba import njit
-
-    @njit(cache=True, nogil=True)
-    def digamma(x):  # pragma: no cover - recurrence up to 6, then the asymptotic series
-        r = 0.0
-        while x < 6.0:
-            r -= 1.0 / x
-            x += 1.0
-        f = 1.0 / (x * x)
-        return r + math.log(x) - 0.5 / x - f * (1.0 / 12 - f * (1.0 / 120 - f * (
-            1.0 / 252 - f * (1.0 / 240 - f / 132))))
-
-    return digamma
-
-
-GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment: 2^64 / the golden ratio
-
-
-@functools.cache
-def numba_uniform():
-    """u(seed, t): the t-th output of the SplitMix64 generator started at ``seed`` (Steele,
-    Lea & Flood 2014, Java's SplittableRandom; it passes BigCrush), as a float64 on
-    [0, 1) from its top 53 bits. A counter-based draw: token t's uniform is computed
-    where it is used, from (seed, t) alone, so a sweep needs no array of uniforms and
-    its draws do not depend on how the tokens are split between threads."""
-    from numba import njit
-
-    @njit(cache=True, nogil=True)
-    def uniform(seed, t):  # pragma: no cover
-        z = np.uint64(seed) + np.uint64(t + 1) * np.uint64(GOLDEN)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-        return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-
-    return uniform
-
-
 def counter_uniforms(seed: int, n: int) -> np.ndarray:
     """The uniforms of tokens 0..n-1 for ``seed`` (float64, shape (n,)): what the compiled
-    sweep draws when it is given no uniforms (for tests)."""
-    uniform = numba_uniform()
-    from numba import njit
-
-    @njit
-    def fill(seed, out):  # pragma: no cover
-        for t in range(out.shape[0]):
-            out[t] = uniform(seed, t)
+    sweep draws when it is given no uniforms (:func:`~elbokit.models.lda_kernels.uniform`;
+    for tests)."""
+    from elbokit.models import lda_kernels
 
     out = np.empty(n)
-    fill(np.uint64(seed), out)
+    lda_kernels.fill_uniforms(np.uint64(seed), out)
     return out
-
-
-@functools.cache
-def _compile():
-    """The numba sweep, compiled on first use (and cached on disk by numba)."""
-    from numba import njit
-
-    digamma = numba_digamma()
-    uniform = numba_uniform()
-
-    @njit(cache=True, nogil=True)
-    def sweep(doc_ptr, words, z, u, seed, beta_t, scdf, alpha, ndk, ll, psi_tab, num, den,
-              nwk, first, stop):  # pragma: no cover
-        K = beta_t.shape[1]
-        count_words = nwk.shape[0] > 0  # (V, K) word-topic counts of the new draws, or none
-        n_tab = psi_tab.shape[1]  # Minka's statistics wanted when the table is not empty
-        given = u.shape[0] > 0  # the uniforms given, or drawn from (seed, token)
-        a0 = 0.0
-        for k in range(K):
-            a0 += alpha[k]
-        psi_a = np.empty(K)
-        for k in range(K):
-            psi_a[k] = digamma(alpha[k])
-        psi_a0 = digamma(a0)
-        topics = np.empty(K, np.int32)   # the document's topics in use ...
-        where = np.full(K, -1, np.int32)  # ... each one's slot in that list ...
-        p = np.zeros(K)                   # ... and its term n_dk beta_kw of the bucket
-        for d in range(first, stop):
-            lo, hi = doc_ptr[d], doc_ptr[d + 1]
-            if hi == lo:
-                continue
-            nd = ndk[d]
-            m = 0
-            for t in range(lo, hi):  # the topics in use, from the tokens: O(length)
-                k = z[t]
-                if where[k] < 0:
-                    where[k] = m
-                    topics[m] = k
-                    m += 1
-            norm = (hi - lo - 1) + a0
-            acc = 0.0
-            prod = 1.0
-            last_w = -1
-            r_all = 0.0  # the document bucket of word last_w with every count in
-            for t in range(lo, hi):
-                w = words[t]
-                k = z[t]
-                nd[k] -= 1
-                repeat = w == last_w  # a repeat of the word (a count's copies are adjacent)
-                if repeat:  # its own count left topic k: one term moves
-                    p[where[k]] -= beta_t[w, k]
-                if nd[k] == 0:  # drop k from the topics in use
-                    m -= 1
-                    last = topics[m]
-                    slot = where[k]
-                    topics[slot] = last
-                    p[slot] = p[m]
-                    where[last] = slot
-                    where[k] = -1
-                if repeat:
-                    r = r_all - beta_t[w, k]
-                else:
-                    r = 0.0  # document bucket, its terms kept for the draw below
-                    for j in range(m):
-                        kk = topics[j]
-                        q = nd[kk] * beta_t[w, kk]
-                        p[j] = q
-                        r += q
-                    last_w = w
-                if m == 0 or r < 0.0:  # empty bucket (a difference can round below 0)
-                    r = 0.0
-                s = scdf[w, K - 1]  # smoothing bucket
-                x = (u[t] if given else uniform(seed, t)) * (r + s)
-                if x < r:
-                    new = topics[m - 1]
-                    for j in range(m):
-                        x -= p[j]
-                        if x < 0.0:
-                            new = topics[j]
-                            break
-                else:
-                    x -= r
-                    a, b = 0, K - 1
-                    while a < b:
-                        mid = (a + b) >> 1
-                        if scdf[w, mid] > x:
-                            b = mid
-                        else:
-                            a = mid + 1
-                    new = a
-                prod *= (r + s) / norm
-                if prod < 1e-280:
-                    acc += math.log(prod)
-                    prod = 1.0
-                if nd[new] == 0:
-                    where[new] = m
-                    topics[m] = new
-                    p[m] = 0.0
-                    m += 1
-                nd[new] += 1
-                b_new = beta_t[w, new]
-                p[where[new]] += b_new
-                r_all = r + b_new
-                z[t] = new
-                if count_words:
-                    nwk[w, new] += 1
-            ll[d] = acc + math.log(prod)
-            # Minka's statistics: sum_d psi(n_dk + alpha_k) - psi(alpha_k), psi(N_d + a0) - psi(a0),
-            # small counts from the table of those differences (sums of 1 / (alpha_k + i))
-            for j in range(m):
-                kk = topics[j]
-                where[kk] = -1
-                if n_tab:
-                    c = nd[kk]
-                    if c < n_tab:
-                        num[kk] += psi_tab[kk, c]
-                    else:
-                        num[kk] += digamma(c + alpha[kk]) - psi_a[kk]
-            if n_tab:
-                c = hi - lo
-                if c < n_tab:
-                    den[0] += psi_tab[K, c]
-                else:
-                    den[0] += digamma(c + a0) - psi_a0
-
-    return sweep
 
 
 _POOL = None
@@ -435,7 +262,7 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
         beta transposed (float32 or float64), contiguous.
     alpha : Tensor, shape (K,)
     u : float64 Tensor, shape (T,), or None
-        One uniform per token; None: token t's is :func:`numba_uniform`'s
+        One uniform per token; None: token t's is :func:`~elbokit.models.lda_kernels.uniform`'s
         ``u(seed, t)``, computed in the sweep (no pass over an array of them).
     seed : int, with ``u=None``
         In [0, 2^63).
@@ -458,7 +285,9 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
         The new assignments' topic-word counts, tallied during the sweep (each
         thread its own table, summed): cheaper than counting them afterwards.
     """
-    kernel = _compile()
+    from elbokit.models import lda_kernels
+
+    kernel = lda_kernels.sweep
     n_docs, K = state.ndk.shape
     ll = np.zeros(n_docs)
     n_threads = threads_for(n_docs, state.n_tokens)
@@ -496,47 +325,6 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
     return out + (torch.from_numpy(np.ascontiguousarray(counts.T, dtype=np.float64)),)
 
 
-@functools.cache
-def _compile_gamma():
-    """The numba gamma kernel, compiled on first use (and cached on disk by numba)."""
-    from numba import njit
-
-    @njit(cache=True, nogil=True)
-    def gamma_block(rng, shape, out, normalise):  # pragma: no cover
-        """Marsaglia & Tsang's (2000) squeeze-and-reject draw of Gamma(a) for a >= 1;
-        for a < 1 Gamma(a + 1) U^(1/a), with U^(1/a) = exp(-E / a), E ~ Exp(1)."""
-        tiny = np.finfo(np.float64).tiny
-        for i in range(shape.shape[0]):
-            total = 0.0
-            for j in range(shape.shape[1]):
-                a = shape[i, j]
-                boost = a < 1.0
-                d = (a + 1.0 if boost else a) - 1.0 / 3.0
-                c = 1.0 / math.sqrt(9.0 * d)
-                while True:
-                    x = rng.standard_normal()
-                    v = 1.0 + c * x
-                    if v <= 0.0:
-                        continue
-                    v = v * v * v
-                    uu = rng.random()
-                    x2 = x * x
-                    if uu < 1.0 - 0.0331 * x2 * x2:
-                        break
-                    if math.log(uu) < 0.5 * x2 + d * (1.0 - v + math.log(v)):
-                        break
-                g = d * v
-                if boost:
-                    g *= math.exp(-rng.standard_exponential() / a)
-                if normalise and g < tiny:
-                    g = tiny
-                out[i, j] = g
-                total += g
-            if normalise:
-                for j in range(shape.shape[1]):
-                    out[i, j] /= total
-
-    return gamma_block
 
 
 def gamma_rows(concentration: torch.Tensor, seed: int, rows_per_task: int = 2, *,
@@ -559,7 +347,11 @@ def gamma_rows(concentration: torch.Tensor, seed: int, rows_per_task: int = 2, *
     blocks = list(range(0, c.shape[0], rows_per_task))
     seeds = np.random.SeedSequence(seed).spawn(len(blocks))
     tiny = np.finfo(np.float64).tiny
-    kernel = _compile_gamma() if numba_available() else None
+    kernel = None
+    if numba_available():
+        from elbokit.models import lda_kernels
+
+        kernel = lda_kernels.gamma_block
 
     def draw(i):
         lo = blocks[i]
