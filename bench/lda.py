@@ -176,12 +176,54 @@ def read_package_descriptions(n_docs: int = 20000, seed: int = 0) -> list[str]:
     return [docs[i] for i in pick]
 
 
+def read_python_stdlib() -> list[str]:
+    """Python 3.11's standard-library modules (Debian's /usr/lib/python3.11, tests left
+    out), one document per file: its comments and string literals (docstrings), files
+    with at least 200 characters of them."""
+    import io
+    import tokenize
+
+    keep = (tokenize.COMMENT, tokenize.STRING)
+    docs = []
+    for f in sorted(glob.glob("/usr/lib/python3.11/**/*.py", recursive=True)):
+        if "/test" in f:
+            continue
+        try:
+            with open(f, encoding="utf-8") as fh:
+                tokens = list(tokenize.generate_tokens(io.StringIO(fh.read()).readline))
+        except (OSError, UnicodeDecodeError, SyntaxError, tokenize.TokenError):
+            continue
+        text = " ".join(t.string for t in tokens if t.type in keep)
+        if len(text) > 200:
+            docs.append(text)
+    return docs
+
+
+def read_debian_readmes() -> list[str]:
+    """Debian's README* and NEWS* files under /usr/share/doc (gzipped or not), one
+    document per file of at least 200 characters."""
+    docs = []
+    for f in sorted(glob.glob("/usr/share/doc/*/*")):
+        if not os.path.basename(f).startswith(("README", "NEWS")) or not os.path.isfile(f):
+            continue
+        try:
+            raw = gzip.open(f).read() if f.endswith(".gz") else open(f, "rb").read()
+        except (OSError, EOFError):
+            continue
+        text = raw.decode("utf-8", "replace")
+        if len(text) > 200:
+            docs.append(text)
+    return docs
+
+
 CORPORA = {"kjv": read_kjv, "licences": read_licences, "fortunes": read_fortunes,
            "man": read_manpages, "changelogs": read_changelogs,
            # kept out of the default run, as the changelogs: corpora the defaults were not
            # chosen on (session 4 checked them after choosing)
            "descriptions": read_package_descriptions,
-           "man357": lambda: read_manpages(n_docs=10**6, sections="357")}
+           "man357": lambda: read_manpages(n_docs=10**6, sections="357"),
+           # session 9's, after the defaults were chosen
+           "python-stdlib": read_python_stdlib, "debian-readme": read_debian_readmes}
 
 
 class Split:
