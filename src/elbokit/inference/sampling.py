@@ -214,8 +214,9 @@ def standard_gamma(concentration: torch.Tensor, generator: torch.Generator, *,
                    normalise: bool = False, single: bool = False) -> torch.Tensor:
     """Gamma(concentration, 1) variates (float64), drawn from ``generator``.
 
-    On CPU, NumPy's generators (about twice torch's speed), blocks of rows in
-    parallel threads, seeded from ``generator``; ``normalise`` and ``single``
+    On CPU, a compiled kernel (or NumPy's generators without numba; either about twice
+    torch's speed), blocks of rows in parallel threads, seeded from ``generator``;
+    ``normalise`` and ``single``
     (CPU only) as :func:`~elbokit.models.lda_gibbs.gamma_rows`.
     """
     c = concentration.to(torch.float64)

@@ -346,6 +346,9 @@ def doc_terms(gamma64: torch.Tensor, alpha64: torch.Tensor) -> torch.Tensor:
             + torch.lgamma(alpha64.sum()) - torch.lgamma(gamma64.sum(1)))
 
 
+NEWTON_CLOSE = 1e-6  # update_alpha: a relative Newton step below this is the last
+
+
 def update_alpha(alpha: torch.Tensor, mean_elog_theta: torch.Tensor, *, max_iter: int = 50,
                  tol: float = 1e-10, bounds=(1e-6, 1e4)) -> torch.Tensor:
     """Empirical-Bayes alpha: maximise sum_d E_q[log Dirichlet(theta_d | alpha)].
@@ -373,6 +376,13 @@ def update_alpha(alpha: torch.Tensor, mean_elog_theta: torch.Tensor, *, max_iter
         z = torch.polygamma(1, a.sum())
         b = (g / q).sum() / (1.0 / z + (1.0 / q).sum())
         step = (g - b) / q
+        if float((step.abs() / a).max()) < NEWTON_CLOSE:
+            # close to the optimum the objective's change is below its float64 rounding,
+            # so a line search would accept or refuse this last step by rounding alone
+            new = a - step
+            if bool(((new >= lo) & (new <= hi)).all()):
+                a = new
+            break
         s = 1.0
         while s > 1e-10:
             new = a - s * step

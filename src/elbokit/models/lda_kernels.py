@@ -178,32 +178,76 @@ def sweep(doc_ptr, words, z, u, seed, beta_t, scdf, alpha, ndk, ll, psi_tab, num
 
 
 @jit
-def gamma_block(rng, shape, out, normalise):  # pragma: no cover
-    """Marsaglia & Tsang's (2000) squeeze-and-reject draw of Gamma(a) for a >= 1;
-    for a < 1 Gamma(a + 1) U^(1/a), with U^(1/a) = exp(-E / a), E ~ Exp(1)."""
+def open_uniform(seed, t):  # pragma: no cover
+    """:func:`uniform` moved half a step up, on (0, 1): a draw whose log is finite."""
+    return uniform(seed, t) + 0.5 / 9007199254740992.0
+
+
+@jit
+def gamma_block(seed, shape, out, normalise):  # pragma: no cover
+    """Gamma(a, 1) variates of ``shape``'s entries into ``out`` from counter uniforms
+    (:func:`uniform` of ``seed``, the counter running on through the block).
+
+    a >= 1: Marsaglia & Tsang's (2000) squeeze-and-reject, its normals by Marsaglia's
+    polar method (both of a pair used). a < 1: Ahrens & Dieter's (1974) rejection GS (Devroye 1986,
+    p. 425): with b = 1 + a / e and V = b U, X = V^(1/a) accepted with probability
+    exp(-X) when V <= 1, else X = -log((b - V) / a) accepted with probability
+    X^(a - 1); no normal, no exponential (a draw costs two uniforms, a log and an exp
+    at about 97% acceptance at a = 0.05). ``normalise``: each row clamped at the smallest
+    normal float64 and divided by its sum (Dirichlet rows)."""
     tiny = np.finfo(np.float64).tiny
+    t = 0
+    spare = 0.0
+    have_spare = False
     for i in range(shape.shape[0]):
         total = 0.0
         for j in range(shape.shape[1]):
             a = shape[i, j]
-            boost = a < 1.0
-            d = (a + 1.0 if boost else a) - 1.0 / 3.0
-            c = 1.0 / math.sqrt(9.0 * d)
-            while True:
-                x = rng.standard_normal()
-                v = 1.0 + c * x
-                if v <= 0.0:
-                    continue
-                v = v * v * v
-                uu = rng.random()
-                x2 = x * x
-                if uu < 1.0 - 0.0331 * x2 * x2:
-                    break
-                if math.log(uu) < 0.5 * x2 + d * (1.0 - v + math.log(v)):
-                    break
-            g = d * v
-            if boost:
-                g *= math.exp(-rng.standard_exponential() / a)
+            if a < 1.0:
+                b = 1.0 + a / math.e
+                while True:
+                    v = b * open_uniform(seed, t)
+                    u = uniform(seed, t + 1)
+                    t += 2
+                    if v <= 1.0:
+                        g = math.exp(math.log(v) / a)
+                        if u <= 1.0 - g or u <= math.exp(-g):
+                            break
+                    else:
+                        g = -math.log((b - v) / a)
+                        if u <= math.exp((a - 1.0) * math.log(g)):
+                            break
+            else:
+                d = a - 1.0 / 3.0
+                c = 1.0 / math.sqrt(9.0 * d)
+                while True:
+                    if have_spare:
+                        x = spare
+                        have_spare = False
+                    else:
+                        while True:
+                            p = 2.0 * uniform(seed, t) - 1.0
+                            q = 2.0 * uniform(seed, t + 1) - 1.0
+                            t += 2
+                            r2 = p * p + q * q
+                            if 0.0 < r2 < 1.0:
+                                break
+                        f = math.sqrt(-2.0 * math.log(r2) / r2)
+                        x = p * f
+                        spare = q * f
+                        have_spare = True
+                    v = 1.0 + c * x
+                    if v <= 0.0:
+                        continue
+                    v = v * v * v
+                    uu = open_uniform(seed, t)
+                    t += 1
+                    x2 = x * x
+                    if uu < 1.0 - 0.0331 * x2 * x2:
+                        break
+                    if math.log(uu) < 0.5 * x2 + d * (1.0 - v + math.log(v)):
+                        break
+                g = d * v
             if normalise and g < tiny:
                 g = tiny
             out[i, j] = g
