@@ -193,6 +193,21 @@ def lda_model(tmp_path_factory):
     return tmp
 
 
+def test_fit_lda_init_reaches_the_estimator(lda_model, tmp_path):
+    """--init batch on the gospels' verses (short documents, whose default is random
+    topics) is LDA(init="batch"): the same topics from the same seed."""
+    corpus = elbokit.Corpus((lda_model / "v.txt").read_text().splitlines(), min_df=2, max_df=0.5)
+    invoke("fit", "lda", lda_model / "v.txt", "--out", tmp_path / "w", "-k", "3", "--max-iter",
+           "5", "--init", "batch")
+    fitted = elbokit.load(tmp_path / "w")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", elbokit.ConvergenceWarning)
+        same = elbokit.LDA(3, init="batch", max_iter=5, random_state=0).fit(corpus)
+        default = elbokit.LDA(3, max_iter=5, random_state=0).fit(corpus)
+    np.testing.assert_allclose(fitted.components_, same.components_, rtol=1e-12)
+    assert not np.allclose(fitted.components_, default.components_)
+
+
 def test_topics_n_and_out(lda_model, tmp_path):
     out = invoke("topics", lda_model / "l", "-n", "4", "--out", tmp_path / "t.csv")
     lda = elbokit.load(lda_model / "l")

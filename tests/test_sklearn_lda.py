@@ -57,7 +57,7 @@ class LatentDirichletAllocation(LDA):
     local_tol = property(lambda self: self.mean_change_tol)
     local_max_iter = property(lambda self: self.max_doc_update_iter)
     tol = 1e-4
-    burn_in = device = distributed = None
+    burn_in = init = device = distributed = None
     dtype = "float32"
 
 

@@ -175,7 +175,7 @@ def test_default_eta_of_batch_vi_follows_repeated_words(lda_data):
             warnings.simplefilter("ignore", ConvergenceWarning)
             return LDA(4, max_iter=2, random_state=0, **kw).fit(Y).eta_
 
-    np.testing.assert_array_equal(eta(long), REPEAT_ETA)  # auto: batch VI on long documents
+    np.testing.assert_array_equal(eta(long), GIBBS_ETA)  # auto: the sampler, from batch VI
     np.testing.assert_array_equal(eta(long, method="batch"), REPEAT_ETA)
     np.testing.assert_array_equal(eta(once, method="batch"), 0.25)
     np.testing.assert_array_equal(eta(long.astype(np.float64) * 0.5, method="batch"), 0.25)
@@ -325,9 +325,23 @@ def test_bad_data_is_a_clear_error(fitted, lda_data):
 def test_verbose_reports_every_iteration(lda_data, method, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        LDA(3, method=method, max_iter=2, verbose=2, random_state=0).fit(lda_data[0][:40])
+        LDA(3, method=method, max_iter=2, verbose=2, random_state=0,
+            init="random" if method == "gibbs" else None).fit(lda_data[0][:40])
     out = capsys.readouterr().out
     assert out.count("  iteration ") == 2 and "bound" in out
+
+
+def test_verbose_reports_both_stages_of_the_sampler_started_from_batch_vi(lda_data, capsys):
+    from elbokit.topics import INIT_ITERS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # the start's 10 iterations: no warning
+        LDA(3, method="gibbs", init="batch", max_iter=4, burn_in=2, verbose=2,
+            random_state=0).fit(lda_data[0][:40])
+    out = capsys.readouterr().out
+    start, sampler = out.split("LDA Gibbs")
+    assert "the sampler's start" in start and start.count("  iteration ") <= INIT_ITERS
+    assert sampler.count("  iteration ") == 4
 
 
 def test_float64_dense_tensor_input(lda_data):
@@ -472,16 +486,93 @@ def test_a_model_fitted_on_a_matrix_explains_what_it_lacks(lda_data):
         lda.transform(["some raw text"])
 
 
-def test_method_auto_samples_short_documents_and_fits_the_rest_by_vi(lda_data):
+def test_method_auto_samples_counts_and_fits_weights_by_vi(lda_data):
     short = make_lda_corpus(n_docs=80, doc_len=8, seed=1)[0]  # about one token per word
     long = lda_data[0][:80]  # 60 tokens over 40 words: words repeat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         assert LDA(3, max_iter=20, random_state=0).fit(short).method_ == "gibbs"
-        assert LDA(3, max_iter=3, random_state=0).fit(long).method_ == "batch"
+        assert LDA(3, max_iter=3, random_state=0).fit(long).method_ == "gibbs"
         assert LDA(3, max_iter=3, random_state=0).fit(short * 0.5).method_ == "batch"
     with pytest.raises(ValueError, match="non-integer counts"):
         LDA(3, method="gibbs").fit(short * 0.5)
+
+
+def _sampler_starts(monkeypatch):
+    """Record the parameters each Gibbs fit starts from."""
+    starts = []
+    original = LDA._fit_gibbs
+
+    def recording(self, counts, params, *args):
+        starts.append(params)
+        return original(self, counts, params, *args)
+
+    monkeypatch.setattr(LDA, "_fit_gibbs", recording)
+    return starts
+
+
+def test_sampler_starts_from_the_topics_of_batch_vi(lda_data, monkeypatch):
+    """init="batch": the sampler's first topics are those of method="batch",
+    max_iter=INIT_ITERS from the same seed, under the sampler's own priors."""
+    from elbokit.topics import GIBBS_ETA, INIT_ITERS, WARM_SWEEPS
+
+    X = lda_data[0]
+    starts = _sampler_starts(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warm = LDA(4, method="gibbs", init="batch", random_state=3).fit(X)
+        vi = LDA(4, method="batch", max_iter=INIT_ITERS, random_state=3).fit(X)
+    np.testing.assert_allclose(starts[0].concentration.numpy(), vi.components_, rtol=1e-12)
+    np.testing.assert_array_equal(starts[0].alpha.numpy(), 0.25)
+    np.testing.assert_array_equal(warm.eta_, GIBBS_ETA)
+    assert warm.n_iter_ <= WARM_SWEEPS and warm.method_ == "gibbs"
+
+
+def test_init_default_follows_document_length(lda_data, monkeypatch):
+    """init=None: batch VI's topics for long documents, random ones for short; a given
+    init is kept; VI ignores it."""
+    from elbokit.topics import AUTO_REPEAT
+
+    long = sp.csr_matrix(lda_data[0][:80])
+    short = long.copy()
+    short.data = np.ones_like(short.data)
+    assert long.sum() > AUTO_REPEAT * long.nnz and short.sum() <= AUTO_REPEAT * short.nnz
+    starts = _sampler_starts(monkeypatch)
+
+    def start(Y, **kw):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            LDA(3, max_iter=4, random_state=0, **kw).fit(Y)
+        p = starts.pop()
+        return (p.concentration / p.concentration.sum(1, keepdim=True)).numpy()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        vi = LDA(3, method="batch", max_iter=10, random_state=0).fit(long)
+    np.testing.assert_allclose(start(long), vi.topic_word_, rtol=1e-12)
+    spread = lambda t: float(np.ptp(t * t.shape[1]))  # random start: about uniform topics
+    assert spread(start(long)) > 1.0
+    assert spread(start(short)) < 1.0 and spread(start(long, init="random")) < 1.0
+    assert spread(start(short, init="batch")) > 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        LDA(3, method="batch", init="random", max_iter=3).fit(long)
+    assert not starts
+
+
+def test_init_rejects_unknown_values(lda_data):
+    with pytest.raises(ValueError, match="init='kmeans' is not supported.*'random', 'batch'"):
+        LDA(3, init="kmeans").fit(lda_data[0])
+
+
+def test_sampler_from_batch_vi_recovers_known_topics_in_its_default_sweeps(lda_data):
+    X, beta = lda_data[0], lda_data[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        lda = LDA(4, random_state=0).fit(X)  # long documents: init="batch", 60 sweeps
+    cost = np.abs(lda.topic_word_[:, None, :] - beta[None]).sum(2)
+    r, c = linear_sum_assignment(cost)
+    assert cost[r, c].max() < 0.2, cost[r, c]
 
 
 def test_diversity_and_coherence_measures(fitted, lda_data):

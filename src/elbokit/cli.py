@@ -515,8 +515,11 @@ def _lda_options(f):
     for option in reversed([
         click.option("--method", type=click.Choice(["auto", "batch", "online", "gibbs"]),
                      default="auto", show_default=True,
-                     help="auto: Gibbs sampling for short documents' counts, batch VI otherwise "
+                     help="auto: Gibbs sampling for word counts, batch VI for weights "
                           "(LDA's default)."),
+        click.option("--init", type=click.Choice(["random", "batch"]), default=None,
+                     help="Gibbs: start from random topics or from 10 batch-VI iterations "
+                          "(default: batch for long documents, random for short; see LDA)."),
         click.option("--max-iter", type=click.IntRange(min=1), default=None,
                      help="Iterations / passes / most sweeps (default: the method's, see LDA)."),
         click.option("--min-df", type=float, default=2, show_default=True),
@@ -539,8 +542,8 @@ def _lda_options(f):
 @click.option("--field", default="text", show_default=True, help="JSONL: the key holding the text.")
 @_distributed_option
 @click.option("--force", is_flag=True, help="Replace an existing model directory.")
-def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features, stop_words,
-            field, device, seed, distributed, force):
+def fit_lda(data, out, n_topics, method, init, max_iter, min_df, max_df, max_features,
+            stop_words, field, device, seed, distributed, force):
     """Fit LDA to a text corpus: one document per line, a folder of .txt files, or JSONL."""
     from elbokit import LDA
 
@@ -548,8 +551,8 @@ def fit_lda(data, out, n_topics, method, max_iter, min_df, max_df, max_features,
     corpus = _read_corpus(data, **_vectorizer_options(min_df, max_df, max_features, stop_words),
                           field=field)
     distributed, rank = _launch(distributed, device)
-    lda = LDA(n_topics, method=method, max_iter=max_iter, device=device, random_state=seed,
-              verbose=1 if rank == 0 else 0, distributed=distributed)
+    lda = LDA(n_topics, method=method, init=init, max_iter=max_iter, device=device,
+              random_state=seed, verbose=1 if rank == 0 else 0, distributed=distributed)
     # under torchrun: the same vocabulary everywhere, each rank its block of documents
     seconds = _fit_timed(lda, corpus.counts if distributed else corpus, distributed)
     if distributed:
@@ -1109,8 +1112,8 @@ def select_gmm(data, k_range, covariance_type, criterion, prior, n_init, reg_cov
               show_default=True, help="Held-out perplexity (lower) or NPMI coherence (higher).")
 @_lda_options
 @_selection_options
-def select_lda(data, k_range, criterion, method, max_iter, min_df, max_df, max_features,
-               stop_words, device, seed, holdout, out, force):
+def select_lda(data, k_range, criterion, method, init, max_iter, min_df, max_df,
+               max_features, stop_words, device, seed, holdout, out, force):
     """Fit LDA for each K on most documents; score the held-out ones (perplexity by document
     completion, NPMI coherence of each topic's top words); pick K."""
     from elbokit import Corpus
@@ -1125,7 +1128,7 @@ def select_lda(data, k_range, criterion, method, max_iter, min_df, max_df, max_f
     heldout = [documents[i] for i in test]
     result = _run_sweep(lambda progress: lda_sweep(
         corpus, heldout, ks, criterion=criterion, progress=progress, method=method,
-        max_iter=max_iter, device=device, random_state=seed), len(ks), "select lda")
+        init=init, max_iter=max_iter, device=device, random_state=seed), len(ks), "select lda")
     _show_sweep(result, len(train), len(test), "documents")
     metrics = {"model": "lda", "data": str(Path(data).resolve()), "n_documents": len(train),
                "vocabulary_size": len(corpus.vocabulary)}

@@ -240,9 +240,11 @@ def _lda_gibbs(rank, parts, kw, out):
     np.savez(out / f"gibbs-{rank}.npz", components=lda.components_, ll=lda.lower_bounds_)
 
 
-def test_lda_gibbs_across_processes(tmp_path):
-    """One chain: with rank 1 empty it is exactly the one-process chain; with the
-    documents split, every rank holds the same topics, which recover the true ones."""
+@pytest.mark.parametrize("init", ["random", "batch"])
+def test_lda_gibbs_across_processes(init, tmp_path):
+    """One chain (from random topics or from batch VI's): with rank 1 empty it is exactly
+    the one-process chain; with the documents split, every rank holds the same topics,
+    which recover the true ones."""
     from scipy.optimize import linear_sum_assignment
 
     from elbokit import LDA
@@ -250,7 +252,7 @@ def test_lda_gibbs_across_processes(tmp_path):
     from ..conftest import make_lda_corpus
 
     X, beta, _ = make_lda_corpus(n_docs=400, n_words=40, n_topics=4, doc_len=60, seed=0)
-    kw = dict(n_topics=4, method="gibbs", max_iter=40, random_state=2, eta=0.05)
+    kw = dict(n_topics=4, method="gibbs", init=init, max_iter=40, random_state=2, eta=0.05)
     single = LDA(**kw).fit(X)
     spawn(_lda_gibbs, shards(X, [400, 0]), kw, tmp_path)
     for rank in range(WORLD):
