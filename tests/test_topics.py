@@ -525,7 +525,26 @@ def test_sampler_starts_from_the_topics_of_batch_vi(lda_data, monkeypatch):
     np.testing.assert_allclose(starts[0].concentration.numpy(), vi.components_, rtol=1e-12)
     np.testing.assert_array_equal(starts[0].alpha.numpy(), 0.25)
     np.testing.assert_array_equal(warm.eta_, GIBBS_ETA)
-    assert warm.n_iter_ <= WARM_SWEEPS and warm.method_ == "gibbs"
+    assert warm.n_iter_ <= WARM_SWEEPS and warm.method_ == "gibbs" and warm.init_ == "batch"
+    assert vi.init_ is None
+
+
+def test_init_is_saved_and_older_models_load(lda_data, tmp_path):
+    """init_ round-trips; a model saved before init existed loads as it was fitted:
+    a sampler from random topics."""
+    import json
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        lda = LDA(3, max_iter=4, random_state=0).fit(lda_data[0][:60])
+    lda.save(tmp_path / "m")
+    assert elbokit.load(tmp_path / "m").init_ == "batch"
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["params"]["init"], config["fitted"]["init_"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    old = elbokit.load(tmp_path / "m")
+    assert old.init_ == "random" and old.init is None
+    np.testing.assert_array_equal(old.components_, lda.components_)
 
 
 def test_init_default_follows_document_length(lda_data, monkeypatch):

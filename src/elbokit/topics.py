@@ -214,6 +214,9 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
     eta_ : array of shape (V,)
     method_ : str
         The method used (``method="auto"`` resolved).
+    init_ : str or None
+        Where the sampler started (``init=None`` resolved): ``random`` or
+        ``batch``; None for VI.
     lower_bounds_ : array
         Per-word bound history: ELBO per word at each batch iteration (and
         last under the fitted parameters); for online, the per-pass mean of
@@ -256,7 +259,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
     _fitted_attributes = (
         "components_", "alpha_", "eta_", "lower_bounds_", "lower_bound_", "converged_",
         "n_iter_", "n_batch_iter_", "n_features_in_", "vocabulary_", "vectorizer_params_",
-        "method_", "n_docs_seen_",
+        "method_", "init_", "n_docs_seen_",
     )
     _fitted_schema = {
         "components_": io.array("n_topics", "n_features_in_", low=0),
@@ -269,6 +272,9 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         "method_": io.Field("str", optional=True,
                             check=lambda model, v: None if v in ("batch", "online", "gibbs")
                             else f"method_={v!r} is not batch, online or gibbs"),
+        "init_": io.Field("str", optional=True, nullable=True,
+                          check=lambda model, v: None if v is None or v in INITS
+                          else f"init_={v!r} is not random or batch"),
         "n_docs_seen_": io.integer(low=0, optional=True),
     }
 
@@ -561,7 +567,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
 
     def _store(self, params, *, is_torch, vocabulary=None, vectorizer_params=None,
                bounds=(), converged=False, n_iter=0, n_batch_iter=0, n_features=None,
-               method=None, n_docs=0):
+               method=None, n_docs=0, init=None):
         out = (lambda t: t) if is_torch else (lambda t: t.detach().cpu().numpy())
         self.components_ = out(params.concentration)
         self.alpha_ = out(params.alpha)
@@ -575,12 +581,14 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         self.vocabulary_ = vocabulary
         self.vectorizer_params_ = vectorizer_params
         self.method_ = method
+        self.init_ = init
         self.n_docs_seen_ = int(n_docs)
 
     def _set_fitted_state(self, state: dict) -> None:
         # models saved before these attributes existed
         state.setdefault("method_", self.method if self.method != "auto" else "batch")
         state.setdefault("n_docs_seen_", 0)
+        state.setdefault("init_", "random" if state["method_"] == "gibbs" else None)
         super()._set_fitted_state(state)
 
     @property
@@ -673,7 +681,8 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         self._store(params, is_torch=counts.is_torch, vocabulary=vocabulary,
                     vectorizer_params=vec_params, bounds=bounds, converged=converged,
                     n_iter=n_iter, n_batch_iter=n_updates, n_features=counts.n_features,
-                    method=method, n_docs=counts.n_docs if shard is None else shard[1])
+                    method=method, n_docs=counts.n_docs if shard is None else shard[1],
+                    init=init if method == "gibbs" else None)
         return self
 
     def _fit_batch(self, counts, params, reducer, max_iter, desc="LDA batch VI", warn=True):
