@@ -137,9 +137,10 @@ def test_priors_options(lda_data):
 
 def test_default_priors_per_method(lda_data):
     """alpha=None, eta=None: alpha max(1/K, 0.05) fixed for Gibbs and batch VI, learned
-    (from 1/K) for online VI and partial_fit; eta 0.05 for Gibbs, 1/K for online VI
-    (batch VI: the next test)."""
-    from elbokit.topics import REPEAT_ETA
+    (from 1/K) for online VI and partial_fit; eta GIBBS_WARM_ETA for Gibbs from batch VI
+    (the default start on these long documents), 1/K for online VI (batch VI and the
+    sampler's other start: the next test)."""
+    from elbokit.topics import GIBBS_WARM_ETA, REPEAT_ETA
 
     X = lda_data[0][:100]
     with warnings.catch_warnings():
@@ -153,7 +154,7 @@ def test_default_priors_per_method(lda_data):
     np.testing.assert_array_equal(many.alpha_, 0.05)
     assert not np.allclose(fits["online"].alpha_, 0.25)
     assert not np.allclose(streamed.alpha_, 0.25)
-    np.testing.assert_array_equal(fits["gibbs"].eta_, 0.05)
+    np.testing.assert_array_equal(fits["gibbs"].eta_, GIBBS_WARM_ETA)
     np.testing.assert_array_equal(fits["online"].eta_, 0.25)
     np.testing.assert_array_equal(fits["batch"].eta_, REPEAT_ETA)  # 3.5 tokens per non-zero
 
@@ -162,7 +163,7 @@ def test_default_eta_of_batch_vi_follows_repeated_words(lda_data):
     """eta=None with batch VI: REPEAT_ETA where documents repeat their words (more than
     AUTO_REPEAT tokens per non-zero count), 1/K where they use a word about once; the
     other methods and a given eta do not look at the counts' shape."""
-    from elbokit.topics import AUTO_REPEAT, GIBBS_ETA, REPEAT_ETA
+    from elbokit.topics import AUTO_REPEAT, GIBBS_ETA, GIBBS_WARM_ETA, REPEAT_ETA
 
     X = sp.csr_matrix(lda_data[0][:100])
     long = X * int(np.ceil(AUTO_REPEAT + 1))  # every word used 3x as often
@@ -175,12 +176,15 @@ def test_default_eta_of_batch_vi_follows_repeated_words(lda_data):
             warnings.simplefilter("ignore", ConvergenceWarning)
             return LDA(4, max_iter=2, random_state=0, **kw).fit(Y).eta_
 
-    np.testing.assert_array_equal(eta(long), GIBBS_ETA)  # auto: the sampler, from batch VI
+    np.testing.assert_array_equal(eta(long), GIBBS_WARM_ETA)  # auto: the sampler, from batch VI
     np.testing.assert_array_equal(eta(long, method="batch"), REPEAT_ETA)
     np.testing.assert_array_equal(eta(once, method="batch"), 0.25)
     np.testing.assert_array_equal(eta(long.astype(np.float64) * 0.5, method="batch"), 0.25)
     np.testing.assert_array_equal(eta(long, method="online"), 0.25)
-    np.testing.assert_array_equal(eta(long, method="gibbs"), GIBBS_ETA)
+    np.testing.assert_array_equal(eta(long, method="gibbs"), GIBBS_WARM_ETA)
+    np.testing.assert_array_equal(eta(long, method="gibbs", init="random"), GIBBS_ETA)
+    np.testing.assert_array_equal(eta(once, method="gibbs"), GIBBS_ETA)
+    np.testing.assert_array_equal(eta(once, method="gibbs", init="batch"), GIBBS_WARM_ETA)
     np.testing.assert_array_equal(eta(long, method="batch", eta=0.3), 0.3)
 
 
@@ -328,7 +332,9 @@ def test_verbose_reports_every_iteration(lda_data, method, capsys):
         LDA(3, method=method, max_iter=2, verbose=2, random_state=0,
             init="random" if method == "gibbs" else None).fit(lda_data[0][:40])
     out = capsys.readouterr().out
-    assert out.count("  iteration ") == 2 and "bound" in out
+    # VI reports its bound; the sampler its log-likelihood, which bounds nothing
+    assert out.count("  iteration ") == 2 and ("log-lik" if method == "gibbs" else "bound") in out
+    assert (method == "gibbs") == (" bound " not in out)
 
 
 def test_verbose_reports_both_stages_of_the_sampler_started_from_batch_vi(lda_data, capsys):
@@ -341,7 +347,8 @@ def test_verbose_reports_both_stages_of_the_sampler_started_from_batch_vi(lda_da
     out = capsys.readouterr().out
     start, sampler = out.split("LDA Gibbs")
     assert "the sampler's start" in start and start.count("  iteration ") <= INIT_ITERS
-    assert sampler.count("  iteration ") == 4
+    assert "did not converge" not in start  # its 10 iterations are what was asked for
+    assert sampler.count("  iteration ") == 4 and " log-lik " in sampler
 
 
 def test_float64_dense_tensor_input(lda_data):
@@ -514,7 +521,7 @@ def _sampler_starts(monkeypatch):
 def test_sampler_starts_from_the_topics_of_batch_vi(lda_data, monkeypatch):
     """init="batch": the sampler's first topics are those of method="batch",
     max_iter=INIT_ITERS from the same seed, under the sampler's own priors."""
-    from elbokit.topics import GIBBS_ETA, INIT_ITERS, WARM_SWEEPS
+    from elbokit.topics import GIBBS_WARM_ETA, INIT_ITERS, WARM_SWEEPS
 
     X = lda_data[0]
     starts = _sampler_starts(monkeypatch)
@@ -524,7 +531,7 @@ def test_sampler_starts_from_the_topics_of_batch_vi(lda_data, monkeypatch):
         vi = LDA(4, method="batch", max_iter=INIT_ITERS, random_state=3).fit(X)
     np.testing.assert_allclose(starts[0].concentration.numpy(), vi.components_, rtol=1e-12)
     np.testing.assert_array_equal(starts[0].alpha.numpy(), 0.25)
-    np.testing.assert_array_equal(warm.eta_, GIBBS_ETA)
+    np.testing.assert_array_equal(warm.eta_, GIBBS_WARM_ETA)
     assert warm.n_iter_ <= WARM_SWEEPS and warm.method_ == "gibbs" and warm.init_ == "batch"
     assert vi.init_ is None
 

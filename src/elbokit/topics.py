@@ -48,6 +48,12 @@ DEFAULT_TOL = {"batch": 3e-4, "online": 1e-4, "gibbs": 1e-4}
 # than with eta learned (Minka, ~0.015-0.03 at K=50) on all six corpus/K pairs measured
 # (KJV and fortunes at K=20 and 50, man pages and changelogs at K=50), NPMI mixed
 GIBBS_ETA = 0.05
+# eta=None with Gibbs sampling from batch VI's topics (init="batch"): 0.02 (1/K at K=50) gave
+# a higher NPMI than 0.05 on the licences, man pages, changelogs, Python's standard library and
+# Debian READMEs (+0.003 to +0.071, seeds 0-2) at a held-out log-likelihood within 0.01
+# (higher on the licences); 0.01 lost more. From random topics 0.02 lost up to 0.06 nats per
+# token (changelogs), so that start keeps GIBBS_ETA (README)
+GIBBS_WARM_ETA = 0.02
 # eta=None with batch VI on documents that repeat their words (more than AUTO_REPEAT tokens
 # per non-zero count): 1/K (0.02 at K=50) left more dead and incoherent topics; 0.002 gave
 # a higher NPMI on the changelogs, licences and man pages and a higher held-out
@@ -106,9 +112,12 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         VI (where learning it did better); see the README.
     eta : float, array of shape (V,), "symmetric" or "auto", optional
         Topic-word prior; "symmetric": 1/K; "auto": start at 1/K and learn a
-        symmetric eta alike. None (default): 0.05 for Gibbs sampling (a better
-        held-out log-likelihood than learning eta, which settles at a smaller
-        value, on every corpus measured); for batch VI 0.002 on documents that
+        symmetric eta alike. None (default): 0.05 for Gibbs sampling from
+        random topics (a better held-out log-likelihood than learning eta,
+        which settles at a smaller value, on every corpus measured), 0.02 from
+        batch VI's topics (``init="batch"``: a higher NPMI on every long-
+        document corpus measured, log-likelihood within 0.01; its batch-VI
+        start takes batch VI's eta); for batch VI 0.002 on documents that
         repeat their words (more than ``AUTO_REPEAT`` = 2 tokens per non-zero
         count: licence texts, man pages, changelogs, where 1/K left more dead
         and incoherent topics) and "symmetric" on others (short documents,
@@ -423,13 +432,13 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
     def _learned(self, value) -> bool:
         return isinstance(value, str) and value == "auto"
 
-    def _eta_setting(self, method: str, repeated: bool = False):
+    def _eta_setting(self, method: str, repeated: bool = False, init: str = "random"):
         """eta as given, else the default of ``method`` (``repeated``: the counts repeat
-        their words, :meth:`_shape`)."""
+        their words, :meth:`_shape`; ``init``: where the sampler starts)."""
         if self.eta is not None:
             return self.eta
         if method == "gibbs":
-            return GIBBS_ETA
+            return GIBBS_WARM_ETA if init == "batch" else GIBBS_ETA
         return REPEAT_ETA if method == "batch" and repeated else "symmetric"
 
     def _alpha_setting(self, method: str):
@@ -509,11 +518,12 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
 
         return LDAParams(t(self.components_), t(self.alpha_), t(self.eta_))
 
-    def _priors(self, method: str, repeated: bool, counts: SparseCounts):
+    def _priors(self, method: str, repeated: bool, counts: SparseCounts,
+                init: str = "random"):
         """The initial alpha, shape (K,), and eta, shape (V,), of ``method``."""
         alpha = self._prior(self._alpha_setting(method), "alpha", self._k(), counts.device,
                             ("asymmetric",))
-        eta = self._prior(self._eta_setting(method, repeated), "eta", counts.n_features,
+        eta = self._prior(self._eta_setting(method, repeated, init), "eta", counts.n_features,
                           counts.device, ())
         return alpha, eta
 
@@ -656,7 +666,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
                                          repeated=shape[1])
             start = self._fit_batch(counts, start, reducer, INIT_ITERS, warn=False,
                                     desc="LDA batch VI (the sampler's start)").params
-            alpha, eta = self._priors(method, shape[1], counts)
+            alpha, eta = self._priors(method, shape[1], counts, init)
             params = LDAParams(start.concentration, alpha, eta)
         else:
             params = self._initial_params(counts, gen, reducer, seeded=method != "gibbs",

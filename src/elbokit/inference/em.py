@@ -159,8 +159,9 @@ class _Progress:
     """Per-iteration reporting: nothing, a progress bar, or one line per iteration."""
 
     def __init__(self, verbose: int, max_iter: int, desc: str, previous: float = -float("inf"),
-                 leave_plateaus: bool = False):
+                 leave_plateaus: bool = False, quantity: str = "bound"):
         self.verbose = verbose
+        self.quantity = quantity  # what is reported: the bound, or a sampler's log-likelihood
         self.previous = previous  # the last bound reported
         self.leave_plateaus = leave_plateaus
         self.last_change = None
@@ -176,9 +177,10 @@ class _Progress:
         self.previous = bound
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(bound=f"{bound:.5f}", change=f"{change:.2e}")
+            self.bar.set_postfix({self.quantity: f"{bound:.5f}", "change": f"{change:.2e}"})
         elif self.verbose >= 2:
-            print(f"  iteration {n_iter:4d}  bound {bound: .6f}  change {change: .3e}", flush=True)
+            print(f"  iteration {n_iter:4d}  {self.quantity} {bound: .6f}  change {change: .3e}",
+                  flush=True)
         return change
 
     def settled(self, run, n_iter: int, bound: float, tol: float) -> bool:
@@ -194,11 +196,14 @@ class _Progress:
         run.converged = abs(change) < tol and not plateau
         return run.converged
 
-    def close(self, run: EMRun):
+    def close(self, run: EMRun, capped: bool = False):
+        """Close the bar and say how the run ended; ``capped``: its ``max_iter`` was the
+        intended length (a start for something else), so not converging is no news."""
         if self.bar is not None:
             self.bar.close()
         if self.verbose >= 1:
-            state = "converged" if run.converged else "did not converge"
+            state = "converged" if run.converged else \
+                "stopped as asked" if capped else "did not converge"
             print(
                 f"  {state} after {run.n_iter} iterations, bound {run.lower_bound:.6f}",
                 file=sys.stderr if self.bar is not None else sys.stdout,

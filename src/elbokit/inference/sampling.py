@@ -140,7 +140,7 @@ def run_gibbs(model: GibbsModel, params, source, *, n_sweeps: int, burn_in: int 
         raise ValueError(f"burn_in={burn_in} must be in [0, n_sweeps={n_sweeps}).")
     local_generator = local_generator or generator
     run = GibbsRun(params=params)
-    progress = _Progress(verbose, n_sweeps, desc)
+    progress = _Progress(verbose, n_sweeps, desc, quantity="log-lik")
     kept = 0
     end_burn = burn_in  # None until the adaptive burn-in ends
     stop_at = n_sweeps

@@ -197,7 +197,7 @@ def run_batch_vi(model: ConjugateVIModel, params, source, *, tol: float, max_ite
             break
     _, final, run.locals = accumulate(model, run.params, source, run.locals, reduce)
     run.lower_bounds.append(final)
-    progress.close(run)
+    progress.close(run, capped=not warn)
     if warn and not run.converged and max_iter > 0:
         warnings.warn(
             f"variational inference did not converge in max_iter={max_iter} iterations "
