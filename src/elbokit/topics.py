@@ -664,7 +664,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         if init == "batch":  # batch VI's start and INIT_ITERS iterations, as method="batch"
             start = self._initial_params(counts, gen, reducer, seeded=True, method="batch",
                                          repeated=shape[1])
-            start = self._fit_batch(counts, start, reducer, INIT_ITERS, warn=False,
+            start = self._fit_batch(counts, start, reducer, INIT_ITERS, start=True,
                                     desc="LDA batch VI (the sampler's start)").params
             alpha, eta = self._priors(method, shape[1], counts, init)
             params = LDAParams(start.concentration, alpha, eta)
@@ -697,11 +697,14 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
                     init=init if method == "gibbs" else None)
         return self
 
-    def _fit_batch(self, counts, params, reducer, max_iter, desc="LDA batch VI", warn=True):
+    def _fit_batch(self, counts, params, reducer, max_iter, desc="LDA batch VI", start=False):
+        """Batch VI; ``start``: only the sampler's starting topics are wanted (no warning
+        at ``max_iter``, no last pass for the bound)."""
         model = self._model("batch")
         source = CountBatches(counts, self._chunk_rows(counts, model))
         return run_batch_vi(model, params, source, tol=self._tol("batch"), max_iter=max_iter,
-                            verbose=int(self.verbose), desc=desc, reduce=reducer, warn=warn)
+                            verbose=int(self.verbose), desc=desc, reduce=reducer,
+                            warn=not start, final=not start)
 
     @staticmethod
     def _check_integer(counts: SparseCounts):

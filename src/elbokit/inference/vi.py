@@ -171,12 +171,13 @@ def accumulate(model: ConjugateVIModel, params, source, locals_: list | None = N
 
 def run_batch_vi(model: ConjugateVIModel, params, source, *, tol: float, max_iter: int,
                  verbose: int = 0, reduce: Callable | None = None, locals_=None,
-                 desc: str = "batch VI", warn: bool = True) -> VIRun:
+                 desc: str = "batch VI", warn: bool = True, final: bool = True) -> VIRun:
     """Batch (variational EM) coordinate ascent until the per-unit bound settles.
 
     Converged means the bound changed by less than ``tol`` between two
     iterations.  A last pass of local steps computes the bound of the
-    returned parameters and the matching local state.
+    returned parameters and the matching local state (``final=False``: no
+    such pass, for a run whose globals alone are wanted, such as a start).
 
     Warns
     -----
@@ -195,8 +196,9 @@ def run_batch_vi(model: ConjugateVIModel, params, source, *, tol: float, max_ite
             bound = run.lower_bounds[-1] = after(stats, old, run.params, bound)
         if progress.settled(run, n_iter, bound, tol):
             break
-    _, final, run.locals = accumulate(model, run.params, source, run.locals, reduce)
-    run.lower_bounds.append(final)
+    if final:
+        _, last, run.locals = accumulate(model, run.params, source, run.locals, reduce)
+        run.lower_bounds.append(last)
     progress.close(run, capped=not warn)
     if warn and not run.converged and max_iter > 0:
         warnings.warn(
