@@ -157,7 +157,10 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         ``init="batch"``).
     batch_size : int, optional
         Documents per mini-batch (online; default 256), or per chunk of the
-        local updates (batch and gibbs; default: chosen to bound memory).
+        local updates (batch and gibbs; default: chosen to bound memory). A
+        batch-VI fit does not depend on it beyond rounding; the sampler draws
+        each chunk's random numbers apart, so another ``batch_size`` gives
+        another chain (as another seed does).
     tol : float, optional
         Stop when the per-word bound changes by less than ``tol`` between
         iterations (batch; default 3e-4) or passes (online; default 1e-4);
