@@ -168,3 +168,13 @@ def test_singular_data_fits_with_the_default_priors(three, ct):
     lb = np.asarray(est.lower_bounds_)
     assert np.isfinite(lb).all() and np.isfinite(est.score(X))
     assert (np.diff(lb) >= -1e-10 * np.abs(lb[1:])).all()
+
+
+def test_verbose_says_when_batch_vi_stops_unconverged(capsys):
+    """The mixture warns by itself (run_batch_vi's warn=False); its verbose line must
+    still say that the run stopped short, not that it stopped as asked."""
+    X = make_blobs_data()
+    with pytest.warns(ConvergenceWarning):
+        BayesianGaussianMixture(3, max_iter=1, verbose=2, random_state=0).fit(X)
+    out = capsys.readouterr().out
+    assert "did not converge after 1 iterations" in out and "stopped as asked" not in out

@@ -707,7 +707,7 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         source = CountBatches(counts, self._chunk_rows(counts, model))
         return run_batch_vi(model, params, source, tol=self._tol("batch"), max_iter=max_iter,
                             verbose=int(self.verbose), desc=desc, reduce=reducer,
-                            warn=not start, final=not start)
+                            capped=start)
 
     @staticmethod
     def _check_integer(counts: SparseCounts):

@@ -171,13 +171,14 @@ def accumulate(model: ConjugateVIModel, params, source, locals_: list | None = N
 
 def run_batch_vi(model: ConjugateVIModel, params, source, *, tol: float, max_iter: int,
                  verbose: int = 0, reduce: Callable | None = None, locals_=None,
-                 desc: str = "batch VI", warn: bool = True, final: bool = True) -> VIRun:
+                 desc: str = "batch VI", warn: bool = True, capped: bool = False) -> VIRun:
     """Batch (variational EM) coordinate ascent until the per-unit bound settles.
 
     Converged means the bound changed by less than ``tol`` between two
     iterations.  A last pass of local steps computes the bound of the
-    returned parameters and the matching local state (``final=False``: no
-    such pass, for a run whose globals alone are wanted, such as a start).
+    returned parameters and the matching local state. ``capped``: ``max_iter``
+    is the intended length of a run whose globals alone are wanted (a start
+    for another method): no last pass, and stopping there is no failure.
 
     Warns
     -----
@@ -196,11 +197,11 @@ def run_batch_vi(model: ConjugateVIModel, params, source, *, tol: float, max_ite
             bound = run.lower_bounds[-1] = after(stats, old, run.params, bound)
         if progress.settled(run, n_iter, bound, tol):
             break
-    if final:
+    if not capped:
         _, last, run.locals = accumulate(model, run.params, source, run.locals, reduce)
         run.lower_bounds.append(last)
-    progress.close(run, capped=not warn)
-    if warn and not run.converged and max_iter > 0:
+    progress.close(run, capped=capped)
+    if warn and not capped and not run.converged and max_iter > 0:
         warnings.warn(
             f"variational inference did not converge in max_iter={max_iter} iterations "
             f"(tol={tol}); increase max_iter or tol.",
