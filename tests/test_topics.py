@@ -11,6 +11,8 @@ from sklearn.base import clone
 
 import elbokit
 from elbokit import LDA, Corpus, ConvergenceWarning
+from elbokit.data.text import CountBatches, as_counts
+from elbokit.models import lda_gibbs
 
 from .conftest import make_lda_corpus
 
@@ -442,6 +444,26 @@ def test_batch_fit_does_not_depend_on_the_chunk_size(lda_data):
     np.testing.assert_allclose(c.components_, d.components_, rtol=1e-6)
 
 
+@pytest.mark.parametrize("init", ["random", "batch"])
+def test_gibbs_chain_does_not_depend_on_the_chunk_size(lda_data, init):
+    """The sampler's random numbers (tokens' order, first topics, sweeps) are keyed by
+    each document's row and position: one chunk or chunks of 17 documents run one chain,
+    and a document's draws do not move when other documents are dropped after it."""
+    X = lda_data[0][:120]
+    kw = dict(method="gibbs", init=init, random_state=0, max_iter=30, tol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = LDA(4, **kw).fit(X)
+        b = LDA(4, batch_size=17, **kw).fit(X)
+    np.testing.assert_allclose(a.components_, b.components_, rtol=1e-12)
+    np.testing.assert_allclose(a.lower_bounds_, b.lower_bounds_, rtol=1e-9)
+    batch = next(iter(CountBatches(as_counts(X), 120)))
+    part = next(iter(CountBatches(as_counts(X[:50]), 50)))
+    whole, first = (lda_gibbs.token_state(x, 4, 7) for x in (batch, part))
+    n = int(first.doc_ptr[-1])
+    assert torch.equal(whole.z[:n], first.z) and torch.equal(whole.word[:n], first.word)
+
+
 def test_fit_ignores_total_docs(lda_data):
     X = lda_data[0][:30]
     kw = dict(method="online", random_state=0, max_iter=3, batch_size=10)
@@ -510,9 +532,9 @@ def _sampler_starts(monkeypatch):
     starts = []
     original = LDA._fit_gibbs
 
-    def recording(self, counts, params, *args):
+    def recording(self, counts, params, *args, **kw):
         starts.append(params)
-        return original(self, counts, params, *args)
+        return original(self, counts, params, *args, **kw)
 
     monkeypatch.setattr(LDA, "_fit_gibbs", recording)
     return starts

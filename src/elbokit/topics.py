@@ -158,9 +158,11 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
     batch_size : int, optional
         Documents per mini-batch (online; default 256), or per chunk of the
         local updates (batch and gibbs; default: chosen to bound memory). A
-        batch-VI fit does not depend on it beyond rounding; the sampler draws
-        each chunk's random numbers apart, so another ``batch_size`` gives
-        another chain (as another seed does).
+        batch-VI fit does not depend on it beyond rounding, nor does the
+        sampler's chain on CPU (its random numbers are keyed by each
+        document's row); on other devices the sampler draws each chunk's
+        apart, so another ``batch_size`` there gives another chain (as another
+        seed does).
     tol : float, optional
         Stop when the per-word bound changes by less than ``tol`` between
         iterations (batch; default 3e-4) or passes (online; default 1e-4);
@@ -209,7 +211,9 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
         test can flip on a rounding difference);
         ``gibbs``: each rank samples its documents' assignments, the counts
         are summed and the topics drawn alike on every rank (the same
-        blocked Gibbs chain; its draws differ from one process's).
+        blocked Gibbs chain, and on CPU the one-process draws: each document's
+        random numbers are keyed by its corpus row, a rank's rows following
+        the ranks' before it; on GPUs each rank draws its own).
         ``partial_fit``: each call is one step on the union of the ranks'
         ``X``. None detects an initialised group of several ranks.
 
@@ -690,8 +694,8 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
             params, bounds = run.params, run.lower_bounds
             converged, n_iter, n_updates = run.converged, run.n_iter, run.n_updates
         else:
-            params, bounds, converged, n_iter = self._fit_gibbs(counts, params, gen, reducer,
-                                                                max_iter)
+            params, bounds, converged, n_iter = self._fit_gibbs(
+                counts, params, gen, reducer, max_iter, first_row=0 if shard is None else shard[0])
             n_updates = n_iter
         self._store(params, is_torch=counts.is_torch, vocabulary=vocabulary,
                     vectorizer_params=vec_params, bounds=bounds, converged=converged,
@@ -718,13 +722,17 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
                 "counts, or use method='batch' or 'online'."
             )
 
-    def _fit_gibbs(self, counts, params, gen, reducer, max_iter):
+    def _fit_gibbs(self, counts, params, gen, reducer, max_iter, first_row=0):
+        """The sampler from ``params``' topics; ``first_row``: this rank's first document."""
         model = self._model("gibbs")
         source = CountBatches(counts, self._chunk_rows(counts, model))
         draw = LDADraw(params.concentration / params.concentration.sum(1, keepdim=True),
                        params.alpha, params.eta)
-        # the globals' draws from gen (alike on every rank); each rank's locals from its own
+        # the globals' draws from gen (alike on every rank); the locals' counters from one
+        # seed keyed by each document's corpus row (the compiled sweep: the same chain in
+        # any batch size, on any number of ranks), the torch sweep's from each rank's own
         local_seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
+        model.chain_seed, model.first_row = local_seed, int(first_row)
         rank = 0 if reducer is None else reducer.rank
         local_gen = torch.Generator(device=counts.device).manual_seed(
             (local_seed + 7919 * rank) % 2**63)

@@ -242,32 +242,24 @@ def _lda_gibbs(rank, parts, kw, out):
 
 @pytest.mark.parametrize("init", ["random", "batch"])
 def test_lda_gibbs_across_processes(init, tmp_path):
-    """One chain (from random topics or from batch VI's): with rank 1 empty it is exactly
-    the one-process chain; with the documents split, every rank holds the same topics,
-    which recover the true ones."""
-    from scipy.optimize import linear_sum_assignment
-
+    """One chain (from random topics or from batch VI's), the one-process chain: the
+    sampler's random numbers are keyed by each document's corpus row, so with rank 1
+    empty and with the documents split alike, every rank holds the one-process topics
+    and log-likelihoods (the batch-VI start sums its statistics in another order: equal
+    to rounding)."""
     from elbokit import LDA
 
     from ..conftest import make_lda_corpus
 
-    X, beta, _ = make_lda_corpus(n_docs=400, n_words=40, n_topics=4, doc_len=60, seed=0)
+    X, _, _ = make_lda_corpus(n_docs=400, n_words=40, n_topics=4, doc_len=60, seed=0)
     kw = dict(n_topics=4, method="gibbs", init=init, max_iter=40, random_state=2, eta=0.05)
     single = LDA(**kw).fit(X)
-    spawn(_lda_gibbs, shards(X, [400, 0]), kw, tmp_path)
-    for rank in range(WORLD):
-        got = np.load(tmp_path / f"gibbs-{rank}.npz")
-        np.testing.assert_allclose(got["components"], single.components_, rtol=1e-12)
-        np.testing.assert_allclose(got["ll"], single.lower_bounds_, rtol=1e-12)
-    spawn(_lda_gibbs, shards(X, [150, 250]), kw, tmp_path)
-    a, b = (np.load(tmp_path / f"gibbs-{r}.npz") for r in range(WORLD))
-    np.testing.assert_array_equal(a["components"], b["components"])
-    assert not np.allclose(a["components"], single.components_)  # a different draw ...
-    topics = a["components"] / a["components"].sum(1, keepdims=True)
-    cost = np.abs(topics[:, None, :] - beta[None]).sum(2)
-    r, c = linear_sum_assignment(cost)
-    assert cost[r, c].max() < 0.2, cost[r, c]  # ... of the same posterior
-    assert abs(a["ll"][-10:].mean() - single.lower_bounds_[-10:].mean()) < 0.01
+    for split in ([400, 0], [150, 250]):
+        spawn(_lda_gibbs, shards(X, split), kw, tmp_path)
+        for rank in range(WORLD):
+            got = np.load(tmp_path / f"gibbs-{rank}.npz")
+            np.testing.assert_allclose(got["components"], single.components_, rtol=1e-12)
+            np.testing.assert_allclose(got["ll"], single.lower_bounds_, rtol=1e-9)
 
 
 # ------------------------------------------------------------------ VAE (DistributedDataParallel)

@@ -283,7 +283,8 @@ def test_collapsed_step_samples_its_exact_conditional():
     gen = torch.Generator().manual_seed(0)
     batch = one_batch(X)
     local = None
-    for _ in range(15):  # the chain on 4 states mixes in a few sweeps
+    for sweep in range(15):  # the chain on 4 states mixes in a few sweeps
+        draw = LDADraw(beta, alpha, draw.eta, sweep)  # the sweep's stream of random numbers
         stats, ll, units, local = model.sample_local(draw, batch, local, gen)
     # tokens of doc d are 2d and 2d+1, in a random order: sort each pair by word
     z, w = local.z.view(n, 2).long(), local.word.view(n, 2).long()

@@ -370,7 +370,9 @@ def test_gamma_rows_match_the_gamma_density(shape):
 def test_counter_uniforms_are_uniform_and_drive_the_sweep():
     """SplitMix64's outputs on [0, 1): uniform (Kolmogorov-Smirnov), uncorrelated with
     the next token's, another stream for another seed; and a sweep given no uniforms
-    draws exactly what it draws given those of its seed."""
+    draws exactly what it draws given :func:`token_uniforms` of its seed (the NumPy
+    counters equal the compiled ones), token j of the document in row r from
+    u(mix(seed, r), j)."""
     from scipy import stats
 
     u = lda_gibbs.counter_uniforms(12345, 200000)
@@ -381,8 +383,12 @@ def test_counter_uniforms_are_uniform_and_drive_the_sweep():
     K = 4
     words, topics = [2, 0, 1, 2, 0, 1, 1], [0, 1, 1, 3, 0, 2, 2]
     a, b = (replicated_state(words, topics, 300, K) for _ in range(2))
+    a.rows = b.rows = torch.arange(300) * 7 + 1000  # rows of a larger corpus
     beta_t = SMALL_BETA.t().contiguous()
-    given = torch.from_numpy(lda_gibbs.counter_uniforms(99, a.n_tokens))
+    given = torch.from_numpy(lda_gibbs.token_uniforms(99, a))
+    doc_seed = lda_gibbs.mix(99, 1000 + 7 * 5)
+    np.testing.assert_array_equal(given[35:42].numpy(),
+                                  lda_gibbs.unit(lda_gibbs.mix(doc_seed, np.arange(7))))
     out_a = lda_gibbs.sweep_numba(a, beta_t, SMALL_ALPHA, given)
     out_b = lda_gibbs.sweep_numba(b, beta_t, SMALL_ALPHA, None, seed=99)
     assert torch.equal(a.z, b.z) and torch.equal(out_a[0], out_b[0])

@@ -110,7 +110,9 @@ class LDADraw:
         beta, drawn (rows sum to 1), float64.
     alpha, eta : Tensor, shapes (K,), (V,)
     sweeps : int
-        Sweeps made so far (the priors are learned from ``PRIORS_FROM`` on).
+        Sweeps made so far (the priors are learned from ``PRIORS_FROM`` on). It also
+        names the next sweep's stream of the compiled sweep's random numbers: a sweep
+        from the same draw repeats its draws.
     """
 
     topic_word: torch.Tensor
@@ -542,6 +544,16 @@ class LDAModel:
     fresh_max_interval : int, default=FRESH_MAX_INTERVAL
         Batch VI: most iterations between two fresh re-solves of a document
         (see :meth:`batch_local`).
+
+    Attributes
+    ----------
+    chain_seed : int
+        Gibbs: the seed of the chain's counter random numbers (the tokens' order and
+        first topics, the compiled sweeps'), keyed further by each document's row
+        (see :mod:`elbokit.models.lda_gibbs`).
+    first_row : int
+        Gibbs: the corpus row of this process's first document (a rank's offset), so
+        that a document's random numbers do not depend on how the corpus is split.
     """
 
     def __init__(self, dtype=torch.float32, local_max_iter: int = 100, local_tol: float = 1e-3,
@@ -554,6 +566,8 @@ class LDAModel:
         self.learn_alpha = learn_alpha
         self.learn_eta = learn_eta
         self.use_numba = use_numba
+        self.chain_seed = 0
+        self.first_row = 0
 
     # ------------------------------------------------------------ local
     def _lengths(self, batch: DocBatch) -> torch.Tensor:
@@ -763,6 +777,9 @@ class LDAModel:
         Given beta the documents are independent; each token's topic is drawn
         from (n_dk^-i + alpha_k) beta_kw, sparsely (see
         :mod:`elbokit.models.lda_gibbs`). A non-zero with count c is c tokens.
+        On CPU the random numbers are counters keyed by ``chain_seed``,
+        ``draw.sweeps`` and each document's row, not drawn from ``generator`` (which
+        the torch sweep uses), so the draws do not depend on the batch.
 
         Returns
         -------
@@ -778,10 +795,12 @@ class LDAModel:
         """
         K, V = draw.topic_word.shape
         if local is None:
-            local = lda_gibbs.token_state(batch, K, generator)
+            local = lda_gibbs.token_state(batch, K, self.chain_seed, self.first_row)
         beta_t = transposed(draw.topic_word, self.dtype)
+        seed = lda_gibbs.stream(self.chain_seed, lda_gibbs.FIRST_SWEEP_STREAM + draw.sweeps)
         ll, num, den, nkw = lda_gibbs.sweep(local, beta_t, draw.alpha, generator,
-                                            self.use_numba, alpha_stats=self.learn_alpha)
+                                            self.use_numba, alpha_stats=self.learn_alpha,
+                                            seed=seed)
         stats = {"topic_word": nkw.to(draw.topic_word.device)}
         if self.learn_alpha:
             stats["alpha_num"], stats["alpha_den"] = num, den

@@ -37,10 +37,13 @@ Two implementations of the same conditional:
   model with theta kept), so the number of sequential steps is bounded
   whatever the documents' lengths.
 
-The uniforms (one per token per sweep) are seeded from the estimator's
-``torch.Generator``, so a seed repeats the chain on every thread count: the
-compiled sweep computes token t's from (seed, t) by SplitMix64, the torch sweep
-draws them from the generator.
+Random numbers. The compiled sweep, and the tokens' order and first topics
+(:func:`token_state`), are counters (SplitMix64, :func:`mix`) keyed by the chain's
+seed, the sweep, the document's row in the corpus and the token's position in it:
+a seed repeats the chain on every thread count, in any batch size, and split
+over processes (each rank's rows offset by its first document's). The torch
+sweep draws its uniforms and theta-blocks from the generator of each call, so
+there another batch size is another chain of the same sampler.
 """
 
 from __future__ import annotations
@@ -75,13 +78,24 @@ class TokenState:
         Document of each token.
     ndk : IntTensor, shape (n_docs, K)
         Topic counts per document, consistent with ``z`` after every sweep.
+    rows : LongTensor, shape (n_docs,), optional
+        Each document's row in the corpus, which keys its random numbers (default:
+        0, 1, ...).
     """
+
+    def row_keys(self) -> np.ndarray:
+        """The documents' rows as the compiled sweep's keys, int64."""
+        if self.rows is None:
+            return np.arange(self.ndk.shape[0], dtype=np.int64)
+        return self.rows.cpu().numpy().astype(np.int64)
+
 
     z: torch.Tensor
     word: torch.Tensor
     doc_ptr: torch.Tensor
     doc: torch.Tensor
     ndk: torch.Tensor
+    rows: torch.Tensor | None = None
     _cache: dict | None = None
 
     @property
@@ -92,25 +106,73 @@ class TokenState:
         return self.doc_ptr[1:] - self.doc_ptr[:-1]
 
 
-def token_state(batch: DocBatch, K: int, generator: torch.Generator) -> TokenState:
+def token_state(batch: DocBatch, K: int, seed: int, first_row: int = 0) -> TokenState:
     """Tokens of ``batch`` (a non-zero of count c is c tokens), the non-zeros shuffled
     within each document and each one's c copies adjacent (the compiled sweep then
     updates a repeated word's document bucket instead of summing it again), with
-    topics drawn uniformly."""
+    topics drawn uniformly.
+
+    Both draws are counters (:func:`mix`) keyed by the chain's ``seed``, the
+    document's row in the corpus (``first_row`` + its row in the batch's matrix:
+    ``first_row`` is a rank's first document) and the position in the document, so a
+    document's tokens and first topics do not depend on the batch it comes in.
+    """
     device = batch.count.device
     counts = batch.count.round().to(torch.int64)
+    doc = batch.doc.cpu().numpy()
+    rows = batch.rows.cpu().numpy().astype(np.uint64) + np.uint64(first_row)
+    # each non-zero's position in its document: a row's order in the matrix
+    by_doc = np.argsort(doc, kind="stable")
+    starts = np.zeros(batch.n_docs + 1, np.int64)
+    starts[1:] = np.cumsum(np.bincount(doc, minlength=batch.n_docs))
+    where = np.empty(doc.shape[0], np.int64)
+    where[by_doc] = np.arange(doc.shape[0]) - starts[doc[by_doc]]
+    key = unit(mix(mix(stream(seed, ORDER_STREAM), rows)[doc], where))
     # a random order of the non-zeros within each document: sort by (document, random key)
-    key = torch.rand(counts.shape[0], generator=generator, device=device, dtype=torch.float64)
-    order = torch.argsort(batch.doc.to(torch.float64) + key * 0.5, stable=True)
+    order = torch.argsort(batch.doc.to(torch.float64)
+                          + torch.from_numpy(key).to(device) * 0.5, stable=True)
     token = torch.repeat_interleave(order, counts[order])
     doc = batch.doc[token]
     T = int(doc.shape[0])
     lengths = torch.bincount(doc, minlength=batch.n_docs)
     doc_ptr = torch.zeros(batch.n_docs + 1, dtype=torch.int64, device=device)
     doc_ptr[1:] = torch.cumsum(lengths, 0)
-    z = torch.randint(0, K, (T,), generator=generator, device=device, dtype=torch.int64)
+    d = doc.cpu().numpy()
+    position = np.arange(T) - doc_ptr.cpu().numpy()[d]
+    u = unit(mix(mix(stream(seed, TOPIC_STREAM), rows)[d], position))
+    z = torch.from_numpy(np.minimum((u * K).astype(np.int64), K - 1)).to(device)
     ndk = doc_topic_counts(doc, z, batch.n_docs, K)
-    return TokenState(z.to(torch.int32), batch.word[token].to(torch.int32), doc_ptr, doc, ndk)
+    return TokenState(z.to(torch.int32), batch.word[token].to(torch.int32), doc_ptr, doc, ndk,
+                      torch.from_numpy(rows.astype(np.int64)).to(device))
+
+
+# ---------------------------------------------------------------- counter random numbers
+ORDER_STREAM, TOPIC_STREAM, FIRST_SWEEP_STREAM = 0, 1, 2  # the chain's streams (see stream)
+
+
+def mix(seed, t) -> np.ndarray:
+    """:func:`~elbokit.models.lda_kernels.mix` (SplitMix64's t-th output from ``seed``)
+    in NumPy, ``seed`` and ``t`` broadcast: uint64 arithmetic wraps as the kernel's."""
+    from elbokit.models.lda_kernels import GOLDEN
+
+    with np.errstate(over="ignore"):
+        z = (np.asarray(seed, np.uint64)
+             + (np.asarray(t, np.uint64) + np.uint64(1)) * np.uint64(GOLDEN))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def unit(bits: np.ndarray) -> np.ndarray:
+    """64 random bits to a float64 on [0, 1) (their top 53), as the kernel's ``uniform``."""
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+
+
+def stream(seed: int, index: int) -> int:
+    """The seed of the chain's stream ``index``: ``ORDER_STREAM`` the tokens' order in
+    their documents, ``TOPIC_STREAM`` their first topics, ``FIRST_SWEEP_STREAM + s``
+    sweep s's uniforms. Each is keyed further by the document's row."""
+    return int(mix(seed % 2**64, index))
 
 
 def doc_topic_counts(doc, z, n_docs: int, K: int) -> torch.Tensor:
@@ -135,14 +197,18 @@ def numba_available() -> bool:
 
 
 def counter_uniforms(seed: int, n: int) -> np.ndarray:
-    """The uniforms of tokens 0..n-1 for ``seed`` (float64, shape (n,)): what the compiled
-    sweep draws when it is given no uniforms (:func:`~elbokit.models.lda_kernels.uniform`;
-    for tests)."""
-    from elbokit.models import lda_kernels
+    """u(seed, t) for t = 0..n-1 (float64, shape (n,)): one stream of the counter
+    generator (:func:`mix`; for tests)."""
+    return unit(mix(seed, np.arange(n)))
 
-    out = np.empty(n)
-    lda_kernels.fill_uniforms(np.uint64(seed), out)
-    return out
+
+def token_uniforms(seed: int, state: TokenState) -> np.ndarray:
+    """What the compiled sweep draws for ``seed`` when it is given no uniforms, shape
+    (T,): token j of the document in row r gets u(mix(seed, r), j)."""
+    lengths = state.lengths().cpu().numpy()
+    doc = np.repeat(np.arange(lengths.shape[0]), lengths)
+    position = np.arange(doc.shape[0]) - state.doc_ptr.cpu().numpy()[doc]
+    return unit(mix(mix(seed, state.row_keys())[doc], position))
 
 
 _POOL = None
@@ -262,10 +328,12 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
         beta transposed (float32 or float64), contiguous.
     alpha : Tensor, shape (K,)
     u : float64 Tensor, shape (T,), or None
-        One uniform per token; None: token t's is :func:`~elbokit.models.lda_kernels.uniform`'s
-        ``u(seed, t)``, computed in the sweep (no pass over an array of them).
+        One uniform per token; None: token j of the document in row r (``state.rows``)
+        draws u(mix(seed, r), j) (:func:`~elbokit.models.lda_kernels.uniform`, see
+        :func:`token_uniforms`), computed in the sweep (no pass over an array of them),
+        the same whatever batch the document is in.
     seed : int, with ``u=None``
-        In [0, 2^63).
+        In [0, 2^64).
     word_counts : bool
         Also return the new assignments' topic-word counts.
     alpha_stats : bool
@@ -307,8 +375,8 @@ def sweep_numba(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
             u_arr, seed = np.zeros(0), np.uint64(seed)
         else:
             u_arr, seed = u.numpy(), np.uint64(0)
-        args = (state.doc_ptr.numpy(), state.word.numpy(), state.z.numpy(), u_arr, seed, bt,
-                scdf, a, state.ndk.numpy(), ll, tab)
+        args = (state.doc_ptr.numpy(), state.word.numpy(), state.z.numpy(), u_arr, seed,
+                state.row_keys(), bt, scdf, a, state.ndk.numpy(), ll, tab)
         if n_threads == 1:
             kernel(*args, num[0], den[0], nwk[0], 0, n_docs)
         else:
@@ -475,15 +543,21 @@ def alpha_statistics(ndk: torch.Tensor, lengths: torch.Tensor, alpha: torch.Tens
 
 
 def sweep(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
-          generator: torch.Generator, use_numba: bool | None = None, alpha_stats: bool = True):
+          generator: torch.Generator, use_numba: bool | None = None, alpha_stats: bool = True,
+          seed: int | None = None):
     """One local sweep: numba on CPU (when available), the vectorised torch sweep
     elsewhere. Returns (per-document log predictive, Minka's alpha numerators and
     denominator (None on CPU without ``alpha_stats``), the new assignments' topic-word
-    counts (K, V) float64), see :func:`sweep_numba`."""
+    counts (K, V) float64), see :func:`sweep_numba`.
+
+    ``seed``: the compiled sweep's counter seed (this sweep's stream of the chain,
+    :func:`stream`); None: one drawn from ``generator``. The torch sweep draws from
+    ``generator``."""
     if use_numba is None:
         use_numba = state.z.device.type == "cpu" and numba_available()
     if use_numba:
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         return sweep_numba(state, beta_t.contiguous(), alpha, None, word_counts=True,
                            alpha_stats=alpha_stats, seed=seed)
     u = uniforms(state.n_tokens, generator, state.z.device)

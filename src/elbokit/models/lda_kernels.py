@@ -38,36 +38,36 @@ def digamma(x):  # pragma: no cover - recurrence up to 6, then the asymptotic se
 
 
 @jit
-def uniform(seed, t):  # pragma: no cover
-    """u(seed, t): the t-th output of the SplitMix64 generator started at ``seed`` (Steele,
-    Lea & Flood 2014, Java's SplittableRandom; it passes BigCrush), as a float64 on
-    [0, 1) from its top 53 bits. A counter-based draw: token t's uniform is computed
-    where it is used, from (seed, t) alone, so a sweep needs no array of uniforms and
-    its draws do not depend on how the tokens are split between threads."""
+def mix(seed, t):  # pragma: no cover
+    """The t-th output of the SplitMix64 generator started at ``seed`` (Steele, Lea &
+    Flood 2014, Java's SplittableRandom; it passes BigCrush): 64 random bits, uint64.
+    A counter-based draw: computed where it is used, from (seed, t) alone."""
     z = np.uint64(seed) + np.uint64(t + 1) * np.uint64(GOLDEN)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    return z ^ (z >> np.uint64(31))
 
 
 @jit
-def fill_uniforms(seed, out):  # pragma: no cover
-    """out[t] = uniform(seed, t) for every t."""
-    for t in range(out.shape[0]):
-        out[t] = uniform(seed, t)
+def uniform(seed, t):  # pragma: no cover
+    """u(seed, t) = :func:`mix`'s top 53 bits as a float64 on [0, 1). The sweep keys token
+    j of the document in row r by (mix(seed, r), j), so a sweep needs no array of
+    uniforms and its draws depend neither on how the tokens are split between threads
+    nor on which other documents share the batch."""
+    return np.float64(mix(seed, t) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
 # ---------------------------------------------------------------- Gibbs sampling
 @jit
-def sweep(doc_ptr, words, z, u, seed, beta_t, scdf, alpha, ndk, ll, psi_tab, num, den,
-          nwk, first, stop):  # pragma: no cover
+def sweep(doc_ptr, words, z, u, seed, rows, beta_t, scdf, alpha, ndk, ll, psi_tab, num,
+          den, nwk, first, stop):  # pragma: no cover
     """Documents [first, stop) of :func:`~elbokit.models.lda_gibbs.sweep_numba`, each
-    token's topic drawn from the sparse buckets in turn."""
+    token's topic drawn from the sparse buckets in turn; without ``u``, token j of
+    document d from uniform(mix(seed, rows[d]), j)."""
     K = beta_t.shape[1]
     count_words = nwk.shape[0] > 0  # (V, K) word-topic counts of the new draws, or none
     n_tab = psi_tab.shape[1]  # Minka's statistics wanted when the table is not empty
-    given = u.shape[0] > 0  # the uniforms given, or drawn from (seed, token)
+    given = u.shape[0] > 0  # the uniforms given, or drawn from (seed, row, position)
     a0 = 0.0
     for k in range(K):
         a0 += alpha[k]
@@ -83,6 +83,7 @@ def sweep(doc_ptr, words, z, u, seed, beta_t, scdf, alpha, ndk, ll, psi_tab, num
         if hi == lo:
             continue
         nd = ndk[d]
+        doc_seed = mix(seed, rows[d])
         m = 0
         for t in range(lo, hi):  # the topics in use, from the tokens: O(length)
             k = z[t]
@@ -123,7 +124,7 @@ def sweep(doc_ptr, words, z, u, seed, beta_t, scdf, alpha, ndk, ll, psi_tab, num
             if m == 0 or r < 0.0:  # empty bucket (a difference can round below 0)
                 r = 0.0
             s = scdf[w, K - 1]  # smoothing bucket
-            x = (u[t] if given else uniform(seed, t)) * (r + s)
+            x = (u[t] if given else uniform(doc_seed, t - lo)) * (r + s)
             if x < r:
                 new = topics[m - 1]
                 for j in range(m):
