@@ -725,7 +725,9 @@ class LDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ElbokitEstimator):
     def _fit_gibbs(self, counts, params, gen, reducer, max_iter, first_row=0):
         """The sampler from ``params``' topics; ``first_row``: this rank's first document."""
         model = self._model("gibbs")
-        source = CountBatches(counts, self._chunk_rows(counts, model))
+        # the chunks built once, not every sweep (their document index is as long as the
+        # non-zeros, under each chunk's tokens kept anyway: 4% of a sweep of the fortunes)
+        source = list(CountBatches(counts, self._chunk_rows(counts, model)))
         draw = LDADraw(params.concentration / params.concentration.sum(1, keepdim=True),
                        params.alpha, params.eta)
         # the globals' draws from gen (alike on every rank); the locals' counters from one

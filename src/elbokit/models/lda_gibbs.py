@@ -119,15 +119,15 @@ def token_state(batch: DocBatch, K: int, seed: int, first_row: int = 0) -> Token
     """
     device = batch.count.device
     counts = batch.count.round().to(torch.int64)
-    doc = batch.doc.cpu().numpy()
+    nz_doc = batch.doc.cpu().numpy()  # document of each non-zero
     rows = batch.rows.cpu().numpy().astype(np.uint64) + np.uint64(first_row)
     # each non-zero's position in its document: a row's order in the matrix
-    by_doc = np.argsort(doc, kind="stable")
+    by_doc = np.argsort(nz_doc, kind="stable")
     starts = np.zeros(batch.n_docs + 1, np.int64)
-    starts[1:] = np.cumsum(np.bincount(doc, minlength=batch.n_docs))
-    where = np.empty(doc.shape[0], np.int64)
-    where[by_doc] = np.arange(doc.shape[0]) - starts[doc[by_doc]]
-    key = unit(mix(mix(stream(seed, ORDER_STREAM), rows)[doc], where))
+    starts[1:] = np.cumsum(np.bincount(nz_doc, minlength=batch.n_docs))
+    where = np.empty(nz_doc.shape[0], np.int64)
+    where[by_doc] = np.arange(nz_doc.shape[0]) - starts[nz_doc[by_doc]]
+    key = unit(mix(mix(stream(seed, ORDER_STREAM), rows)[nz_doc], where))
     # a random order of the non-zeros within each document: sort by (document, random key)
     order = torch.argsort(batch.doc.to(torch.float64)
                           + torch.from_numpy(key).to(device) * 0.5, stable=True)
@@ -137,9 +137,9 @@ def token_state(batch: DocBatch, K: int, seed: int, first_row: int = 0) -> Token
     lengths = torch.bincount(doc, minlength=batch.n_docs)
     doc_ptr = torch.zeros(batch.n_docs + 1, dtype=torch.int64, device=device)
     doc_ptr[1:] = torch.cumsum(lengths, 0)
-    d = doc.cpu().numpy()
-    position = np.arange(T) - doc_ptr.cpu().numpy()[d]
-    u = unit(mix(mix(stream(seed, TOPIC_STREAM), rows)[d], position))
+    tok_doc = doc.cpu().numpy()
+    position = np.arange(T) - doc_ptr.cpu().numpy()[tok_doc]
+    u = unit(mix(mix(stream(seed, TOPIC_STREAM), rows)[tok_doc], position))
     z = torch.from_numpy(np.minimum((u * K).astype(np.int64), K - 1)).to(device)
     ndk = doc_topic_counts(doc, z, batch.n_docs, K)
     return TokenState(z.to(torch.int32), batch.word[token].to(torch.int32), doc_ptr, doc, ndk,
@@ -152,15 +152,19 @@ ORDER_STREAM, TOPIC_STREAM, FIRST_SWEEP_STREAM = 0, 1, 2  # the chain's streams 
 
 def mix(seed, t) -> np.ndarray:
     """:func:`~elbokit.models.lda_kernels.mix` (SplitMix64's t-th output from ``seed``)
-    in NumPy, ``seed`` and ``t`` broadcast: uint64 arithmetic wraps as the kernel's."""
+    in NumPy, ``seed`` and ``t`` broadcast: uint64 arithmetic wraps as the kernel's.
+    In place after the first step (one temporary the size of the output)."""
     from elbokit.models.lda_kernels import GOLDEN
 
     with np.errstate(over="ignore"):
-        z = (np.asarray(seed, np.uint64)
-             + (np.asarray(t, np.uint64) + np.uint64(1)) * np.uint64(GOLDEN))
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
+        z = np.asarray(t, np.uint64) + np.uint64(1)
+        z *= np.uint64(GOLDEN)
+        z = z + np.asarray(seed, np.uint64)  # broadcast to the output's shape
+        for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            z ^= z >> np.uint64(shift)
+            z *= np.uint64(factor)
+        z ^= z >> np.uint64(31)
+        return z
 
 
 def unit(bits: np.ndarray) -> np.ndarray:
