@@ -223,6 +223,35 @@ def test_lda_fit_topics_transform_report(tmp_path):
     assert (tmp_path / "l" / "report.html").read_text().count("data:image/png") == 5
 
 
+def test_lda_reads_text_in_the_encoding_asked_for(capsys, tmp_path, fitted):
+    """A latin-1 file: a one-line error naming it and the flag, then --encoding reads it
+    in fit and transform; the text flags are refused for a model that reads no text."""
+    from elbokit.datasets import kjv_gospels
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    verses = kjv_gospels()[:300]
+    for i in range(30):
+        extra = " naïve" if i % 3 == 0 else ""  # in a third of the documents: kept
+        (folder / f"{i:02d}.txt").write_text(" ".join(verses[10 * i:10 * i + 10]) + extra,
+                                             encoding="latin-1")
+    code, err = run_main(["fit", "lda", folder, "--out", tmp_path / "m", "-k", "3"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "00.txt is not utf-8 text" in err and "--encoding latin-1" in err
+    assert "--decode-error replace" in err and not (tmp_path / "m").exists()
+    result = invoke("fit", "lda", folder, "--out", tmp_path / "m", "-k", "3", "--max-iter", "20",
+                    "--encoding", "latin-1")
+    assert result.exit_code == 0, result.output
+    assert "naïve" in elbokit.load(tmp_path / "m").vocabulary_
+    result = invoke("transform", tmp_path / "m", folder, "--out", tmp_path / "t.npy",
+                    "--encoding", "latin-1")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "t.npy").shape == (30, 3)
+    code, err = run_main(["transform", fitted, folder, "--out", tmp_path / "g.npy",
+                          "--encoding", "latin-1"], capsys)
+    assert code == 2 and "read text documents (LDA models)" in err
+
+
 def test_empty_corpus_is_a_clear_error(capsys, tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     code, err = run_main(["fit", "lda", tmp_path / "empty.txt", "--out", tmp_path / "m"], capsys)

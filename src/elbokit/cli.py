@@ -460,7 +460,8 @@ def fit_factor(data, out, components, noise, max_iter, tol, device, seed, distri
         _save_em_fit(model, out_dir, out, data, seconds, f"{cls.__name__} q={components}")
 
 
-def _read_corpus(data: str, **kwargs):
+def _read_corpus(data: str, *, field="text", encoding="utf-8", decode_error="strict",
+                 **kwargs):
     """A Corpus from one-document-per-line text, a folder of .txt files, or JSONL."""
     from elbokit import Corpus
 
@@ -473,12 +474,23 @@ def _read_corpus(data: str, **kwargs):
         raise UserError(f"no corpus at {path}.") from None
     except ValueError as err:
         raise UserError(str(err)) from None
-    field = kwargs.pop("field", "text")
-    if path.is_dir():
-        return Corpus.from_folder(path, **kwargs)
-    if path.suffix.lower() in (".jsonl", ".json"):
-        return Corpus.from_jsonl(path, field=field, **kwargs)
-    return Corpus.from_lines(path, **kwargs)
+    return Corpus.from_path(path, field=field, encoding=encoding, decode_error=decode_error,
+                            **kwargs)
+
+
+TEXT_DEFAULTS = {"field": "text", "encoding": "utf-8", "decode_error": "strict"}
+_FIELD = click.option("--field", default="text", show_default=True,
+                      help="JSONL: the key holding the text.")
+
+
+def _text_options(f):
+    """How text files are decoded (the commands that read documents)."""
+    f = click.option("--decode-error", type=click.Choice(["strict", "replace", "ignore"]),
+                     default="strict", show_default=True,
+                     help="Bytes that do not decode: an error naming the file (strict), "
+                          "replaced, or dropped (scikit-learn's decode_error).")(f)
+    return click.option("--encoding", default="utf-8", show_default=True,
+                        help="The text files' encoding (say latin-1).")(f)
 
 
 def _vectorizer_options(min_df, max_df, max_features, stop_words) -> dict:
@@ -495,8 +507,9 @@ def _vectorizer_options(min_df, max_df, max_features, stop_words) -> dict:
             "max_features": max_features, "stop_words": stop_words}
 
 
-def _read_documents(data: str) -> list[str]:
-    """Raw documents for a fitted topic model (it keeps its own vocabulary)."""
+def _read_documents(data: str, **kwargs) -> list[str]:
+    """Raw documents for a fitted topic model (it keeps its own vocabulary); ``kwargs``:
+    :func:`~elbokit.data.text.read_texts`' field, encoding and decode_error."""
     from elbokit import files
     from elbokit.data.text import read_documents
 
@@ -504,10 +517,7 @@ def _read_documents(data: str) -> list[str]:
         files.check_input(data, what="documents file", allow_dir=True)
     except ValueError as err:
         raise UserError(str(err)) from None
-    documents = read_documents(data)
-    if not documents:
-        raise UserError(f"{data} holds no documents (one per line, or .txt files in a folder).")
-    return documents
+    return read_documents(data, **kwargs)  # an error, if it holds none
 
 
 def _lda_options(f):
@@ -539,17 +549,18 @@ def _lda_options(f):
 @click.option("--out", "out", required=True, type=click.Path(), help="Model directory to create.")
 @click.option("--topics", "-k", "n_topics", type=click.IntRange(min=1), default=10, show_default=True)
 @_lda_options
-@click.option("--field", default="text", show_default=True, help="JSONL: the key holding the text.")
+@_FIELD
+@_text_options
 @_distributed_option
 @click.option("--force", is_flag=True, help="Replace an existing model directory.")
 def fit_lda(data, out, n_topics, method, init, max_iter, min_df, max_df, max_features,
-            stop_words, field, device, seed, distributed, force):
+            stop_words, field, encoding, decode_error, device, seed, distributed, force):
     """Fit LDA to a text corpus: one document per line, a folder of .txt files, or JSONL."""
     from elbokit import LDA
 
     out_dir = _claim_model(out, force, [data], distributed)
     corpus = _read_corpus(data, **_vectorizer_options(min_df, max_df, max_features, stop_words),
-                          field=field)
+                          field=field, encoding=encoding, decode_error=decode_error)
     distributed, rank = _launch(distributed, device)
     lda = LDA(n_topics, method=method, init=init, max_iter=max_iter, device=device,
               random_state=seed, verbose=1 if rank == 0 else 0, distributed=distributed)
@@ -817,17 +828,23 @@ _INSTEAD = {
 }
 
 
-def _apply(model_dir, data, out, force, method: str, column: str, **kwargs):
+def _apply(model_dir, data, out, force, method: str, column: str, text=None, **kwargs):
+    """``model.method(DATA)`` saved to ``out``; ``text``: how an LDA model's documents are
+    read (--field, --encoding, --decode-error), their defaults for any other model."""
     claim = _claim_output(out, force, protect=[data, *_model_files(model_dir)])
     model = _model(model_dir)
     name = type(model).__name__
+    text = text or {}
+    if name != "LDA" and text != {} and text != TEXT_DEFAULTS:
+        raise UserError(f"--field, --encoding and --decode-error read text documents (LDA "
+                        f"models); {model_dir} holds a {name}.")
     if not hasattr(model, method):
         command = {"predict_proba": "predict --proba", "score_samples": "score"}.get(method, method)
         instead = _INSTEAD.get((name, method), "see `elbokit --help` for what it offers")
         article = "an" if name[0] in "AEIOLMNRSFHX" else "a"
         raise UserError(f"{article} {name} has no `{command}`: {instead}.")
     if name == "LDA":
-        inputs = _read_documents(data)
+        inputs = _read_documents(data, **text)
     elif name in ("Mixture", "PPCA", "FactorAnalysis"):
         inputs = _check_data_path(data)  # read by the model: missing cells, typed tables, streams
     else:
@@ -863,11 +880,15 @@ def predict(model_dir, data, out, force, proba):
 @click.argument("data")
 @_OUT
 @_FORCE
-def transform(model_dir, data, out, force):
-    """Latent representation of DATA (mixtures: posterior probabilities p(z|x))."""
+@_FIELD
+@_text_options
+def transform(model_dir, data, out, force, field, encoding, decode_error):
+    """Latent representation of DATA (mixtures: posterior probabilities p(z|x); LDA:
+    topic proportions of documents)."""
     model = _model(model_dir)
     method = "transform" if hasattr(model, "transform") else "predict_proba"
-    _apply(model_dir, data, out, force, method, "z")
+    _apply(model_dir, data, out, force, method, "z",
+           text=dict(field=field, encoding=encoding, decode_error=decode_error))
 
 
 @cli.command()
@@ -877,7 +898,9 @@ def transform(model_dir, data, out, force):
 @_FORCE
 @click.option("--n-samples", type=click.IntRange(min=1), default=None,
               help="VAE: importance samples per row (default 100; more: a tighter estimate).")
-def score(model_dir, data, out, force, n_samples):
+@_FIELD
+@_text_options
+def score(model_dir, data, out, force, n_samples, field, encoding, decode_error):
     """log p(x) per row of DATA (lower: more anomalous)."""
     kwargs = {}
     if n_samples is not None:
@@ -885,7 +908,8 @@ def score(model_dir, data, out, force, n_samples):
             raise UserError("--n-samples is for a VAE (its log p(x) is importance-sampled); this "
                             "model's log p(x) is exact or a bound.")
         kwargs["n_samples"] = n_samples
-    _apply(model_dir, data, out, force, "score_samples", "log_px", **kwargs)
+    _apply(model_dir, data, out, force, "score_samples", "log_px",
+           text=dict(field=field, encoding=encoding, decode_error=decode_error), **kwargs)
 
 
 @cli.command()
@@ -1111,9 +1135,12 @@ def select_gmm(data, k_range, covariance_type, criterion, prior, n_init, reg_cov
 @click.option("--criterion", type=click.Choice(["perplexity", "coherence"]), default="perplexity",
               show_default=True, help="Held-out perplexity (lower) or NPMI coherence (higher).")
 @_lda_options
+@_FIELD
+@_text_options
 @_selection_options
 def select_lda(data, k_range, criterion, method, init, max_iter, min_df, max_df,
-               max_features, stop_words, device, seed, holdout, out, force):
+               max_features, stop_words, field, encoding, decode_error, device, seed, holdout,
+               out, force):
     """Fit LDA for each K on most documents; score the held-out ones (perplexity by document
     completion, NPMI coherence of each topic's top words); pick K."""
     from elbokit import Corpus
@@ -1121,7 +1148,7 @@ def select_lda(data, k_range, criterion, method, init, max_iter, min_df, max_df,
 
     ks = _parse_range(k_range)
     claim = None if out is None else _claim_model(out, force, [data], False)
-    documents = _read_documents(data)
+    documents = _read_documents(data, field=field, encoding=encoding, decode_error=decode_error)
     train, test = holdout_split(len(documents), holdout, seed)
     corpus = Corpus([documents[i] for i in train],
                     **_vectorizer_options(min_df, max_df, max_features, stop_words))

@@ -52,6 +52,43 @@ def test_corpus_readers(tmp_path):
     assert c.names == ["d0", "d1"] and len(c.vocabulary) == 4
 
 
+def test_readers_decode_compressed_and_foreign_text(tmp_path):
+    """One reader for every path: .gz lines and JSONL decompressed; a file that is not
+    in the encoding is an error naming the file and the fix, until its encoding (or
+    decode_error) is given; the library's and the command line's folder readers agree
+    (subfolders included)."""
+    import gzip
+
+    from elbokit.data.text import read_documents, read_texts
+
+    with gzip.open(tmp_path / "lines.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("the cat sat\n\nthe dog ran\n")
+    c = Corpus.from_lines(tmp_path / "lines.txt.gz", stop_words=None)
+    assert c.names == ["1", "3"] and "cat" in c.vocabulary
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "a", "text": "cat sat"}) + "\n")
+    assert read_texts(tmp_path / "d.jsonl.gz") == (["cat sat"], ["a"])
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("café au lait", encoding="latin-1")
+    (folder / "sub" / "b.txt").write_text("dog dog", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"a\.txt is not utf-8 text \(byte 0xe9.*"
+                                         r"encoding='latin-1'.*decode_error='replace'"):
+        Corpus.from_folder(folder)
+    c = Corpus.from_folder(folder, encoding="latin-1", stop_words=None)
+    assert c.names == ["a.txt", "sub/b.txt"] and "café" in c.vocabulary
+    replaced = Corpus.from_folder(folder, decode_error="replace", stop_words=None)
+    assert "caf" in replaced.vocabulary and "café" not in replaced.vocabulary  # U+FFFD splits it
+    assert read_documents(folder, encoding="latin-1") == ["café au lait", "dog dog"]
+    with pytest.raises(ValueError, match="decode_error='nope'"):
+        read_texts(folder, decode_error="nope")
+    with pytest.raises(ValueError, match="encoding='klingon'"):
+        read_texts(folder, encoding="klingon")
+    (tmp_path / "fake.txt.gz").write_text("not gzip")
+    with pytest.raises(ValueError, match="not a readable gzip file"):
+        read_texts(tmp_path / "fake.txt.gz")
+
+
 def test_corpus_bad_input(tmp_path):
     with pytest.raises(TypeError, match="iterable of str"):
         Corpus("one string")

@@ -142,7 +142,7 @@ def test_transform_of_an_empty_documents_file_is_a_clear_error(tmp_path, capsys)
     (tmp_path / "empty.txt").write_text("")
     code, err = run_cli(["transform", tmp_path / "l", tmp_path / "empty.txt", "--out",
                          tmp_path / "t.npy"], capsys)
-    assert code == 2 and "holds no documents" in err and len(error_lines(err)) == 1
+    assert code == 2 and "no documents to read" in err and len(error_lines(err)) == 1
     assert not (tmp_path / "t.npy").exists() and leftovers(tmp_path) == []
 
 

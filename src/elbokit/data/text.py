@@ -14,6 +14,9 @@ shape the topic models' local updates work on.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import gzip
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -125,59 +128,45 @@ class Corpus:
 
     # ------------------------------------------------------------ readers
     @classmethod
-    def from_lines(cls, path, *, encoding="utf-8", skip_empty=True, **kwargs) -> Corpus:
-        """One document per line of the text file ``path``.
+    def from_lines(cls, path, *, encoding="utf-8", decode_error="strict", skip_empty=True,
+                   **kwargs) -> Corpus:
+        """One document per line of the text file ``path`` (gzip-compressed if it ends in
+        ``.gz``).
 
         Empty lines are skipped unless ``skip_empty=False``; ``names`` are
-        the 1-based line numbers.
+        the 1-based line numbers. ``encoding`` and ``decode_error`` (``"strict"``:
+        a byte that does not decode is an error naming the file; ``"replace"``,
+        ``"ignore"``) as in scikit-learn's vectorizers.
         """
-        path = Path(path)
-        docs, names = [], []
-        with open(path, encoding=encoding) as f:
-            for i, line in enumerate(f, 1):
-                line = line.rstrip("\n")
-                if skip_empty and not line.strip():
-                    continue
-                docs.append(line)
-                names.append(str(i))
-        if not docs:
-            raise ValueError(f"{path} holds no non-empty line: no documents to read.")
+        docs, names = read_lines(path, encoding=encoding, decode_error=decode_error,
+                                 skip_empty=skip_empty)
         return cls(docs, names=names, **kwargs)
 
     @classmethod
-    def from_folder(cls, path, *, pattern="*.txt", encoding="utf-8", **kwargs) -> Corpus:
-        """One document per file matching ``pattern`` under the folder ``path`` (sorted)."""
-        path = Path(path)
-        if not path.is_dir():
-            raise ValueError(f"path={str(path)!r} is not a folder.")
-        files = sorted(p for p in path.rglob(pattern) if p.is_file())
-        if not files:
-            raise ValueError(f"no file matches {pattern!r} under {path}.")
-        docs = [p.read_text(encoding=encoding) for p in files]
-        return cls(docs, names=[str(p.relative_to(path)) for p in files], **kwargs)
+    def from_folder(cls, path, *, pattern="*.txt", encoding="utf-8", decode_error="strict",
+                    **kwargs) -> Corpus:
+        """One document per file matching ``pattern`` under the folder ``path`` and its
+        subfolders (sorted; ``names`` their paths relative to ``path``)."""
+        docs, names = read_folder(path, pattern=pattern, encoding=encoding,
+                                  decode_error=decode_error)
+        return cls(docs, names=names, **kwargs)
 
     @classmethod
-    def from_jsonl(cls, path, *, field="text", encoding="utf-8", **kwargs) -> Corpus:
-        """One document per line of the JSON-lines file ``path``, its text in ``field``."""
-        path = Path(path)
-        docs, names = [], []
-        with open(path, encoding=encoding) as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}, line {i} is not valid JSON: {err}.") from err
-                if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                    raise ValueError(
-                        f"{path}, line {i} has no string field {field!r}: pass field=... "
-                        "naming the field that holds the text."
-                    )
-                docs.append(record[field])
-                names.append(str(record.get("id", i)))
-        if not docs:
-            raise ValueError(f"{path} holds no record.")
+    def from_jsonl(cls, path, *, field="text", encoding="utf-8", decode_error="strict",
+                   **kwargs) -> Corpus:
+        """One document per line of the JSON-lines file ``path`` (``.gz``: compressed),
+        its text in ``field``; ``names`` each record's ``id``, else its line number."""
+        docs, names = read_jsonl(path, field=field, encoding=encoding,
+                                 decode_error=decode_error)
+        return cls(docs, names=names, **kwargs)
+
+    @classmethod
+    def from_path(cls, path, *, field="text", pattern="*.txt", encoding="utf-8",
+                  decode_error="strict", **kwargs) -> Corpus:
+        """:meth:`from_folder`, :meth:`from_jsonl` or :meth:`from_lines`, by what ``path``
+        is (see :func:`read_texts`)."""
+        docs, names = read_texts(path, field=field, pattern=pattern, encoding=encoding,
+                                 decode_error=decode_error)
         return cls(docs, names=names, **kwargs)
 
     # ------------------------------------------------------------ use
@@ -488,20 +477,127 @@ def analyzer(params: dict):
     return CountVectorizer(**kw).build_analyzer()
 
 
-def read_documents(path) -> list[str]:
-    """Raw documents: one per line of a text file (optionally .gz), the .txt files of a
-    folder, or the ``text`` field of a JSONL file."""
-    import gzip
-    import json
-    from pathlib import Path
+DECODE_ERRORS = ("strict", "replace", "ignore")  # scikit-learn's decode_error choices
 
+
+def read_texts(path, *, field="text", pattern="*.txt", encoding="utf-8",
+               decode_error="strict") -> tuple[list[str], list[str]]:
+    """Raw documents and where each came from, by what ``path`` is: a folder (the
+    files matching ``pattern`` in it and its subfolders, :func:`read_folder`), a
+    JSON-lines file (``.jsonl`` or ``.json``, optionally ``.gz``: :func:`read_jsonl`,
+    the text in ``field``), else a text file of one document per line (optionally
+    ``.gz``: :func:`read_lines`). One reader for the library, the command line and the
+    reports, so a model fitted on a folder reads the same documents again.
+
+    Returns
+    -------
+    documents : list of str
+    names : list of str
+        File paths relative to the folder, records' ``id`` or line numbers.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no corpus at {path}.")
     if path.is_dir():
-        return [p.read_text(encoding="utf-8") for p in sorted(path.glob("*.txt"))]
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        if path.suffix in (".jsonl", ".json") or path.name.endswith(".jsonl.gz"):
-            return [json.loads(line)["text"] for line in f if line.strip()]
-        return [line.strip() for line in f if line.strip()]
+        return read_folder(path, pattern=pattern, encoding=encoding, decode_error=decode_error)
+    if _plain_suffix(path) in (".jsonl", ".json"):
+        return read_jsonl(path, field=field, encoding=encoding, decode_error=decode_error)
+    return read_lines(path, encoding=encoding, decode_error=decode_error)
+
+
+def read_documents(path, **kwargs) -> list[str]:
+    """The documents of :func:`read_texts`, without their names."""
+    return read_texts(path, **kwargs)[0]
+
+
+def read_lines(path, *, encoding="utf-8", decode_error="strict", skip_empty=True):
+    """(documents, 1-based line numbers) of a text file, one document per line."""
+    path = Path(path)
+    docs, names = [], []
+    with _decoding(path, encoding, decode_error) as f:
+        for i, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if skip_empty and not line.strip():
+                continue
+            docs.append(line)
+            names.append(str(i))
+    if not docs:
+        raise ValueError(f"{path} holds no non-empty line: no documents to read.")
+    return docs, names
+
+
+def read_folder(path, *, pattern="*.txt", encoding="utf-8", decode_error="strict"):
+    """(documents, relative paths) of the files matching ``pattern`` under ``path``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"path={str(path)!r} is not a folder.")
+    files = sorted(p for p in path.rglob(pattern) if p.is_file())
+    if not files:
+        raise ValueError(f"no file matches {pattern!r} under {path}.")
+    docs = []
+    for p in files:
+        with _decoding(p, encoding, decode_error) as f:
+            docs.append(f.read())
+    return docs, [str(p.relative_to(path)) for p in files]
+
+
+def read_jsonl(path, *, field="text", encoding="utf-8", decode_error="strict"):
+    """(documents, ids or line numbers) of a JSON-lines file, the text in ``field``."""
+    path = Path(path)
+    docs, names = [], []
+    with _decoding(path, encoding, decode_error) as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {i} is not valid JSON: {err}.") from err
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                raise ValueError(
+                    f"{path}, line {i} has no string field {field!r}: pass field=... "
+                    "naming the field that holds the text."
+                )
+            docs.append(record[field])
+            names.append(str(record.get("id", i)))
+    if not docs:
+        raise ValueError(f"{path} holds no record.")
+    return docs, names
+
+
+def _plain_suffix(path: Path) -> str:
+    """The suffix under a ``.gz``: ``.jsonl`` for ``d.jsonl.gz``."""
+    suffixes = [x.lower() for x in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+@contextlib.contextmanager
+def _decoding(path: Path, encoding: str, decode_error: str):
+    """``path`` open as text (``.gz``: decompressed), a byte that does not decode an
+    error that names the file and the fix."""
+    if decode_error not in DECODE_ERRORS:
+        raise ValueError(f"decode_error={decode_error!r}: use one of {', '.join(DECODE_ERRORS)}.")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"encoding={encoding!r} is not a text encoding Python knows "
+                         "(say 'utf-8' or 'latin-1').") from None
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    try:
+        with opener(path, "rt", encoding=encoding, errors=decode_error) as f:
+            yield f
+    except UnicodeDecodeError as err:
+        byte = err.object[err.start:err.start + 1].hex()
+        raise ValueError(
+            f"{path} is not {encoding} text (byte 0x{byte} does not decode): pass its "
+            "encoding (say encoding='latin-1'), or decode_error='replace' to read past "
+            "such bytes."
+        ) from None
+    except (OSError, EOFError) as err:  # a .gz that is not gzip, or is cut short
+        if opener is open:
+            raise
+        raise ValueError(f"{path} is not a readable gzip file ({err}).") from None
+
+

@@ -59,10 +59,7 @@ def _documents(spec) -> list[str]:
         return list(spec)
     from elbokit.data.text import read_documents
 
-    documents = read_documents(spec)
-    if not documents:
-        raise ValueError(f"{spec} holds no documents (one per line, or .txt files in a folder).")
-    return documents
+    return read_documents(spec)  # an error, if it holds none
 
 
 def write_report(model_dir, data=None, out=None, labels=None, heldout=None,
