@@ -19,7 +19,10 @@ Corpora, all installed offline on Debian (``--corpora kjv,licences,fortunes,man`
 * ``descriptions`` and ``man357`` (not in the default run either, checked after the
   defaults were chosen): 20,000 one-line package descriptions from apt's
   Packages index (median 4 words), and every man page of sections 3, 5 and 7
-  (~1,700 long documents once copies are dropped).
+  (~1,700 long documents once copies are dropped);
+* ``perl`` and ``c-headers`` (session 12, after the defaults were chosen): every
+  installed Perl module (code and POD, one document per ``.pm`` file) and 3,000
+  C headers of /usr/include.
 
 Each corpus loses its exact duplicate documents (Debian repeats a source
 package's changelog and copyright file for each binary package), is vectorised
@@ -218,6 +221,26 @@ def read_debian_readmes() -> list[str]:
     return docs
 
 
+def read_perl_modules() -> list[str]:
+    """Every Perl module installed by Debian (``*.pm`` under /usr/share/perl,
+    /usr/share/perl5 and /usr/lib/*/perl*), one document per file: code and its POD
+    documentation (long documents)."""
+    files = sorted(set(glob.glob("/usr/share/perl/**/*.pm", recursive=True)
+                       + glob.glob("/usr/share/perl5/**/*.pm", recursive=True)
+                       + glob.glob("/usr/lib/*/perl*/**/*.pm", recursive=True)))
+    return [open(f, "rb").read().decode("utf-8", "replace") for f in files]
+
+
+def read_c_headers(n_docs: int = 3000, seed: int = 0) -> list[str]:
+    """C headers under /usr/include (a seeded sample of ``n_docs``), one document per
+    file of at least 500 characters: declarations and their comments."""
+    files = sorted(glob.glob("/usr/include/**/*.h", recursive=True))
+    docs = [open(f, "rb").read().decode("utf-8", "replace") for f in files]
+    docs = [d for d in docs if len(d) >= 500]
+    rng = np.random.default_rng(seed)
+    return [docs[i] for i in sorted(rng.permutation(len(docs))[:n_docs])]
+
+
 CORPORA = {"kjv": read_kjv, "licences": read_licences, "fortunes": read_fortunes,
            "man": read_manpages, "changelogs": read_changelogs,
            # kept out of the default run, as the changelogs: corpora the defaults were not
@@ -225,7 +248,9 @@ CORPORA = {"kjv": read_kjv, "licences": read_licences, "fortunes": read_fortunes
            "descriptions": read_package_descriptions,
            "man357": lambda: read_manpages(n_docs=10**6, sections="357"),
            # session 9's, after the defaults were chosen
-           "python-stdlib": read_python_stdlib, "debian-readme": read_debian_readmes}
+           "python-stdlib": read_python_stdlib, "debian-readme": read_debian_readmes,
+           # session 12's, after the defaults were chosen
+           "perl": read_perl_modules, "c-headers": read_c_headers}
 
 
 class Split:
