@@ -224,8 +224,9 @@ def test_lda_fit_topics_transform_report(tmp_path):
 
 
 def test_lda_reads_text_in_the_encoding_asked_for(capsys, tmp_path, fitted):
-    """A latin-1 file: a one-line error naming it and the flag, then --encoding reads it
-    in fit and transform; the text flags are refused for a model that reads no text."""
+    """A latin-1 file: a one-line error naming it and the flag, then --encoding reads it;
+    transform and report read as the fit did, another --encoding or --decode-error
+    overrides; the text flags are refused for a model that reads no text."""
     from elbokit.datasets import kjv_gospels
 
     folder = tmp_path / "texts"
@@ -243,10 +244,18 @@ def test_lda_reads_text_in_the_encoding_asked_for(capsys, tmp_path, fitted):
                     "--encoding", "latin-1")
     assert result.exit_code == 0, result.output
     assert "naïve" in elbokit.load(tmp_path / "m").vocabulary_
-    result = invoke("transform", tmp_path / "m", folder, "--out", tmp_path / "t.npy",
-                    "--encoding", "latin-1")
+    # transform and report read as the fit did (its settings are in metrics.json) ...
+    result = invoke("transform", tmp_path / "m", folder, "--out", tmp_path / "t.npy")
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "t.npy").shape == (30, 3)
+    assert invoke("report", tmp_path / "m").exit_code == 0
+    # ... unless told otherwise
+    code, err = run_main(["transform", tmp_path / "m", folder, "--out", tmp_path / "u.npy",
+                          "--encoding", "utf-8"], capsys)
+    assert code == 2 and "is not utf-8 text" in err
+    result = invoke("score", tmp_path / "m", folder, "--out", tmp_path / "s.npy",
+                    "--encoding", "utf-8", "--decode-error", "replace")
+    assert result.exit_code == 0, result.output
     code, err = run_main(["transform", fitted, folder, "--out", tmp_path / "g.npy",
                           "--encoding", "latin-1"], capsys)
     assert code == 2 and "read text documents (LDA models)" in err

@@ -479,18 +479,39 @@ def _read_corpus(data: str, *, field="text", encoding="utf-8", decode_error="str
 
 
 TEXT_DEFAULTS = {"field": "text", "encoding": "utf-8", "decode_error": "strict"}
-_FIELD = click.option("--field", default="text", show_default=True,
-                      help="JSONL: the key holding the text.")
+_FIELD = click.option("--field", default=None,
+                      help="JSONL: the key holding the text (default: text, or as at fit).")
 
 
 def _text_options(f):
     """How text files are decoded (the commands that read documents)."""
     f = click.option("--decode-error", type=click.Choice(["strict", "replace", "ignore"]),
-                     default="strict", show_default=True,
-                     help="Bytes that do not decode: an error naming the file (strict), "
-                          "replaced, or dropped (scikit-learn's decode_error).")(f)
-    return click.option("--encoding", default="utf-8", show_default=True,
-                        help="The text files' encoding (say latin-1).")(f)
+                     default=None,
+                     help="Bytes that do not decode: an error naming the file (strict, the "
+                          "default or as at fit), replaced, or dropped (scikit-learn's "
+                          "decode_error).")(f)
+    return click.option("--encoding", default=None,
+                        help="The text files' encoding, say latin-1 (default: utf-8, or as "
+                             "at fit).")(f)
+
+
+def _recorded_reading(model_dir) -> dict:
+    """The reading options a topic model was fitted with, from its metrics.json (none for
+    models saved before they were recorded)."""
+    from elbokit.report import read_metrics
+
+    recorded = read_metrics(model_dir).get("reading")
+    if not isinstance(recorded, dict):
+        return {}
+    return {k: v for k, v in recorded.items() if k in TEXT_DEFAULTS and isinstance(v, str)}
+
+
+def _reading(recorded=None, **given) -> dict:
+    """How to read documents: the options given, else those the model was fitted with
+    (``recorded``, from its metrics.json), else :data:`TEXT_DEFAULTS`."""
+    out = dict(TEXT_DEFAULTS, **(recorded or {}))
+    out.update({k: v for k, v in given.items() if v is not None})
+    return out
 
 
 def _vectorizer_options(min_df, max_df, max_features, stop_words) -> dict:
@@ -559,8 +580,9 @@ def fit_lda(data, out, n_topics, method, init, max_iter, min_df, max_df, max_fea
     from elbokit import LDA
 
     out_dir = _claim_model(out, force, [data], distributed)
+    reading = _reading(field=field, encoding=encoding, decode_error=decode_error)
     corpus = _read_corpus(data, **_vectorizer_options(min_df, max_df, max_features, stop_words),
-                          field=field, encoding=encoding, decode_error=decode_error)
+                          **reading)
     distributed, rank = _launch(distributed, device)
     lda = LDA(n_topics, method=method, init=init, max_iter=max_iter, device=device,
               random_state=seed, verbose=1 if rank == 0 else 0, distributed=distributed)
@@ -572,8 +594,8 @@ def fit_lda(data, out, n_topics, method, init, max_iter, min_df, max_df, max_fea
         return
     n_docs = corpus.counts.shape[0]
     metrics = {"model": "lda", "data": str(Path(data).resolve()), "n_documents": n_docs,
-               "vocabulary_size": len(lda.vocabulary_), "fit_seconds": seconds,
-               "lower_bounds": [float(b) for b in lda.lower_bounds_]}
+               "reading": reading, "vocabulary_size": len(lda.vocabulary_),
+               "fit_seconds": seconds, "lower_bounds": [float(b) for b in lda.lower_bounds_]}
     lda.save(out_dir, extra_files={"metrics.json": json.dumps(metrics, indent=2)})
     click.echo(f"fitted {n_topics} topics ({lda.method_}) on {n_docs} documents, "
                f"{len(lda.vocabulary_)} words, in {seconds:.2f} s; saved to {out}")
@@ -834,8 +856,8 @@ def _apply(model_dir, data, out, force, method: str, column: str, text=None, **k
     claim = _claim_output(out, force, protect=[data, *_model_files(model_dir)])
     model = _model(model_dir)
     name = type(model).__name__
-    text = text or {}
-    if name != "LDA" and text != {} and text != TEXT_DEFAULTS:
+    text = {k: v for k, v in (text or {}).items() if v is not None}
+    if name != "LDA" and text:
         raise UserError(f"--field, --encoding and --decode-error read text documents (LDA "
                         f"models); {model_dir} holds a {name}.")
     if not hasattr(model, method):
@@ -844,7 +866,7 @@ def _apply(model_dir, data, out, force, method: str, column: str, text=None, **k
         article = "an" if name[0] in "AEIOLMNRSFHX" else "a"
         raise UserError(f"{article} {name} has no `{command}`: {instead}.")
     if name == "LDA":
-        inputs = _read_documents(data, **text)
+        inputs = _read_documents(data, **_reading(_recorded_reading(model_dir), **text))
     elif name in ("Mixture", "PPCA", "FactorAnalysis"):
         inputs = _check_data_path(data)  # read by the model: missing cells, typed tables, streams
     else:
@@ -1148,7 +1170,8 @@ def select_lda(data, k_range, criterion, method, init, max_iter, min_df, max_df,
 
     ks = _parse_range(k_range)
     claim = None if out is None else _claim_model(out, force, [data], False)
-    documents = _read_documents(data, field=field, encoding=encoding, decode_error=decode_error)
+    reading = _reading(field=field, encoding=encoding, decode_error=decode_error)
+    documents = _read_documents(data, **reading)
     train, test = holdout_split(len(documents), holdout, seed)
     corpus = Corpus([documents[i] for i in train],
                     **_vectorizer_options(min_df, max_df, max_features, stop_words))
@@ -1158,7 +1181,7 @@ def select_lda(data, k_range, criterion, method, init, max_iter, min_df, max_df,
         init=init, max_iter=max_iter, device=device, random_state=seed), len(ks), "select lda")
     _show_sweep(result, len(train), len(test), "documents")
     metrics = {"model": "lda", "data": str(Path(data).resolve()), "n_documents": len(train),
-               "vocabulary_size": len(corpus.vocabulary)}
+               "reading": reading, "vocabulary_size": len(corpus.vocabulary)}
     _save_selected(result, out, claim, metrics)
 
 

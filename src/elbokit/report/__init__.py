@@ -36,6 +36,16 @@ def read_metrics(model_dir) -> dict:
     return metrics
 
 
+def _reading(metrics: dict) -> dict:
+    """The field, encoding and decode_error a topic model's documents were read with
+    (recorded by ``elbokit fit lda``; utf-8, strict for models saved without them)."""
+    recorded = metrics.get("reading")
+    keys = ("field", "encoding", "decode_error")
+    if not isinstance(recorded, dict):
+        return {}
+    return {k: v for k, v in recorded.items() if k in keys and isinstance(v, str)}
+
+
 def _check_paths(*paths) -> None:
     """The data files named (in metrics.json or by the caller) are files elbokit may open."""
     from elbokit import files
@@ -54,12 +64,14 @@ class ReportInfo:
     headline: dict
 
 
-def _documents(spec) -> list[str]:
+def _documents(spec, reading: dict) -> list[str]:
+    """The documents of a path (read as the model's were: ``reading``, its recorded
+    field, encoding and decode_error) or of a list."""
     if isinstance(spec, (list, tuple)):
         return list(spec)
     from elbokit.data.text import read_documents
 
-    return read_documents(spec)  # an error, if it holds none
+    return read_documents(spec, **reading)  # an error, if it holds none
 
 
 def write_report(model_dir, data=None, out=None, labels=None, heldout=None,
@@ -147,8 +159,9 @@ def _page(model, data, given: bool, metrics: dict, labels, heldout, progress: bo
             from elbokit.report.lda import STAGES, lda_page
 
             bar = Progress(progress, STAGES)
-            page = lda_page(model, _documents(data), metrics,
-                            heldout=_documents(heldout) if heldout is not None else None,
+            reading = _reading(metrics)
+            page = lda_page(model, _documents(data, reading), metrics,
+                            heldout=_documents(heldout, reading) if heldout is not None else None,
                             labels=labels, progress=bar,
                             description=Path(data).name if isinstance(data, (str, Path))
                             else "the documents given")
