@@ -119,31 +119,44 @@ def token_state(batch: DocBatch, K: int, seed: int, first_row: int = 0) -> Token
     """
     device = batch.count.device
     counts = batch.count.round().to(torch.int64)
-    nz_doc = batch.doc.cpu().numpy()  # document of each non-zero
+    nz_doc = batch.doc.cpu().numpy()  # document of each non-zero, in row order
+    if nz_doc.shape[0] and bool((nz_doc[1:] < nz_doc[:-1]).any()):
+        raise ValueError("token_state: the batch's non-zeros must be grouped by document.")
     rows = batch.rows.cpu().numpy().astype(np.uint64) + np.uint64(first_row)
-    # each non-zero's position in its document: a row's order in the matrix
-    by_doc = np.argsort(nz_doc, kind="stable")
     starts = np.zeros(batch.n_docs + 1, np.int64)
     starts[1:] = np.cumsum(np.bincount(nz_doc, minlength=batch.n_docs))
-    where = np.empty(nz_doc.shape[0], np.int64)
-    where[by_doc] = np.arange(nz_doc.shape[0]) - starts[nz_doc[by_doc]]
-    key = unit(mix(mix(stream(seed, ORDER_STREAM), rows)[nz_doc], where))
+    key = np.empty(nz_doc.shape[0])
+    _doc_keyed(mix(stream(seed, ORDER_STREAM), rows), nz_doc, starts, key, lambda u: u)
     # a random order of the non-zeros within each document: sort by (document, random key)
     order = torch.argsort(batch.doc.to(torch.float64)
                           + torch.from_numpy(key).to(device) * 0.5, stable=True)
+    del key
     token = torch.repeat_interleave(order, counts[order])
     doc = batch.doc[token]
     T = int(doc.shape[0])
     lengths = torch.bincount(doc, minlength=batch.n_docs)
     doc_ptr = torch.zeros(batch.n_docs + 1, dtype=torch.int64, device=device)
     doc_ptr[1:] = torch.cumsum(lengths, 0)
-    tok_doc = doc.cpu().numpy()
-    position = np.arange(T) - doc_ptr.cpu().numpy()[tok_doc]
-    u = unit(mix(mix(stream(seed, TOPIC_STREAM), rows)[tok_doc], position))
-    z = torch.from_numpy(np.minimum((u * K).astype(np.int64), K - 1)).to(device)
+    z = np.empty(T, np.int32)
+    _doc_keyed(mix(stream(seed, TOPIC_STREAM), rows), doc.cpu().numpy(),
+               doc_ptr.cpu().numpy(), z, lambda u: np.minimum((u * K).astype(np.int32), K - 1))
+    z = torch.from_numpy(z).to(device)
     ndk = doc_topic_counts(doc, z, batch.n_docs, K)
-    return TokenState(z.to(torch.int32), batch.word[token].to(torch.int32), doc_ptr, doc, ndk,
+    return TokenState(z, batch.word[token].to(torch.int32), doc_ptr, doc, ndk,
                       torch.from_numpy(rows.astype(np.int64)).to(device))
+
+
+KEY_BLOCK = 1 << 18  # items per block of counter draws: bounds the temporaries
+
+
+def _doc_keyed(doc_seeds, item_doc, first_item, out, transform):
+    """out[i] = transform(u(doc_seeds[d], i - first_item[d])) for every item i of document
+    d = item_doc[i] (items grouped by document, ``first_item`` each one's first), in
+    blocks of ``KEY_BLOCK`` items."""
+    for a in range(0, out.shape[0], KEY_BLOCK):
+        b = min(a + KEY_BLOCK, out.shape[0])
+        d = item_doc[a:b]
+        out[a:b] = transform(unit(mix(doc_seeds[d], np.arange(a, b) - first_item[d])))
 
 
 # ---------------------------------------------------------------- counter random numbers
@@ -210,9 +223,10 @@ def token_uniforms(seed: int, state: TokenState) -> np.ndarray:
     """What the compiled sweep draws for ``seed`` when it is given no uniforms, shape
     (T,): token j of the document in row r gets u(mix(seed, r), j)."""
     lengths = state.lengths().cpu().numpy()
-    doc = np.repeat(np.arange(lengths.shape[0]), lengths)
-    position = np.arange(doc.shape[0]) - state.doc_ptr.cpu().numpy()[doc]
-    return unit(mix(mix(seed, state.row_keys())[doc], position))
+    out = np.empty(state.n_tokens)
+    _doc_keyed(mix(seed, state.row_keys()), np.repeat(np.arange(lengths.shape[0]), lengths),
+               state.doc_ptr.cpu().numpy(), out, lambda u: u)
+    return out
 
 
 _POOL = None
