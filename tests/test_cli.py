@@ -259,6 +259,10 @@ def test_lda_reads_text_in_the_encoding_asked_for(capsys, tmp_path, fitted):
     code, err = run_main(["transform", fitted, folder, "--out", tmp_path / "g.npy",
                           "--encoding", "latin-1"], capsys)
     assert code == 2 and "read text documents (LDA models)" in err
+    assert invoke("report", tmp_path / "m", "--data", folder, "--encoding", "latin-1",
+                  "--force").exit_code == 0
+    code, err = run_main(["report", fitted, "--encoding", "latin-1"], capsys)
+    assert code == 2 and "read text documents (LDA models)" in err
 
 
 def test_empty_corpus_is_a_clear_error(capsys, tmp_path):

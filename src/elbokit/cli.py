@@ -1229,15 +1229,20 @@ def select_vae(data, latent_dims, criterion, n_samples, max_rows, columns, drop,
                    "Clusters and topics are compared with them, latent codes coloured by them.")
 @click.option("--heldout", default=None, help="LDA: held-out documents for the perplexity.")
 @click.option("--force", is_flag=True, help="Replace an existing report.")
-def report(model_dir, data, out, labels, heldout, force):
+@_FIELD
+@_text_options
+def report(model_dir, data, out, labels, heldout, force, field, encoding, decode_error):
     """Write a self-contained HTML report of a fitted model (and its tables as CSV files)."""
     from elbokit.report import build_report
+
+    text = {k: v for k, v in dict(field=field, encoding=encoding,
+                                  decode_error=decode_error).items() if v is not None}
 
     target = Path(out) if out else Path(model_dir) / "report.html"
     claim = _claim(target, force, "report file", protect=[data, *_model_files(model_dir)])
     start = time.perf_counter()
     info = build_report(model_dir, data=data, out=claim, labels=labels, heldout=heldout,
-                        progress=True)
+                        progress=True, reading=text)
     click.echo(f"wrote {info.path} (tables in {info.path.parent / (info.path.stem + '-data')}) "
                f"in {time.perf_counter() - start:.1f} s")
 

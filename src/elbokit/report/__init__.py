@@ -106,14 +106,21 @@ def write_report(model_dir, data=None, out=None, labels=None, heldout=None,
 
 
 def build_report(model_dir, data=None, out=None, labels=None, heldout=None,
-                 progress: bool = False) -> ReportInfo:
-    """:func:`write_report`, returning the title and headline figures too."""
+                 progress: bool = False, reading: dict | None = None) -> ReportInfo:
+    """:func:`write_report`, returning the title and headline figures too; ``reading``:
+    how a topic model's documents are read (field, encoding, decode_error), over what
+    its fit recorded."""
     import elbokit
     from elbokit import files
 
     model = elbokit.load(model_dir)
     model.set_params(verbose=0)  # the report has its own progress bar
     metrics = read_metrics(model_dir)
+    reading = dict(_reading(metrics), **(reading or {}))
+    if reading and type(model).__name__ != "LDA":
+        given_keys = ", ".join(sorted(reading))
+        raise ValueError(f"{given_keys} read text documents (LDA models); {model_dir} holds a "
+                         f"{type(model).__name__}.")
     given = data is not None
     data = data if given else metrics.get("data")
     if data is None:
@@ -132,14 +139,16 @@ def build_report(model_dir, data=None, out=None, labels=None, heldout=None,
     tables = files.claim(path.parent / f"{path.stem}-data", kind="dir", overwrite=True,
                          what="report tables", replaceable=files.replaceable_output("report-data"))
     try:
-        page = _page(model, data, given, metrics, labels, heldout, progress, model_dir)
+        page = _page(model, data, given, metrics, labels, heldout, progress, model_dir,
+                     reading)
         page.write(target, tables)
     finally:
         tables.release()  # (after a commit: nothing left to release)
     return ReportInfo(path, page.title, dict(page.headline))
 
 
-def _page(model, data, given: bool, metrics: dict, labels, heldout, progress: bool, model_dir):
+def _page(model, data, given: bool, metrics: dict, labels, heldout, progress: bool, model_dir,
+          reading: dict):
     """The report page of ``model`` (one builder per model family)."""
     import elbokit
     from elbokit.data.preprocess import load_preprocessing
@@ -159,7 +168,6 @@ def _page(model, data, given: bool, metrics: dict, labels, heldout, progress: bo
             from elbokit.report.lda import STAGES, lda_page
 
             bar = Progress(progress, STAGES)
-            reading = _reading(metrics)
             page = lda_page(model, _documents(data, reading), metrics,
                             heldout=_documents(heldout, reading) if heldout is not None else None,
                             labels=labels, progress=bar,
