@@ -478,7 +478,6 @@ def _read_corpus(data: str, *, field="text", encoding="utf-8", decode_error="str
                             **kwargs)
 
 
-TEXT_DEFAULTS = {"field": "text", "encoding": "utf-8", "decode_error": "strict"}
 _FIELD = click.option("--field", default=None,
                       help="JSONL: the key holding the text (default: text, or as at fit).")
 
@@ -496,20 +495,19 @@ def _text_options(f):
 
 
 def _recorded_reading(model_dir) -> dict:
-    """The reading options a topic model was fitted with, from its metrics.json (none for
-    models saved before they were recorded)."""
+    """The reading options a topic model was fitted with, from its metrics.json."""
+    from elbokit.data.text import recorded_reading
     from elbokit.report import read_metrics
 
-    recorded = read_metrics(model_dir).get("reading")
-    if not isinstance(recorded, dict):
-        return {}
-    return {k: v for k, v in recorded.items() if k in TEXT_DEFAULTS and isinstance(v, str)}
+    return recorded_reading(read_metrics(model_dir))
 
 
 def _reading(recorded=None, **given) -> dict:
     """How to read documents: the options given, else those the model was fitted with
-    (``recorded``, from its metrics.json), else :data:`TEXT_DEFAULTS`."""
-    out = dict(TEXT_DEFAULTS, **(recorded or {}))
+    (``recorded``, from its metrics.json), else the reader's defaults."""
+    from elbokit.data.text import READ_DEFAULTS
+
+    out = dict(READ_DEFAULTS, **(recorded or {}))
     out.update({k: v for k, v in given.items() if v is not None})
     return out
 

@@ -478,6 +478,17 @@ def analyzer(params: dict):
 
 
 DECODE_ERRORS = ("strict", "replace", "ignore")  # scikit-learn's decode_error choices
+READ_DEFAULTS = {"field": "text", "encoding": "utf-8", "decode_error": "strict"}
+
+
+def recorded_reading(metrics: dict) -> dict:
+    """The :func:`read_texts` options (field, encoding, decode_error) a model's documents
+    were read with, as ``elbokit fit lda`` records them in metrics.json under
+    ``reading``; {} where none are recorded (older models, the Python API)."""
+    recorded = metrics.get("reading")
+    if not isinstance(recorded, dict):
+        return {}
+    return {k: v for k, v in recorded.items() if k in READ_DEFAULTS and isinstance(v, str)}
 
 
 def read_texts(path, *, field="text", pattern="*.txt", encoding="utf-8",

@@ -83,13 +83,6 @@ class TokenState:
         0, 1, ...).
     """
 
-    def row_keys(self) -> np.ndarray:
-        """The documents' rows as the compiled sweep's keys, int64."""
-        if self.rows is None:
-            return np.arange(self.ndk.shape[0], dtype=np.int64)
-        return self.rows.cpu().numpy().astype(np.int64)
-
-
     z: torch.Tensor
     word: torch.Tensor
     doc_ptr: torch.Tensor
@@ -104,6 +97,12 @@ class TokenState:
 
     def lengths(self) -> torch.Tensor:
         return self.doc_ptr[1:] - self.doc_ptr[:-1]
+
+    def row_keys(self) -> np.ndarray:
+        """The documents' rows as the compiled sweep's keys, int64."""
+        if self.rows is None:
+            return np.arange(self.ndk.shape[0], dtype=np.int64)
+        return self.rows.cpu().numpy().astype(np.int64)
 
 
 def token_state(batch: DocBatch, K: int, seed: int, first_row: int = 0) -> TokenState:

@@ -36,16 +36,6 @@ def read_metrics(model_dir) -> dict:
     return metrics
 
 
-def _reading(metrics: dict) -> dict:
-    """The field, encoding and decode_error a topic model's documents were read with
-    (recorded by ``elbokit fit lda``; utf-8, strict for models saved without them)."""
-    recorded = metrics.get("reading")
-    keys = ("field", "encoding", "decode_error")
-    if not isinstance(recorded, dict):
-        return {}
-    return {k: v for k, v in recorded.items() if k in keys and isinstance(v, str)}
-
-
 def _check_paths(*paths) -> None:
     """The data files named (in metrics.json or by the caller) are files elbokit may open."""
     from elbokit import files
@@ -116,7 +106,9 @@ def build_report(model_dir, data=None, out=None, labels=None, heldout=None,
     model = elbokit.load(model_dir)
     model.set_params(verbose=0)  # the report has its own progress bar
     metrics = read_metrics(model_dir)
-    reading = dict(_reading(metrics), **(reading or {}))
+    from elbokit.data.text import recorded_reading
+
+    reading = dict(recorded_reading(metrics), **(reading or {}))
     if reading and type(model).__name__ != "LDA":
         given_keys = ", ".join(sorted(reading))
         raise ValueError(f"{given_keys} read text documents (LDA models); {model_dir} holds a "
