@@ -69,7 +69,8 @@ INITS = ("random", "batch")
 # standard library and Debian READMEs (K=50, seeds 0-2) the held-out log-likelihood rose with
 # the sweeps from there (60, 100, 150, 200: +0.003 to +0.010 nats/token from 60 to 100 on every
 # corpus) while NPMI drifted down by up to 0.016; 100 keeps the man pages ahead of tomotopy's
-# 1000 iterations at 1.3-1.45x the time of 60 (README)
+# 1000 iterations at 1.3-1.45x the time of 60 (README). 5 batch-VI iterations instead of 10
+# lost 0.004-0.010 nats/token on three of those five corpora (lda-init-iters-session12.txt)
 INIT_ITERS = 10
 WARM_SWEEPS = 100
 _CHUNK_ELEMENTS = 1 << 23  # elements of one (nnz, K) work tensor in batch mode
