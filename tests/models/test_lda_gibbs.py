@@ -355,6 +355,15 @@ def test_topic_draws_match_the_dirichlet_and_not_the_thread_count(single):
     assert bool(((x.var(0)[:4] / var[:4] - 1).abs() < 4 * rse).all()), (x.var(0), var)
 
 
+def test_token_state_wants_the_non_zeros_grouped_by_document():
+    from elbokit.data.text import DocBatch
+
+    batch = DocBatch(torch.tensor([1, 0]), torch.tensor([0, 1]), torch.tensor([2.0, 1.0]), 2, 0,
+                     torch.arange(2))
+    with pytest.raises(ValueError, match="grouped by document"):
+        lda_gibbs.token_state(batch, 3, 0)
+
+
 @pytest.mark.parametrize("shape", [0.05, 0.5, 0.999, 1.0, 2.0, 30.0])
 def test_gamma_rows_match_the_gamma_density(shape):
     """The compiled gamma kernel (both of its branches: Ahrens-Dieter below 1,
