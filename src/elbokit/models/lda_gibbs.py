@@ -102,7 +102,7 @@ class TokenState:
         """The documents' rows as the compiled sweep's keys, int64."""
         if self.rows is None:
             return np.arange(self.ndk.shape[0], dtype=np.int64)
-        return self.rows.cpu().numpy().astype(np.int64)
+        return np.asarray(self.rows.cpu().numpy(), dtype=np.int64)  # no copy when int64
 
 
 def token_state(batch: DocBatch, K: int, seed: int, first_row: int = 0) -> TokenState:
@@ -568,13 +568,10 @@ def sweep(state: TokenState, beta_t: torch.Tensor, alpha: torch.Tensor,
     counts (K, V) float64), see :func:`sweep_numba`.
 
     ``seed``: the compiled sweep's counter seed (this sweep's stream of the chain,
-    :func:`stream`); None: one drawn from ``generator``. The torch sweep draws from
-    ``generator``."""
+    :func:`stream`; required there). The torch sweep draws from ``generator``."""
     if use_numba is None:
         use_numba = state.z.device.type == "cpu" and numba_available()
     if use_numba:
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         return sweep_numba(state, beta_t.contiguous(), alpha, None, word_counts=True,
                            alpha_stats=alpha_stats, seed=seed)
     u = uniforms(state.n_tokens, generator, state.z.device)
